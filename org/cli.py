@@ -1,0 +1,49 @@
+"""The `nightlab` command line. Subcommands are imported lazily so `nightlab --help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from org.errors import NightlabError
+
+# name -> "module:attribute" of a click command or group; imported only when used.
+COMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nightlab")
+def cli() -> None:
+    """nightlab: an autonomous ML research org that works overnight."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: NightlabError becomes one clear line on stderr and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="nightlab", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except NightlabError as e:
+        click.echo(f"nightlab: error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Every test runs offline with all nightlab state in temp dirs.
+
+NIGHTLAB_HOME (campaigns, ledgers, memory) is fresh per test. NIGHTLAB_CACHE (prepared data,
+tokenizers, assembled model weights) is content-addressed and immutable once written, so one
+temp cache is shared by the whole session to avoid rebuilding it in every test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "ANONYMIZED_TELEMETRY": "False",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("nightlab-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path, session_cache, monkeypatch):
+    home = tmp_path / "nightlab-home"
+    home.mkdir()
+    monkeypatch.setenv("NIGHTLAB_HOME", str(home))
+    monkeypatch.setenv("NIGHTLAB_CACHE", str(session_cache))
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OLLAMA_HOST"):
+        monkeypatch.delenv(key, raising=False)
+    return home
