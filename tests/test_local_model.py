@@ -87,6 +87,8 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
         assert result.record.model_used == "local/gemma3-270m" and result.record.cost_usd == 0.0
         assert result.record.prompt_tokens > 50 and result.record.completion_tokens > 5
     assert len(local._llamas) == 1  # loaded once, shared
+    sampler = next(iter(local._llamas.values())).last_sampler
+    assert sampler is not None  # grammar went through the lazy sampler
 
 
 class Note(BaseModel):

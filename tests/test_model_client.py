@@ -159,3 +159,29 @@ def test_static_provider_list_matches_litellm() -> None:
     from org.models.names import LITELLM_PROVIDERS
 
     assert LITELLM_PROVIDERS <= set(litellm_module().provider_list)
+
+
+def test_scripted_fixture_for_other_tests(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.push(GOOD)
+    result = ask(ModelClient(), role_file(tmp_path, "scripted/x"))
+    assert result.value is not None and scripted_llm.sent[0].model == "x"
+
+
+def test_prompted_schema_hint_for_models_without_native_support(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-used")
+    lt = litellm_module()
+    seen: list[dict] = []
+    real = lt.completion
+
+    def fake_completion(**kw):
+        seen.append(kw)
+        return real(model="openai/gpt-3.5-turbo-instruct", messages=kw["messages"],
+                             mock_response='{"keep": true, "reason": "r"}')
+
+    monkeypatch.setattr(lt, "completion", fake_completion)
+    monkeypatch.setattr(lt, "supports_response_schema", lambda model: False)
+    role = load_role(role_file(tmp_path, "openai/some-old-model"))
+    result = ModelClient().structured(role, [{"role": "user", "content": "x"}], Verdict)
+    assert result.value is not None
+    assert seen[0]["drop_params"] is True
+    assert "JSON schema" in seen[0]["messages"][-1]["content"] and '"keep"' in seen[0]["messages"][-1]["content"]

@@ -153,6 +153,7 @@ class _Call:
                 self.schema.model_json_schema())
             messages = messages + [{"role": "system", "content": hint}]
         kw: dict[str, Any] = dict(
+            drop_params=not native,  # providers without response_format get the hint only
             model=model, messages=messages, temperature=spec.temperature,
             max_tokens=spec.max_tokens, timeout=spec.timeout_s, num_retries=0,
             response_format=self.response_format,

@@ -84,9 +84,9 @@ def load_llama(name: str) -> Any:
     with _lock:  # also serialises assembly: the temp file name is per process
         path = model_path(name)
         if path not in _llamas:
-            from llama_cpp import Llama
+            from org.models.grammar import FastGrammarLlama
 
-            _llamas[path] = Llama(
+            _llamas[path] = FastGrammarLlama(
                 model_path=str(path), n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
                 chat_format=CHAT_FORMATS.get(name, "gemma"), verbose=False,
             )
