@@ -82,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=50, help="knob-mode proposals to time")
     ap.add_argument("--prompt-tokens", type=int, default=1000, help="approximate prompt size")
+    ap.add_argument("--verbose", action="store_true", help="print every call")
     ap.add_argument("--help-runs", type=int, default=5, help="timed `nightlab --help` runs")
     args = ap.parse_args()
 
@@ -128,6 +129,9 @@ def main() -> None:
             t = time.perf_counter()
             result = client.structured(role, messages(i, n_notes), schema)
             latencies.append(time.perf_counter() - t)
+            if args.verbose:
+                print(f"call {i}: {latencies[-1]:.2f}s attempts={result.record.attempts} "
+                      f"tokens={result.record.prompt_tokens}+{result.record.completion_tokens}", flush=True)
             valid += result.value is not None
             first_try += result.record.ok and result.record.attempts == 1
             prompt_tokens = max(prompt_tokens, result.record.prompt_tokens)

@@ -218,7 +218,7 @@ class ModelClient:
             self.on_record(result.record)
         return result
 
-    def _give_up(self, call: _Call, exc: Exception) -> ModelError:
+    def _give_up(self, call: _Call) -> ModelError:
         self._emit(call, None)
         return ModelError(f"{call.role.path}: model: {call.error}")
 
@@ -229,7 +229,7 @@ class ModelClient:
             try:
                 response, model = self._complete(call)
             except ModelError as e:
-                raise self._give_up(call, e) from e
+                raise self._give_up(call) from e
             call.account(response, model)
             value = call.validate(response)
             if value is not None:
@@ -261,7 +261,7 @@ class ModelClient:
             try:
                 response, model = await self._acomplete(call)
             except ModelError as e:
-                raise self._give_up(call, e) from e
+                raise self._give_up(call) from e
             call.account(response, model)
             value = call.validate(response)
             if value is not None:

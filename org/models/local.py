@@ -87,7 +87,7 @@ def load_llama(name: str) -> Any:
             from org.models.grammar import FastGrammarLlama
 
             _llamas[path] = FastGrammarLlama(
-                model_path=str(path), n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
+                model_path=str(path), n_ctx=N_CTX, n_threads=settings.local_threads(),
                 chat_format=CHAT_FORMATS.get(name, "gemma"), verbose=False,
             )
         return _llamas[path]

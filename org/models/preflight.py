@@ -10,6 +10,7 @@ warning (the campaign runs on the fallback), a role with no usable model is an e
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def check_model(kind: str, path: Path, field: str, model: str) -> ModelCheck:
 
         if name.model not in LOCAL_MODELS and not name.model.endswith(".gguf"):
             problem = f"unknown local model {name.model!r} (known: {', '.join(LOCAL_MODELS)})"
+        elif importlib.util.find_spec("llama_cpp") is None:
+            problem = "llama-cpp-python is not installed (pip install 'llama-cpp-python>=0.3.16,<0.4')"
         detail = "embedded, offline"
     elif name.is_ollama:
         problem = ollama_problem(name)
