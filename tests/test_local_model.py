@@ -13,7 +13,7 @@ from org.errors import InputError
 from org.models import local
 from org.models.client import ModelClient
 from org.models.registry import litellm_module
-from org.proposal import parse_knobs, knob_schema
+from org.proposal import knob_schema, parse_knobs
 from org.roles import load_role
 
 TRAIN = """DEPTH = 4  # transformer blocks

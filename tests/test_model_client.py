@@ -90,7 +90,7 @@ def test_invalid_json_storm_is_bounded_recorded_failure(tmp_path: Path) -> None:
 
 def test_outage_retries_with_backoff_then_falls_back(tmp_path: Path, caplog, monkeypatch) -> None:
     lt = litellm_module()
-    down = lambda: lt.APIConnectionError(message="refused", llm_provider="scripted", model="a")  # noqa: E731
+    down = lambda: lt.APIConnectionError(message="refused", llm_provider="scripted", model="a")
     fake = install_scripted(down(), down(), down(), GOOD, GOOD)
     sleeps: list[float] = []
     monkeypatch.setattr(client_mod.time, "sleep", sleeps.append)

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from org import settings
 from org.errors import ModelError
 from org.models.names import API_KEY_ENV, parse_model
 from org.models.records import CallRecord, StructuredResult, T
 from org.models.registry import litellm_module
-from org import settings
 
 if TYPE_CHECKING:
     from org.roles import Role
@@ -146,18 +146,18 @@ class _Call:
         if not native:
             try:
                 native = bool(lt.supports_response_schema(model=model))
-            except Exception:  # unknown model in the cost map: assume no native support
+            except Exception:  # noqa: BLE001 - litellm raises bare Exception for unmapped models
                 native = False
         if not native:  # tell the model the schema in words as well
             hint = "Reply with only a JSON object matching this JSON schema:\n" + json.dumps(
                 self.schema.model_json_schema())
             messages = messages + [{"role": "system", "content": hint}]
-        kw: dict[str, Any] = dict(
-            drop_params=not native,  # providers without response_format get the hint only
-            model=model, messages=messages, temperature=spec.temperature,
-            max_tokens=spec.max_tokens, timeout=spec.timeout_s, num_retries=0,
-            response_format=self.response_format,
-        )
+        kw: dict[str, Any] = {
+            "model": model, "messages": messages, "temperature": spec.temperature,
+            "max_tokens": spec.max_tokens, "timeout": spec.timeout_s, "num_retries": 0,
+            "response_format": self.response_format,
+            "drop_params": not native,  # providers without response_format get the hint only
+        }
         if name.is_ollama:
             kw["api_base"] = settings.ollama_host()
         return kw
@@ -169,7 +169,7 @@ class _Call:
         if not parse_model(model).is_local:
             try:
                 self.cost += float(litellm_module().completion_cost(completion_response=response))
-            except Exception as e:  # model missing from the offline cost map: cost unknown
+            except Exception as e:  # noqa: BLE001 - bare Exception when the model has no price
                 _warn_once(f"cost:{model}", f"no cost data for {model} ({e}); counted as $0")
         self.model_used = model
 

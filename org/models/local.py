@@ -19,11 +19,11 @@ from typing import Any
 from org.models.registry import offline_env
 
 offline_env()  # before litellm's first import
-from litellm import CustomLLM  # noqa: E402
-from litellm.types.utils import Usage  # noqa: E402
+from litellm import CustomLLM
+from litellm.types.utils import Usage
 
-from org import settings  # noqa: E402
-from org.errors import HarnessError, InputError  # noqa: E402
+from org import settings
+from org.errors import HarnessError, InputError
 
 N_CTX = 4096  # a ~1k-token prompt plus a few validation retries
 _lock = threading.Lock()  # guards _llamas and every generation
