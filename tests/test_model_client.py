@@ -185,3 +185,14 @@ def test_prompted_schema_hint_for_models_without_native_support(tmp_path: Path, 
     assert result.value is not None
     assert seen[0]["drop_params"] is True
     assert "JSON schema" in seen[0]["messages"][-1]["content"] and '"keep"' in seen[0]["messages"][-1]["content"]
+
+
+def test_outage_is_remembered_with_its_reason(tmp_path: Path) -> None:
+    lt = litellm_module()
+    install_scripted(lt.APIConnectionError(message="refused", llm_provider="scripted", model="p"))
+    client = ModelClient(transport_attempts=1, backoff_s=0)
+    path = role_file(tmp_path, "scripted/p")
+    with pytest.raises(ModelError, match="refused"):
+        ask(client, path)
+    with pytest.raises(ModelError, match="model: scripted/p: .*refused \\(recently\\)"):
+        ask(client, path)  # not retried within the cooldown; the reason is kept

@@ -33,14 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("nightlab.models")
 
 OUTAGE_COOLDOWN_S = 300.0  # a model that failed is skipped (fallback used) for this long
-_down_until: dict[str, float] = {}  # model string -> monotonic time it may be tried again
+_down: dict[str, tuple[float, str]] = {}  # model -> (monotonic time it may be tried again, why)
 _warned: set[str] = set()  # "warn once per process"
 NATIVE_SCHEMA_PROVIDERS = {"local", "scripted", "ollama", "ollama_chat"}
 
 
 def forget_outages() -> None:
     """Clear the per-process outage memory and warnings (tests, or a user's `resume`)."""
-    _down_until.clear()
+    _down.clear()
     _warned.clear()
 
 
@@ -124,7 +124,9 @@ class _Call:
             key = missing_key(model)
             if key:
                 self._note_down(model, f"{key} is not set")
-            elif _down_until.get(model, 0.0) <= time.monotonic():
+            elif model in _down and _down[model][0] > time.monotonic():
+                self.error = f"{model}: {_down[model][1]} (recently)"
+            else:
                 usable.append(model)
         if not usable:
             raise ModelError(f"{self.role.path}: model: no usable model ({self.error})")
@@ -132,7 +134,7 @@ class _Call:
 
     def _note_down(self, model: str, reason: str) -> None:
         self.error = f"{model}: {reason}"
-        _down_until[model] = time.monotonic() + OUTAGE_COOLDOWN_S
+        _down[model] = (time.monotonic() + OUTAGE_COOLDOWN_S, reason)
         fb = self.role.spec.fallback
         nxt = f"; using fallback {fb}" if fb and fb != model else ""
         _warn_once(model, f"{self.role.path}: model {model} unavailable ({reason}){nxt}")
@@ -209,7 +211,7 @@ class ModelClient:
         backoff_s: float = 1.0,
     ):
         self.on_record = on_record
-        self.transport_attempts = transport_attempts
+        self.transport_attempts = max(1, transport_attempts)
         self.backoff_s = backoff_s
 
     def _emit(self, call: _Call, value: BaseModel | None) -> StructuredResult:
@@ -245,11 +247,12 @@ class ModelClient:
                 except Exception as e:
                     if not _transport_error(e):
                         raise
-                    call.error = f"{model}: {type(e).__name__}: {e}".splitlines()[0]
+                    reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+                    call.error = f"{model}: {reason}"
                     if not _transient(e) or attempt + 1 == self.transport_attempts:
                         break
                     time.sleep(self.backoff_s * 2**attempt)
-            call._note_down(model, call.error or "failed")
+            call._note_down(model, reason)
         raise ModelError(call.error or "no model answered")
 
     async def astructured(
@@ -277,9 +280,10 @@ class ModelClient:
                 except Exception as e:
                     if not _transport_error(e):
                         raise
-                    call.error = f"{model}: {type(e).__name__}: {e}".splitlines()[0]
+                    reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+                    call.error = f"{model}: {reason}"
                     if not _transient(e) or attempt + 1 == self.transport_attempts:
                         break
                     await asyncio.sleep(self.backoff_s * 2**attempt)
-            call._note_down(model, call.error or "failed")
+            call._note_down(model, reason)
         raise ModelError(call.error or "no model answered")
