@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--help-runs", type=int, default=5, help="timed `nightlab --help` runs")
     args = ap.parse_args()
 
+    load_start = os.getloadavg()[0]
+    from org import settings
     from org.models import local
     from org.models.client import ModelClient
     from org.proposal import knob_schema, parse_knobs
@@ -145,8 +147,11 @@ def main() -> None:
 
     rest = latencies[1:] or latencies
     print("---")
-    print(f"model: local/gemma3-270m")
+    print("model: local/gemma3-270m")
     print(f"cpu_count: {os.cpu_count()}")
+    print(f"threads: {settings.local_threads()}")
+    print(f"loadavg_start: {load_start:.2f}")
+    print(f"loadavg_end: {os.getloadavg()[0]:.2f}")
     print(f"prompt_tokens: {prompt_tokens}")
     print(f"calls: {args.calls}")
     print(f"schema_valid: {valid}/{args.calls}")
