@@ -10,7 +10,9 @@ import click
 from org.errors import NightlabError
 
 # name -> "module:attribute" of a click command or group; imported only when used.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "memory": "memory.cli:memory",
+}
 
 
 class LazyGroup(click.Group):
