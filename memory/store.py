@@ -106,13 +106,10 @@ class NoteStore:
         """Insert in one transaction, then index (embeddings computed unless given)."""
         _ = self.index  # sync check before writing, so a rebuild cannot double-add these
         created = now_iso()
-        out: list[Note] = []
-        with self.db.conn:
-            for n in notes:
-                row = Note(id=0, created=created, **n.model_dump()).to_row()
-                del row["id"]
-                cur = self.db["notes"].insert(row)
-                out.append(Note.from_row({**row, "id": cur.last_pk}))
+        with self.db.conn:  # one transaction, one writer: ids max+1.. are ours
+            first = int(self.db.execute("select coalesce(max(id), 0) from notes").fetchone()[0]) + 1
+            out = [Note(id=first + i, created=created, **n.model_dump()) for i, n in enumerate(notes)]
+            self.db["notes"].insert_all((n.to_row() for n in out), batch_size=500)
         self.index.upsert(out, embeddings)
         for note in out:
             if note.kind == "experiment":
