@@ -12,6 +12,7 @@ from org.errors import NightlabError
 # name -> "module:attribute" of a click command or group; imported only when used.
 COMMANDS: dict[str, str] = {
     "models": "org.models.commands:models",
+    "memory": "memory.cli:memory",
 }
 
 
