@@ -1,0 +1,28 @@
+"""The one place nightlab reads its environment variables (all `NIGHTLAB_`-prefixed).
+
+Functions, not module constants: they read the environment on every call so tests (and a
+long-lived process) see changes made with monkeypatch / os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+
+def home_dir() -> Path:
+    """Mutable state: campaigns, ledgers, memory DB. `NIGHTLAB_HOME` overrides the default."""
+    raw = os.environ.get("NIGHTLAB_HOME")
+    path = Path(raw).expanduser() if raw else Path(platformdirs.user_data_dir("nightlab"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Immutable caches: data, tokenizers, assembled model weights. `NIGHTLAB_CACHE` overrides."""
+    raw = os.environ.get("NIGHTLAB_CACHE")
+    path = Path(raw).expanduser() if raw else Path(platformdirs.user_cache_dir("nightlab"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
