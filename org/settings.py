@@ -26,3 +26,11 @@ def cache_dir() -> Path:
     path = Path(raw).expanduser() if raw else Path(platformdirs.user_cache_dir("nightlab"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def ollama_host() -> str:
+    """Ollama server base URL from the standard `OLLAMA_HOST` (host:port or URL)."""
+    raw = os.environ.get("OLLAMA_HOST", "").strip() or "127.0.0.1:11434"
+    if "://" not in raw:
+        raw = f"http://{raw}"
+    return raw.rstrip("/")

