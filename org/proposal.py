@@ -1,0 +1,253 @@
+"""What a proposer may answer: a knob move (closed choices, for weak models) or search/replace edits.
+
+Knobs are the upper-case constants at the top level of the target file, one per line with a
+trailing comment (`DEPTH = 4  # transformer blocks`), found with `ast`. Applying a move
+rewrites only that constant's value; every other byte of the file stays as it was.
+Errors here are usually the model's (a move that does nothing, a search text that is not in
+the file): they are `InputError`s naming the file and field, for the caller to record and show.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from org.errors import InputError
+
+KnobValue = int | float | bool | str
+NUMBER_MOVES = ("x2", "x0.5", "x1.5", "x0.67")
+MOVES_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "int": (*NUMBER_MOVES, "+1", "-1"),
+    "float": NUMBER_MOVES,
+    "bool": ("toggle",),
+    "str": (),  # string knobs are not movable in knob mode (edit mode can change them)
+}
+_FACTORS = {"x2": 2.0, "x0.5": 0.5, "x1.5": 1.5, "x0.67": 0.67}
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+           ast.Pow: operator.pow}
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    value: KnobValue
+    type: Literal["int", "float", "bool", "str"]
+    comment: str  # the trailing comment, without '#'
+    lineno: int  # 1-based
+    col: int  # byte offsets of the value expression on its line
+    end_col: int
+    expr: str  # the value as written (`2**19`, `3e-4`)
+
+    @property
+    def moves(self) -> tuple[str, ...]:
+        return MOVES_BY_TYPE[self.type]
+
+
+def _const(node: ast.AST) -> Any:
+    """Evaluate a literal or constant arithmetic (`2**19`, `-3e-4`, `64 * 8`); ValueError otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool, str)):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _const(node.operand)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _const(node.left), _const(node.right)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
+        if numbers and not (isinstance(node.op, ast.Pow) and abs(right) > 128):
+            return _BINOPS[type(node.op)](left, right)
+    raise ValueError("not a constant")
+
+
+def _lines(source: str) -> list[str]:
+    """Lines with their endings, split only on '\\n' as ast counts them."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", source)
+
+
+def parse_knobs(source: str, path: str = "train.py") -> list[Knob]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise InputError(path, "source", f"syntax error on line {e.lineno}: {e.msg}") from e
+    lines = _lines(source)
+    knobs: list[Knob] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if not (isinstance(target, ast.Name) and _NAME.match(target.id)):
+            continue
+        if value.lineno != value.end_lineno or value.end_col_offset is None:
+            continue
+        raw = lines[value.lineno - 1].rstrip("\r\n").encode()
+        tail = raw[value.end_col_offset :].decode().strip()
+        if not tail.startswith("#"):
+            continue  # knobs are the commented constants; others are plain module constants
+        try:
+            v = _const(value)
+        except (ValueError, ArithmeticError):
+            continue
+        kind = "bool" if isinstance(v, bool) else type(v).__name__
+        expr = raw[value.col_offset : value.end_col_offset].decode()
+        knobs.append(Knob(target.id, v, kind, tail[1:].strip(), value.lineno,
+                          value.col_offset, value.end_col_offset, expr))
+    return knobs
+
+
+def _format(knob: Knob, new: KnobValue) -> str:
+    """Write the new value in the knob's own style (`2**k` stays a power of two when it can)."""
+    if knob.type == "bool":
+        return repr(bool(new))
+    if knob.type == "int":
+        m = re.fullmatch(r"\s*2\s*\*\*\s*(\d+)\s*", knob.expr)
+        if m and new > 0 and new & (new - 1) == 0:
+            return f"2**{int(new).bit_length() - 1}"
+        return str(int(new))
+    text = repr(float(f"{float(new):.4g}"))
+    return text
+
+
+def move_value(knob: Knob, move: str) -> KnobValue:
+    if move not in knob.moves:
+        allowed = ", ".join(knob.moves) or "none"
+        raise InputError(None, "move", f"move {move!r} does not apply to {knob.type} knob "
+                                       f"{knob.name} (allowed: {allowed})")
+    if move == "toggle":
+        return not knob.value
+    if move in ("+1", "-1"):
+        return int(knob.value) + (1 if move == "+1" else -1)
+    scaled = float(knob.value) * _FACTORS[move]
+    if knob.type == "float":
+        return float(f"{scaled:.4g}")
+    new = int(round(scaled))
+    if new == 0 and knob.value != 0:  # multiplicative moves keep the sign and never reach 0
+        new = 1 if knob.value > 0 else -1
+    return new
+
+
+def apply_knob_move(source: str, knob_name: str, move: str, path: str = "train.py") -> tuple[str, str]:
+    """Rewrite one knob; returns (new_source, one-line description like 'DEPTH x2: 4 -> 8')."""
+    knobs = {k.name: k for k in parse_knobs(source, path)}
+    if knob_name not in knobs:
+        raise InputError(path, "knob", f"no knob named {knob_name!r} (knobs: {', '.join(knobs)})")
+    knob = knobs[knob_name]
+    try:
+        new = move_value(knob, move)
+    except InputError as e:
+        raise InputError(path, "move", e.message) from e
+    if new == knob.value:
+        raise InputError(path, "move", f"{knob_name} {move} leaves the value at {knob.expr}")
+    lines = _lines(source)
+    raw = lines[knob.lineno - 1].encode()
+    text = _format(knob, new)
+    lines[knob.lineno - 1] = (raw[: knob.col] + text.encode() + raw[knob.end_col :]).decode()
+    return "".join(lines), f"{knob_name} {move}: {knob.expr} -> {text}"
+
+
+class KnobProposalBase(BaseModel):
+    """Fields are added by `knob_schema`; the validator checks the move suits the knob's type."""
+
+    model_config = ConfigDict(extra="forbid")
+    knob_moves: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @model_validator(mode="after")
+    def _move_fits_knob(self) -> KnobProposalBase:
+        allowed = self.knob_moves.get(self.knob, ())  # type: ignore[attr-defined]
+        if self.move not in allowed:  # type: ignore[attr-defined]
+            raise ValueError(f"move {self.move!r} does not apply to knob {self.knob!r}; "  # type: ignore[attr-defined]
+                             f"choose one of {list(allowed)}")
+        return self
+
+
+def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]:
+    """An enum-constrained model `{hypothesis, knob, move}`; its JSON schema is a union of one
+    branch per knob type so a grammar only ever allows moves that fit the chosen knob."""
+    movable = [k for k in knobs if k.moves]
+    if not movable:
+        raise InputError(None, "knobs", "no movable knobs (int/float/bool constants with a comment)")
+    names = tuple(k.name for k in movable)
+    all_moves = tuple(dict.fromkeys(m for k in movable for m in k.moves))
+    groups: dict[str, list[str]] = {}
+    for k in movable:
+        groups.setdefault(k.type, []).append(k.name)
+    hypothesis = {"type": "string", "maxLength": max_hypothesis,
+                  "description": "why this change should lower the metric, one sentence"}
+
+    def union_schema(schema: dict[str, Any]) -> None:
+        branches = [
+            {"type": "object", "additionalProperties": False,
+             "required": ["hypothesis", "knob", "move"],
+             "properties": {"hypothesis": hypothesis, "knob": {"enum": group},
+                            "move": {"enum": list(MOVES_BY_TYPE[kind])}}}
+            for kind, group in groups.items()
+        ]
+        for key in ("properties", "required", "type", "additionalProperties"):
+            schema.pop(key, None)
+        schema["anyOf"] = branches
+
+    model = create_model(
+        "KnobProposal",
+        __base__=KnobProposalBase,
+        hypothesis=(str, Field(max_length=max_hypothesis)),
+        knob=(Literal[names], ...),  # type: ignore[valid-type]
+        move=(Literal[all_moves], ...),  # type: ignore[valid-type]
+    )
+    model.model_config["json_schema_extra"] = union_schema
+    model.model_rebuild(force=True)
+    model.knob_moves = {k.name: k.moves for k in movable}
+    return model
+
+
+class SearchReplace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="file to edit, relative to the target directory")
+    search: str = Field(description="exact text currently in the file, unique in it")
+    replace: str = Field(description="text to put in its place")
+
+
+class EditProposal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hypothesis: str
+    edits: list[SearchReplace] = Field(min_length=1)
+
+    def description(self, width: int = 100) -> str:
+        """One line for results.tsv: the hypothesis, squashed, plus which files changed."""
+        text = " ".join(self.hypothesis.split())
+        text = text if len(text) <= width else text[: width - 3] + "..."
+        files = ", ".join(dict.fromkeys(e.path for e in self.edits))
+        return f"{text} [{files}]"
+
+
+def apply_edits(files: dict[str, str], edits: list[SearchReplace]) -> dict[str, str]:
+    """Apply search/replace blocks in order; returns all files (changed ones replaced).
+
+    A search text must occur exactly once in the file as it is at that point."""
+    out = dict(files)
+    for i, edit in enumerate(edits):
+        where = f"edits[{i}]"
+        if edit.path not in out:
+            raise InputError(edit.path, f"{where}.path",
+                             f"not an editable file (editable: {', '.join(sorted(files))})")
+        if not edit.search:
+            raise InputError(edit.path, f"{where}.search", "empty search text")
+        count = out[edit.path].count(edit.search)
+        first = edit.search.strip().splitlines()[0][:60] if edit.search.strip() else repr(edit.search)
+        if count == 0:
+            raise InputError(edit.path, f"{where}.search", f"search text not found: {first!r}")
+        if count > 1:
+            raise InputError(edit.path, f"{where}.search", f"search text is ambiguous ({count} "
+                             f"matches): {first!r}; include more surrounding lines")
+        out[edit.path] = out[edit.path].replace(edit.search, edit.replace, 1)
+    return out

@@ -1,0 +1,153 @@
+"""Knob parsing/moves (byte-for-byte rewrites) and search/replace edits."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from org.errors import InputError
+from org.proposal import (
+    EditProposal, SearchReplace, apply_edits, apply_knob_move, knob_schema, parse_knobs,
+)
+
+TRAIN = '''"""Editable target."""
+import math  # not a knob
+
+DEPTH = 4  # transformer blocks
+MATRIX_LR = 0.02  # Muon learning rate
+EMBED_LR: float = 3e-4  # AdamW lr for embeddings
+USE_VALUE_EMBEDS = True  # value embeddings on alternate layers
+TOTAL_BATCH_TOKENS = 2**14  # tokens per optimizer step
+WARMDOWN = 64 * 2  # steps of linear decay, é ü
+WINDOW = -1  # attention window (-1 = full)
+OPTIM = "muon"  # optimizer name
+PLAIN = 7
+SPLIT = (
+    3)  # multi-line values are not knobs
+lowercase = 1  # not upper-case
+A, B = 1, 2  # tuple targets are not knobs
+SEQ = math.e  # not a constant
+
+def main():
+    INNER = 5  # not top level
+'''
+
+
+def test_parse_knobs_types_values_and_comments() -> None:
+    knobs = {k.name: k for k in parse_knobs(TRAIN)}
+    assert list(knobs) == ["DEPTH", "MATRIX_LR", "EMBED_LR", "USE_VALUE_EMBEDS",
+                           "TOTAL_BATCH_TOKENS", "WARMDOWN", "WINDOW", "OPTIM"]
+    assert (knobs["DEPTH"].value, knobs["DEPTH"].type) == (4, "int")
+    assert knobs["EMBED_LR"].value == 3e-4 and knobs["EMBED_LR"].type == "float"
+    assert knobs["USE_VALUE_EMBEDS"].type == "bool" and knobs["OPTIM"].type == "str"
+    assert knobs["TOTAL_BATCH_TOKENS"].value == 16384 and knobs["TOTAL_BATCH_TOKENS"].expr == "2**14"
+    assert knobs["WARMDOWN"].value == 128 and knobs["WARMDOWN"].comment == "steps of linear decay, é ü"
+    assert knobs["WINDOW"].value == -1
+    assert knobs["MATRIX_LR"].comment == "Muon learning rate" and knobs["MATRIX_LR"].lineno == 5
+
+
+@pytest.mark.parametrize(
+    ("knob", "move", "line"),
+    [
+        ("DEPTH", "x2", "DEPTH = 8  # transformer blocks"),
+        ("DEPTH", "x0.67", "DEPTH = 3  # transformer blocks"),
+        ("DEPTH", "-1", "DEPTH = 3  # transformer blocks"),
+        ("MATRIX_LR", "x1.5", "MATRIX_LR = 0.03  # Muon learning rate"),
+        ("EMBED_LR", "x0.5", "EMBED_LR: float = 0.00015  # AdamW lr for embeddings"),
+        ("USE_VALUE_EMBEDS", "toggle", "USE_VALUE_EMBEDS = False  # value embeddings on alternate layers"),
+        ("TOTAL_BATCH_TOKENS", "x0.5", "TOTAL_BATCH_TOKENS = 2**13  # tokens per optimizer step"),
+        ("TOTAL_BATCH_TOKENS", "x1.5", "TOTAL_BATCH_TOKENS = 24576  # tokens per optimizer step"),
+        ("WARMDOWN", "+1", "WARMDOWN = 129  # steps of linear decay, é ü"),
+        ("WINDOW", "x2", "WINDOW = -2  # attention window (-1 = full)"),
+    ],
+)
+def test_move_rewrites_only_that_constant(knob: str, move: str, line: str) -> None:
+    new, description = apply_knob_move(TRAIN, knob, move)
+    old_lines, new_lines = TRAIN.split("\n"), new.split("\n")
+    changed = [i for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b]
+    assert len(old_lines) == len(new_lines) and len(changed) == 1
+    assert new_lines[changed[0]] == line
+    assert description.startswith(f"{knob} {move}: ") and "\n" not in description
+    assert {k.name: k.value for k in parse_knobs(new)}[knob] != {k.name: k.value for k in parse_knobs(TRAIN)}[knob]
+
+
+def test_crlf_and_missing_final_newline_are_preserved() -> None:
+    src = "X = 1  # a\r\nY = 2.5  # b"
+    new, _ = apply_knob_move(src, "Y", "x2")
+    assert new == "X = 1  # a\r\nY = 5.0  # b"
+    new, _ = apply_knob_move(src, "X", "+1")
+    assert new == "X = 2  # a\r\nY = 2.5  # b"
+
+
+def test_bad_moves_name_file_and_field() -> None:
+    with pytest.raises(InputError) as e:
+        apply_knob_move(TRAIN, "DEPTHS", "x2", path="trainer/train.py")
+    assert e.value.path == "trainer/train.py" and e.value.field == "knob" and "DEPTH" in e.value.message
+    with pytest.raises(InputError, match="move: move 'toggle' does not apply to int knob DEPTH"):
+        apply_knob_move(TRAIN, "DEPTH", "toggle")
+    with pytest.raises(InputError, match="allowed: none"):
+        apply_knob_move(TRAIN, "OPTIM", "x2")
+    with pytest.raises(InputError, match="leaves the value"):
+        apply_knob_move("N = 1  # n\n", "N", "x0.67")
+    with pytest.raises(InputError) as e:
+        parse_knobs("X = (\n", path="t.py")
+    assert e.value.field == "source" and "syntax error" in e.value.message
+
+
+def test_multiplicative_moves_never_reach_zero() -> None:
+    assert apply_knob_move("N = 2  # n\n", "N", "x0.5")[0] == "N = 1  # n\n"
+    assert apply_knob_move("N = -2  # n\n", "N", "x0.5")[0] == "N = -1  # n\n"
+    # 1 x0.5 would round to 0: clamped to 1, which is no change -> an error the model sees
+    with pytest.raises(InputError, match="leaves the value"):
+        apply_knob_move("N = 1  # n\n", "N", "x0.5")
+
+
+def test_knob_schema_is_enum_constrained_per_type() -> None:
+    model = knob_schema(parse_knobs(TRAIN))
+    ok = model(hypothesis="deeper is better", knob="DEPTH", move="x2")
+    assert (ok.knob, ok.move) == ("DEPTH", "x2")
+    with pytest.raises(ValidationError, match="choose one of \\['toggle'\\]"):
+        model(hypothesis="h", knob="USE_VALUE_EMBEDS", move="x2")
+    with pytest.raises(ValidationError):
+        model(hypothesis="h", knob="OPTIM", move="x2")  # string knobs are not offered
+    with pytest.raises(ValidationError):
+        model(hypothesis="x" * 500, knob="DEPTH", move="x2")
+    schema = model.model_json_schema()
+    branches = {tuple(b["properties"]["move"]["enum"]): b["properties"]["knob"]["enum"] for b in schema["anyOf"]}
+    assert branches[("toggle",)] == ["USE_VALUE_EMBEDS"]
+    assert branches[("x2", "x0.5", "x1.5", "x0.67", "+1", "-1")] == ["DEPTH", "TOTAL_BATCH_TOKENS", "WARMDOWN", "WINDOW"]
+    assert branches[("x2", "x0.5", "x1.5", "x0.67")] == ["MATRIX_LR", "EMBED_LR"]
+    with pytest.raises(InputError, match="no movable knobs"):
+        knob_schema(parse_knobs('A = "s"  # only a string\n'))
+
+
+FILES = {"train.py": "lr = 1\nlr = 1\nx = 2\n", "model.py": "class M:\n    pass\n"}
+
+
+def test_apply_edits_in_order_and_errors_name_block() -> None:
+    edits = [SearchReplace(path="train.py", search="x = 2", replace="x = 3"),
+             SearchReplace(path="model.py", search="    pass", replace="    depth = 2")]
+    out = apply_edits(FILES, edits)
+    assert out == {"train.py": "lr = 1\nlr = 1\nx = 3\n", "model.py": "class M:\n    depth = 2\n"}
+    assert FILES["train.py"].endswith("x = 2\n")  # input untouched
+
+    with pytest.raises(InputError) as e:
+        apply_edits(FILES, [edits[0], SearchReplace(path="train.py", search="y = 9", replace="")])
+    assert (e.value.path, e.value.field) == ("train.py", "edits[1].search")
+    assert "not found: 'y = 9'" in e.value.message
+    with pytest.raises(InputError, match="ambiguous \\(2 matches\\)"):
+        apply_edits(FILES, [SearchReplace(path="train.py", search="lr = 1", replace="lr = 2")])
+    with pytest.raises(InputError) as e:
+        apply_edits(FILES, [SearchReplace(path="prepare.py", search="a", replace="b")])
+    assert e.value.field == "edits[0].path" and "not an editable file" in e.value.message
+    with pytest.raises(InputError, match="empty search"):
+        apply_edits(FILES, [SearchReplace(path="train.py", search="", replace="b")])
+
+
+def test_edit_proposal_description_is_one_line() -> None:
+    p = EditProposal(hypothesis="Use a\nlonger warmdown " + "so the lr decays " * 10,
+                     edits=[SearchReplace(path="train.py", search="a", replace="b")] * 2)
+    d = p.description()
+    assert "\n" not in d and d.endswith("... [train.py]") and len(d) <= 100 + len(" [train.py]")
+    with pytest.raises(ValidationError):
+        EditProposal(hypothesis="h", edits=[])
