@@ -126,7 +126,7 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
 
 def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
     """The proposer picks one change: a knob move (closed choices) or search/replace edits."""
-    from org.proposal import MOVES, EditProposal, knob_schema, parse_knobs
+    from org.proposal import EditProposal, knob_schema, parse_knobs
 
     lab = runtime.context
     lab.progress(phase="propose", n=state["n"])
@@ -138,12 +138,13 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
         experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
         baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=_keep_rate(lab),
         history=history_table(lab.ledger.experiments(), 15), directive=state["directive"],
-        feedback=list(state["feedback"]), knobs=knob_listing(source, [k.name for k in knobs]),
-        moves=", ".join(MOVES),
+        feedback=list(state["feedback"]), knobs=knob_listing(knobs),
+        moves=", ".join(dict.fromkeys(m for k in knobs for m in k.moves)),
         memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 800),
     )  # fmt: skip
     if mode == "edit":
-        variables["files"] = {p: lab.workspace.read(p) for p in lab.program.editable_paths}
+        variables["files"] = {p: lab.workspace.read(lab.program.target_path(p))
+                              for p in lab.program.spec.editable}  # fmt: skip
         schema: Any = EditProposal
     else:
         if not knobs:
@@ -158,8 +159,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     v = res.value
     if mode == "edit":
         edits = [e.model_dump() for e in v.edits]
-        desc = v.hypothesis.strip().splitlines()[0][:120] if v.hypothesis.strip() else "edit"
-        proposal = Proposal(hypothesis=v.hypothesis, description=desc, role="proposer",
+        proposal = Proposal(hypothesis=v.hypothesis, description=v.description(), role="proposer",
                             model=rec.model_used, knob_move=None, edits=edits)  # fmt: skip
     else:
         proposal = Proposal(hypothesis=v.hypothesis, description=f"{v.knob} {v.move}", role="proposer",
@@ -170,7 +170,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
 
 def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "direct", "propose", "__end__"]]:
     """Turn the proposal into one commit on the campaign branch (from the best commit)."""
-    from org.proposal import apply_edits, apply_knob_move
+    from org.proposal import SearchReplace, apply_edits, apply_knob_move
 
     lab = runtime.context
     lab.progress(phase="apply", n=state["n"])
@@ -183,12 +183,10 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
             ws.write(prog.knob_path, new_source)
             p = {**p, "description": description}
         else:
-            files = {path: ws.read(path) for path in prog.editable_paths}
-            from org.proposal import SearchReplace
-
+            files = {rel: ws.read(prog.target_path(rel)) for rel in prog.spec.editable}
             edits = [SearchReplace.model_validate(e) for e in p["edits"] or []]
-            for path, text in apply_edits(files, edits).items():
-                ws.write(path, text)
+            for rel, text in apply_edits(files, edits).items():  # paths relative to the target
+                ws.write(prog.target_path(rel), text)
     except (InputError, ValueError, KeyError) as e:  # the model's edit did not apply
         return _failed(state, lab, "apply", str(e), p)
     ws.commit(f"exp {state['n']}: {p['description']}\n\n{p['hypothesis']}", prog.editable_paths)
@@ -306,10 +304,12 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
 # ---- helpers used by the nodes above -----------------------------------------------------------
 
 
-def knob_listing(source: str, names: list[str]) -> str:
-    """The knob lines exactly as written in the target (value and comment), one per line."""
-    wanted = set(names)
-    lines = [ln for ln in source.splitlines() if ln.split("=", 1)[0].strip() in wanted and "=" in ln]
+def knob_listing(knobs: list[Any]) -> str:
+    """One knob per line: `NAME = value  # comment  [moves: ...]` (string knobs are not movable)."""
+    lines = []
+    for k in knobs:
+        moves = ", ".join(k.moves) or "fixed"
+        lines.append(f"{k.name} = {k.expr}  # {k.comment}  [moves: {moves}]")
     return "\n".join(lines)
 
 
