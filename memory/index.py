@@ -1,0 +1,122 @@
+"""The Chroma side of memory: a derived vector index over the notes, rebuildable from SQLite.
+
+One collection per embedding model, cosine space. Chroma ids are the SQLite note ids as strings;
+metadata carries what queries filter on (target, kind, campaign, current). Nothing here is the
+source of truth: when in doubt, `rebuild()` from SQLite.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from memory.embedding import collection_name, embedding_function
+from memory.notes import Note
+
+
+def _meta(note: Note) -> dict[str, Any]:
+    return {
+        "target": note.target,
+        "kind": note.kind,
+        "campaign": note.campaign,
+        "current": note.current,
+    }
+
+
+class NoteIndex:
+    def __init__(self, path: Path, embedding: str):
+        import chromadb
+        from chromadb.config import Settings
+
+        self.path = path
+        self.embedding = embedding
+        self.fn = embedding_function(embedding)
+        self.name = collection_name(embedding)
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        try:
+            self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+            self.collection = self._collection()
+        except Exception:
+            # An unreadable index is only a cache: set it aside (kept for inspection) and start
+            # an empty one; the store sees the count mismatch and rebuilds from SQLite.
+            aside = path.with_name(f"{path.name}.broken-{int(time.time())}")
+            shutil.move(str(path), str(aside))
+            self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+            self.collection = self._collection()
+        self.batch = self.client.get_max_batch_size()
+
+    def _collection(self) -> Any:
+        return self.client.get_or_create_collection(
+            self.name, embedding_function=self.fn, configuration={"hnsw": {"space": "cosine"}}
+        )
+
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    def missing(self, ids: Sequence[int]) -> list[int]:
+        """Which of `ids` the index lacks."""
+        if not ids:
+            return []
+        got = set(self.collection.get(ids=[str(i) for i in ids], include=[])["ids"])
+        return [i for i in ids if str(i) not in got]
+
+    def all_ids(self) -> set[int]:
+        return {int(i) for i in self.collection.get(include=[])["ids"]}
+
+    def embed(self, texts: list[str]) -> list[Any]:
+        return list(self.fn(texts))
+
+    def upsert(self, notes: Sequence[Note], embeddings: Sequence[Any] | None = None) -> None:
+        """Add or replace notes; embeddings are computed unless given (precomputed bulk loads)."""
+        for start in range(0, len(notes), self.batch):
+            part = notes[start : start + self.batch]
+            kwargs: dict[str, Any] = {
+                "ids": [str(n.id) for n in part],
+                "documents": [n.text for n in part],
+                "metadatas": [_meta(n) for n in part],
+            }
+            if embeddings is not None:
+                kwargs["embeddings"] = list(embeddings[start : start + self.batch])
+            self.collection.upsert(**kwargs)
+
+    def update_meta(self, notes: Sequence[Note]) -> None:
+        if notes:
+            self.collection.update(ids=[str(n.id) for n in notes], metadatas=[_meta(n) for n in notes])
+
+    def query(
+        self,
+        text: str,
+        k: int,
+        target: str | None = None,
+        kinds: Iterable[str] | None = None,
+        current_only: bool = False,
+    ) -> list[tuple[int, float]]:
+        """(note id, cosine similarity) best first."""
+        clauses: list[dict[str, Any]] = []
+        if target is not None:
+            clauses.append({"target": target})
+        if kinds is not None:
+            clauses.append({"kind": {"$in": list(kinds)}})
+        if current_only:
+            clauses.append({"current": True})
+        where = clauses[0] if len(clauses) == 1 else ({"$and": clauses} if clauses else None)
+        res = self.collection.query(
+            query_texts=[text], n_results=k, where=where, include=["distances"]
+        )
+        return [(int(i), 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+
+    def rebuild(self, batches: Iterable[list[Note]]) -> int:
+        """Drop the collection and re-add every note from `batches` (SQLite order)."""
+        try:
+            self.client.delete_collection(self.name)
+        except Exception:  # absent collection: nothing to drop (chroma raises NotFoundError)
+            pass
+        self.collection = self._collection()
+        n = 0
+        for notes in batches:
+            self.upsert(notes)
+            n += len(notes)
+        return n
