@@ -20,7 +20,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from org.errors import InputError
-from org.lab import Lab
+from memory.notes import experiment_text
+from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, Review, fmt_metric, history_table
 from org.runner import metric_from, parse_number, run_command
 from org.state import CampaignState, Proposal
@@ -69,6 +70,9 @@ def _failed(state: CampaignState, lab: Lab, stage: str, reason: str,
     what = p.get("description") or "your proposal"
     update = {"attempt": attempt + 1, "fails_in_row": state["fails_in_row"] + 1,
               "feedback": [f"{stage}: {what}: {reason}"], "proposal": None, "commit": None}  # fmt: skip
+    queue = state.get("queue") or []
+    if queue:  # another candidate from the same round: try it before asking the model again
+        return Command(goto="apply", update={**update, "proposal": queue[0], "queue": queue[1:]})
     return _loop(state, lab, update, after_record=False)
 
 
@@ -106,10 +110,14 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
     """The director reads the whole record and sets the proposers' direction."""
     lab = runtime.context
     lab.progress(phase="direct", n=state["n"])
+    from org.proposal import parse_knobs
+
     rows = lab.ledger.experiments()
     fails = [f"{f['stage']}: {f['reason']}" for f in lab.ledger.failures(limit=10)]
+    knobs = knob_listing(parse_knobs(lab.workspace.read(lab.program.knob_path)))
     res = lab.call(
         "director", state["n"], Directive, experiment=state["n"], history=history_table(rows, 40),
+        knobs=knobs,
         best_metric=fmt_metric(state["best_metric"]), keep_rate=_keep_rate(lab),
         baseline_metric=fmt_metric(state["baseline_metric"]), feedback=fails,
         memory=lab.memory_context("what worked and what failed", 1200), directive=state["directive"],
@@ -121,6 +129,8 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
         d: Directive = res.value
         update["directive"] = f"{d.focus}" + (f" Avoid: {d.avoid}" if d.avoid else "")
         lab.log.info("directive", assessment=d.assessment, directive=update["directive"])
+        lab.memory.add_direction(lab.tag, lab.target, f"{d.assessment} {update['directive']}",
+                                 evidence=[f"exp:{lab.tag}:{state['n'] - 1}"])  # fmt: skip
     return Command(goto="propose", update=update)
 
 
@@ -150,25 +160,31 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
         if not knobs:
             raise InputError(lab.program.knob_path, "knobs", "no UPPER_CASE knob constants found")
         schema = knob_schema(knobs)
-    res = lab.call("proposer", state["n"], schema, **variables)
-    rec = res.record
-    if res.value is None:
-        return _failed(state, lab, "propose", f"no valid answer from {rec.model_used}: {rec.error}",
-                       Proposal(hypothesis="", description="", role="proposer",
-                                model=rec.model_used, knob_move=None, edits=None))  # fmt: skip
-    v = res.value
-    if mode == "edit":
-        edits = [e.model_dump() for e in v.edits]
-        proposal = Proposal(hypothesis=v.hypothesis, description=v.description(), role="proposer",
-                            model=rec.model_used, knob_move=None, edits=edits)  # fmt: skip
-    else:
-        proposal = Proposal(hypothesis=v.hypothesis, description=f"{v.knob} {v.move}", role="proposer",
-                            model=rec.model_used, knob_move=f"{v.knob} {v.move}", edits=None)  # fmt: skip
-    lab.log.info("proposal", exp=state["n"], **{k: proposal[k] for k in ("description", "hypothesis")})
-    return Command(goto="apply", update={"proposal": proposal})
+    proposals: list[Proposal] = []
+    failures: list[str] = []
+    for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
+        res = lab.call("proposer", state["n"], schema, **variables)
+        rec = res.record
+        if res.value is None:
+            failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
+            continue
+        v = res.value
+        if mode == "edit":
+            proposals.append(Proposal(
+                hypothesis=v.hypothesis, description=v.description(), role="proposer",
+                model=rec.model_used, knob_move=None, edits=[e.model_dump() for e in v.edits]))  # fmt: skip
+        else:
+            move = f"{v.knob} {v.move}"
+            proposals.append(Proposal(hypothesis=v.hypothesis, description=move, role="proposer",
+                                      model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
+    if not proposals:
+        return _failed(state, lab, "propose", "; ".join(dict.fromkeys(failures)))
+    lab.log.info("proposal", exp=state["n"], candidates=len(proposals),
+                 description=proposals[0]["description"], hypothesis=proposals[0]["hypothesis"])  # fmt: skip
+    return Command(goto="apply", update={"proposal": proposals[0], "queue": proposals[1:]})
 
 
-def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "direct", "propose", "__end__"]]:
+def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "apply", "direct", "propose", "__end__"]]:
     """Turn the proposal into one commit on the campaign branch (from the best commit)."""
     from org.proposal import SearchReplace, apply_edits, apply_knob_move
 
@@ -193,7 +209,7 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
     return Command(goto="vet", update={"proposal": p, "commit": ws.head()})
 
 
-def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "direct", "propose", "__end__"]]:
+def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "__end__"]]:
     """Scope, syntax, duplicate and (if the org has one) peer review, before any run is spent."""
     lab = runtime.context
     lab.progress(phase="vet", n=state["n"])
@@ -203,7 +219,9 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
                  knob_move=p["knob_move"])  # fmt: skip
 
     def duplicate(v: VetInput) -> str | None:
-        return lab.duplicate(v.knob_move, v.diff, p["hypothesis"])
+        knob = absolute_move(p["description"]) if p["knob_move"] else None
+        text = experiment_text(p["description"], p["hypothesis"])
+        return lab.duplicate(knob, None if knob else v.diff, text)
 
     def review(v: VetInput) -> str | None:
         res = lab.call("reviewer", state["n"], Review, hypothesis=p["hypothesis"],
@@ -263,17 +281,18 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     n, o, p, commit = state["n"], state["outcome"], state["proposal"], state["commit"]
     ws = lab.workspace
     parent = state["best_commit"] or ws.parent(commit)
-    lab.ledger.record_experiment(dict(
+    row = dict(
         n=n, commit=commit, parent=parent, metric=o["metric"], memory_gb=o["memory_gb"],
         status=o["status"], description=p["description"], hypothesis=p["hypothesis"],
         role=p["role"], model=p["model"], cost_usd=lab.ledger.cycle_cost(n),
         seconds=o["seconds"], knob_move=p["knob_move"] or "", log=o["log"],
-    ))  # fmt: skip
+    )  # fmt: skip
+    lab.ledger.record_experiment(row)
     kept = o["status"] == "keep"
     if not kept:
         ws.reset(state["best_commit"])
     lab.write_tsv()
-    lab.remember(n, p, o, state["best_metric"])
+    lab.remember(row, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
     lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
                  description=p["description"])  # fmt: skip
     update: dict[str, Any] = {
@@ -297,7 +316,19 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
     """Every K experiments the compactor distils the target's notes into lessons."""
     lab = runtime.context
     lab.progress(phase="compact", n=state["n"])
-    lab.compact(state["n"], Lessons)
+    n = state["n"]
+
+    def summarize(notes: list[Any]) -> list[Any]:
+        res = lab.call("compactor", n, Lessons, experiment=n,
+                       notes="\n".join(note.to_prompt() for note in notes))  # fmt: skip
+        if res.value is None:  # the model failed: fall back to memory's deterministic grouping
+            from memory.compaction import fallback_drafts
+
+            return fallback_drafts(lab.memory, lab.target, notes)
+        return list(res.value.lessons)
+
+    lessons = lab.memory.compact(lab.target, summarize)
+    lab.log.info("compact", exp=n, lessons=len(lessons))
     return _loop(state, lab, {}, after_record=False)
 
 

@@ -27,6 +27,12 @@ class StructuredClient(Protocol):
     def structured(self, role: Any, messages: list[dict], schema: type[BaseModel]) -> Any: ...
 
 
+def absolute_move(description: str) -> str:
+    """'DEPTH x2: 4 -> 8' -> 'DEPTH 4->8': memory compares absolute moves across keeps."""
+    head, _, values = description.partition(": ")
+    return f"{head.split()[0]} {values.replace(' -> ', '->')}" if values else head
+
+
 @dataclass
 class Limits:
     max_experiments: int | None
@@ -100,6 +106,32 @@ class Lab:
         self.log.info("model_call", role=kind, exp=n, model=rec.model_used, ok=rec.ok,
                       cost_usd=rec.cost_usd, seconds=round(rec.seconds, 3), error=rec.error)  # fmt: skip
         return result
+
+    # ---- memory (the memory contract: memory.NoteStore) ----------------------------------------
+
+    def memory_context(self, query: str, budget_tokens: int) -> str:
+        return self.memory.context_for(query, self.target, budget_tokens)
+
+    def duplicate(self, knob_move: str | None, diff: str | None, text: str) -> str | None:
+        """Rejection reason if memory holds this change already (a keep elsewhere may be redone)."""
+        note = self.memory.check_duplicate(self.target, knob_move, diff, text)
+        if note is None or (note.status == "keep" and note.campaign != self.tag):
+            return None
+        return f"repeats an earlier experiment: {note.to_prompt()}"
+
+    def remember(self, row: dict[str, Any], baseline: float | None, diff: str | None) -> None:
+        """One experiment note per run (not the baseline), at most once per experiment."""
+        if row["n"] == 0 or self.ledger.experiment(row["n"]).get("noted"):
+            return
+        delta = None if row["metric"] is None or baseline is None else row["metric"] - baseline
+        self.memory.add_experiment(
+            self.tag, self.target, hypothesis=row["hypothesis"], change=row["description"],
+            status=row["status"], metric=row["metric"], metric_delta=delta,
+            knob_move=absolute_move(row["description"]) if row["knob_move"] else None,
+            diff=None if row["knob_move"] else diff, commit=row["commit"],
+            experiment_id=f"{self.tag}:{row['n']}",
+        )  # fmt: skip
+        self.ledger.mark_noted(row["n"])
 
     # ---- stop conditions ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
             "n": int, "commit": str, "parent": str, "metric": float, "memory_gb": float,
             "status": str, "description": str, "hypothesis": str, "role": str, "model": str,
             "cost_usd": float, "seconds": float, "knob_move": str, "log": str, "created_at": float,
+            "noted": int,  # 1 once the memory note for this experiment exists
         },
         pk="n",
     )  # fmt: skip
@@ -77,11 +78,18 @@ class Ledger:
     def record_experiment(self, row: dict[str, Any]) -> None:
         assert row["status"] in STATUSES, row["status"]
         row = {**row, "created_at": row.get("created_at") or time.time()}
+        old = self.experiment(row["n"])
+        if old is not None and old["commit"] == row["commit"]:  # a re-run after kill: same row
+            row["noted"], row["created_at"] = old["noted"], old["created_at"]
         with self.db.conn:
             self.db["experiments"].upsert(row, pk="n")
 
     def experiments(self) -> list[dict[str, Any]]:
         return list(self.db["experiments"].rows_where(order_by="n"))
+
+    def mark_noted(self, n: int) -> None:
+        with self.db.conn:
+            self.db["experiments"].update(n, {"noted": 1})
 
     def experiment(self, n: int) -> dict[str, Any] | None:
         rows = list(self.db["experiments"].rows_where("n = ?", [n]))

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from memory.notes import LessonDraft
 from org.errors import InputError
 
 # Every name a role template may use. Checked against each role's template before a campaign
@@ -65,18 +66,12 @@ class Review(BaseModel):
     reason: str = Field(description="one sentence: why approve or reject")
 
 
-class Lesson(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text: str = Field(description="one self-contained lesson, e.g. 'DEPTH above 6 hurts at 5 min'")
-
-
 class Lessons(BaseModel):
-    """Compactor output."""
+    """Compactor output: lesson drafts citing the note ids they merge (memory.LessonDraft)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lessons: list[Lesson] = Field(max_length=8)
+    lessons: list[LessonDraft] = Field(max_length=8)
 
 
 def check_role_variables(roles: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ class CampaignState(TypedDict, total=False):
     directive: Annotated[str, replace]  # the director's current guidance for proposers
     feedback: Annotated[list[str], add_feedback]
     proposal: Annotated[Proposal | None, replace]
+    queue: Annotated[list[Proposal], replace]  # more candidates of this round (proposals_per_round)
     commit: Annotated[str | None, replace]  # experiment commit under test
     outcome: Annotated[Outcome | None, replace]
     stopped: Annotated[str | None, replace]  # why the campaign ended
@@ -63,6 +64,6 @@ class CampaignState(TypedDict, total=False):
 def initial_state() -> CampaignState:
     return CampaignState(
         n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
-        since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, commit=None,
+        since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
         outcome=None, stopped=None,
     )  # fmt: skip
