@@ -238,7 +238,7 @@ def agreement_problems(tag: str) -> list[str]:
     if [r["n"] for r in rows] != list(range(len(rows))):
         problems.append(f"experiment numbers are not 0..{len(rows) - 1}: {[r['n'] for r in rows]}")
     ws = Workspace(directory / "worktree")
-    on_branch = set(ws.log(record.base_commit))
+    on_branch = set(ws.log(record.base_commit)) | {record.base_commit}
     for r in rows:
         if r["status"] == "keep" and r["commit"] not in on_branch:
             problems.append(f"kept experiment {r['n']} ({r['commit'][:7]}) is not on the branch")

@@ -10,7 +10,12 @@ import click
 from org.errors import NightlabError
 
 # name -> "module:attribute" of a click command or group; imported only when used.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "campaign": "org.commands:campaign",
+    "resume": "org.commands:resume",
+    "status": "org.commands:status",
+    "log": "org.commands:log",
+}
 
 
 class LazyGroup(click.Group):

@@ -280,7 +280,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     lab = runtime.context
     n, o, p, commit = state["n"], state["outcome"], state["proposal"], state["commit"]
     ws = lab.workspace
-    parent = state["best_commit"] or ws.parent(commit)
+    parent = state["best_commit"] if n > 0 else (lab.base_commit if commit != lab.base_commit else "")
     row = dict(
         n=n, commit=commit, parent=parent, metric=o["metric"], memory_gb=o["memory_gb"],
         status=o["status"], description=p["description"], hypothesis=p["hypothesis"],

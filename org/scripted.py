@@ -2,8 +2,8 @@
 
 For tests and `evals/bench_loop.py`: scripted answers stand in for LLM *responses* only; every
 other part of a campaign (git, runs, ledger, memory) is real. An answer is a dict validated
-against the schema the graph asked for, a pydantic model, or `None` for "the model produced
-nothing valid" (which the graph must record and feed back).
+against the schema the graph asked for, a pydantic model, `None` for "the model produced nothing
+valid" (which the graph must record and feed back), or a callable `(schema, messages) -> answer`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from org.models.records import CallRecord, StructuredResult
 
-Answer = dict[str, Any] | BaseModel | None | Callable[[type[BaseModel]], Any]
+Answer = dict[str, Any] | BaseModel | None | Callable[[type[BaseModel], list[dict]], Any]
 
 
 class ScriptedClient:
@@ -40,7 +40,7 @@ class ScriptedClient:
         else:
             raise AssertionError(f"script has no answer left for role {kind!r}")
         if callable(answer) and not isinstance(answer, BaseModel):
-            answer = answer(schema)
+            answer = answer(schema, messages)
         value, error = None, "scripted: no valid answer"
         if answer is not None:
             try:
