@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "status": "org.commands:status",
     "log": "org.commands:log",
     "models": "org.models.commands:models",
+    "memory": "memory.cli:memory",
 }
 
 
