@@ -245,7 +245,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]
     lab = runtime.context
     lab.progress(phase="run", n=state["n"])
     prog = lab.program
-    res = run_command(prog.spec.run, lab.workspace.path, prog.spec.env, prog.spec.run_timeout_s,
+    res = run_command(prog.spec.run, lab.workspace.path, prog.spec.env, prog.run_timeout_s,
                       lab.run_log(state["n"]), pid_file=lab.run_pid_file)  # fmt: skip
     lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
     metric = metric_from(res, prog.spec.metric, prog.spec.parse.regex)
