@@ -308,7 +308,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         update["feedback"] = [f"crash: {p['description']}: exit {o['returncode']}, "
                               f"timed out {o['timed_out']}; output tail: {o['tail'][-600:]}"]  # fmt: skip
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
-                 keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost())  # fmt: skip
+                 keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost(),
+                 overhead=dict(lab.overhead))  # fmt: skip
     return _loop(state, lab, update, after_record=True)
 
 
