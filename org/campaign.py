@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from org.errors import HarnessError, InputError
+from org.errors import InputError
 from org.lab import Lab, Limits
 from org.ledger import Ledger, tsv_text
 from org.program import Program, load_program
@@ -147,12 +147,16 @@ def _drive(lab: Lab, graph_input: Any) -> dict[str, Any]:
         lab.ledger.close()
 
 
+def default_tag(program: Program) -> str:
+    return f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def start(program_path: str | Path, org_path: str | Path, tag: str | None = None,
           max_experiments: int | None = None, models: Any = None, memory: Any = None,
           progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Create a campaign, run its baseline, then loop until a stop condition."""
     program, org = validate_inputs(program_path, org_path)
-    tag = tag or f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = tag or default_tag(program)
     if not _TAG.match(tag):
         raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
     directory = campaign_dir(tag)
