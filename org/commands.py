@@ -62,7 +62,7 @@ def status(tag: str | None) -> None:
     table = Table("tag", "experiments", "kept", "crashed", "rejected", "baseline", "best", "spend")
     for t in tags:
         s = c.summary(t)
-        fmt = lambda x: "n/a" if x is None else f"{x:.6f}"  # noqa: E731
+        fmt = lambda x: "n/a" if x is None else f"{x:.6f}"
         table.add_row(t, str(s["experiments"]), str(s["kept"]), str(s["crashed"]),
                       str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), f"${s['spend_usd']:.4f}")  # fmt: skip
     Console().print(table)

@@ -38,7 +38,7 @@ def test_keep_discard_crash_and_failures(tmp_path):
     ledger = Ledger(d / "ledger.db")
     rows = ledger.experiments()
     assert [r["status"] for r in rows] == ["keep", "keep", "discard", "crash", "keep"]
-    assert [r["description"] for r in rows][0] == "baseline"
+    assert rows[0]["description"] == "baseline"
     assert rows[1]["description"] == "LR x2: 0.01 -> 0.02"
     assert rows[4]["description"] == "LR x2: 0.02 -> 0.04"
     assert rows[0]["metric"] > rows[1]["metric"] > rows[4]["metric"]
