@@ -11,6 +11,10 @@ from org.errors import NightlabError
 
 # name -> "module:attribute" of a click command or group; imported only when used.
 COMMANDS: dict[str, str] = {
+    "campaign": "org.commands:campaign",
+    "resume": "org.commands:resume",
+    "status": "org.commands:status",
+    "log": "org.commands:log",
     "models": "org.models.commands:models",
     "memory": "memory.cli:memory",
 }

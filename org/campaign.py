@@ -1,0 +1,293 @@
+"""Start, resume and inspect campaigns: the campaign directory, checkpointer and reconciliation.
+
+A campaign lives in `$NIGHTLAB_HOME/campaigns/<tag>/`:
+    campaign.json   resolved config (program/org paths, base commit, protected hashes, limits)
+    worktree/       git worktree of the target repo on branch nightlab/<tag>
+    ledger.db       experiments, model calls, failures (source of truth)
+    results.tsv     regenerated from ledger.db after every experiment
+    checkpoints.db  LangGraph SqliteSaver: the loop resumes from the last finished node
+    events.jsonl    structlog JSON event log
+    runs/NNNN.log   captured output of each run (size-capped)
+Everything is validated before anything is written, so bad input never touches existing records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel
+
+from org.errors import InputError
+from org.lab import Lab, Limits
+from org.ledger import Ledger, tsv_text
+from org.program import Program, load_program
+from org.prompts import check_role_variables
+from org.roles import Org, load_org
+from org.runner import kill_stale
+from org.settings import home_dir
+from org.state import initial_state
+from org.workspace import Workspace, branch_name, git
+
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class CampaignRecord(BaseModel):
+    tag: str
+    program: str  # path of the program file (re-read on resume, contract fields must not change)
+    org: str
+    repo: str
+    base_commit: str
+    created_at: float
+    metric: str
+    direction: str
+    editable: list[str]
+    protected_hashes: dict[str, str]
+    max_experiments: int | None = None  # --max-experiments override of the program's stop limit
+
+
+def campaigns_dir() -> Path:
+    return home_dir() / "campaigns"
+
+
+def campaign_dir(tag: str) -> Path:
+    return campaigns_dir() / tag
+
+
+def load_record(tag: str) -> CampaignRecord:
+    path = campaign_dir(tag) / "campaign.json"
+    if not path.is_file():
+        raise InputError(None, "tag", f"no campaign named {tag!r} in {campaigns_dir()}")
+    return CampaignRecord.model_validate_json(path.read_text())
+
+
+def _save_record(directory: Path, record: CampaignRecord) -> None:
+    tmp = directory / "campaign.json.tmp"
+    tmp.write_text(record.model_dump_json(indent=2))
+    os.replace(tmp, directory / "campaign.json")
+
+
+def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Program, Org]:
+    """Load and cross-check program and org. Raises InputError; writes nothing."""
+    program = load_program(program_path)
+    org = load_org(org_path)
+    check_role_variables(org.roles)
+    proposer = org.roles["proposer"]
+    if (proposer.spec.mode or "knob") == "knob":
+        from org.proposal import parse_knobs
+
+        source = (program.repo / program.knob_path).read_text(encoding="utf-8")
+        if not parse_knobs(source):
+            raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
+                             "knob constants, but the proposer works in knob mode")  # fmt: skip
+    return program, org
+
+
+def _event_log(directory: Path, tag: str) -> Any:
+    fh = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
+    return structlog.wrap_logger(
+        structlog.WriteLogger(fh),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+    ).bind(campaign=tag)
+
+
+def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, memory: Any,
+              progress: Callable[..., None] | None) -> Lab:  # fmt: skip
+    directory = campaign_dir(record.tag)
+    stop = program.spec.stop
+    if models is None:
+        from org.models import ModelClient
+
+        models = ModelClient()
+    if memory is None:
+        from memory import NoteStore
+
+        memory = NoteStore(home_dir())
+    return Lab(
+        tag=record.tag, dir=directory, program=program, org=org,
+        workspace=Workspace(directory / "worktree"), ledger=Ledger(directory / "ledger.db"),
+        models=models, memory=memory,
+        limits=Limits(max_experiments=record.max_experiments if record.max_experiments is not None
+                      else stop.max_experiments, max_hours=stop.max_hours, max_usd=stop.max_usd,
+                      max_failures_in_row=stop.max_failures_in_row),
+        started_at=record.created_at, base_commit=record.base_commit,
+        protected_hashes=record.protected_hashes, log=_event_log(directory, record.tag),
+        progress=progress or (lambda **_: None),
+    )  # fmt: skip
+
+
+def _compiled(lab: Lab) -> tuple[Any, dict[str, Any], sqlite3.Connection]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from org.graph import build_graph
+
+    conn = sqlite3.connect(str(lab.dir / "checkpoints.db"), check_same_thread=False)
+    graph = build_graph().compile(checkpointer=SqliteSaver(conn))
+    config = {"configurable": {"thread_id": lab.tag}, "recursion_limit": 1_000_000}
+    return graph, config, conn
+
+
+def _drive(lab: Lab, graph_input: Any) -> dict[str, Any]:
+    graph, config, conn = _compiled(lab)
+    try:
+        # durability="sync": each checkpoint is on disk before the next node starts.
+        return graph.invoke(graph_input, config, context=lab, durability="sync")
+    finally:
+        conn.close()
+        lab.ledger.close()
+
+
+def default_tag(program: Program) -> str:
+    return f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start(program_path: str | Path, org_path: str | Path, tag: str | None = None,
+          max_experiments: int | None = None, models: Any = None, memory: Any = None,
+          progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Create a campaign, run its baseline, then loop until a stop condition."""
+    program, org = validate_inputs(program_path, org_path)
+    tag = tag or default_tag(program)
+    if not _TAG.match(tag):
+        raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
+    directory = campaign_dir(tag)
+    if directory.exists() and not (directory / "campaign.json").exists():
+        _remove(program.repo, directory, tag)  # a start killed before it saved anything
+    if directory.exists():
+        raise InputError(None, "tag", f"campaign {tag!r} already exists; `nightlab resume {tag}`")
+    if git(program.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch_name(tag)}",
+           check=False):  # fmt: skip
+        raise InputError(None, "tag", f"branch {branch_name(tag)} already exists in {program.repo}")
+    directory.mkdir(parents=True)
+    ws = Workspace.create(program.repo, directory / "worktree", tag)
+    record = CampaignRecord(
+        tag=tag, program=str(program.path), org=str(org.path.resolve()), repo=str(program.repo),
+        base_commit=ws.head(), created_at=time.time(), metric=program.spec.metric,
+        direction=program.spec.direction, editable=program.editable_paths,
+        protected_hashes={p: ws.blob_hash(p) for p in program.protected_paths},
+        max_experiments=max_experiments,
+    )  # fmt: skip
+    _save_record(directory, record)
+    lab = _open_lab(record, program, org, models, memory, progress)
+    lab.log.info("campaign_start", program=record.program, org=record.org, base=record.base_commit)
+    try:
+        return _drive(lab, initial_state())
+    except InputError:
+        # The target itself is broken (baseline failed): nothing was recorded, so leave no trace.
+        if not Ledger(directory / "ledger.db").experiments():
+            _remove(program.repo, directory, tag)
+        raise
+
+
+def _remove(repo: Path, directory: Path, tag: str) -> None:
+    git(repo, "worktree", "remove", "--force", str(directory / "worktree"), check=False)
+    git(repo, "branch", "-D", branch_name(tag), check=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def resume(tag: str, max_experiments: int | None = None, models: Any = None, memory: Any = None,
+           progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Continue a campaign from its last checkpoint after a reconciliation pass."""
+    record = load_record(tag)
+    program, org = validate_inputs(record.program, record.org)
+    for field, now, then in [("metric", program.spec.metric, record.metric),
+                             ("direction", program.spec.direction, record.direction),
+                             ("editable", program.editable_paths, record.editable)]:  # fmt: skip
+        if now != then:
+            raise InputError(program.path, field, f"changed since the campaign started "
+                             f"({then!r} -> {now!r}); start a new campaign instead")  # fmt: skip
+    if max_experiments is not None:
+        record = record.model_copy(update={"max_experiments": max_experiments})
+        _save_record(campaign_dir(tag), record)
+    lab = _open_lab(record, program, org, models, memory, progress)
+    if kill_stale(lab.run_pid_file):
+        lab.log.info("killed_stale_run")
+    lab.write_tsv()  # results.tsv is a view of the ledger: rebuild it whatever happened before
+    lab.log.info("campaign_resume", experiments=len(lab.ledger.experiments()))
+    graph, config, conn = _compiled(lab)
+    snapshot = graph.get_state(config)
+    conn.close()
+    graph_input: Any = None
+    if not snapshot.next:
+        if not snapshot.values:  # killed before the first checkpoint: start over cleanly
+            graph_input = initial_state()
+        else:  # finished earlier; continue only if a stop limit was raised
+            from langgraph.types import Command
+
+            if lab.stop_reason(snapshot.values["n"] - 1, 0):
+                lab.ledger.close()
+                return dict(snapshot.values)
+            graph_input = Command(goto="propose", update={"stopped": None})
+    return _drive(lab, graph_input)
+
+
+def agreement_problems(tag: str) -> list[str]:
+    """Do git history, results.tsv and SQLite tell the same story? [] when they do."""
+    record = load_record(tag)
+    directory = campaign_dir(tag)
+    ledger = Ledger(directory / "ledger.db")
+    rows = ledger.experiments()
+    ledger.close()
+    problems: list[str] = []
+    tsv = directory / "results.tsv"
+    if not tsv.exists() or tsv.read_text() != tsv_text(rows, record.metric):
+        problems.append("results.tsv differs from ledger.db")
+    if [r["n"] for r in rows] != list(range(len(rows))):
+        problems.append(f"experiment numbers are not 0..{len(rows) - 1}: {[r['n'] for r in rows]}")
+    ws = Workspace(directory / "worktree")
+    on_branch = set(ws.log(record.base_commit)) | {record.base_commit}
+    for r in rows:
+        if r["status"] == "keep" and r["commit"] not in on_branch:
+            problems.append(f"kept experiment {r['n']} ({r['commit'][:7]}) is not on the branch")
+        if r["status"] != "keep" and r["commit"] in on_branch and r["commit"] != ws.head():
+            problems.append(f"{r['status']} experiment {r['n']} ({r['commit'][:7]}) is still on the branch")
+    kept = [r["commit"] for r in rows if r["status"] == "keep"]
+    if kept and kept[-1] != ws.head() and not ws.is_ancestor(kept[-1], ws.head()):
+        problems.append("branch head does not descend from the last keep")
+    if len({r["commit"] for r in rows}) != len(rows):
+        problems.append("two experiments share a commit")
+    return problems
+
+
+def list_tags() -> list[str]:
+    d = campaigns_dir()
+    return sorted(p.name for p in d.iterdir() if (p / "campaign.json").exists()) if d.exists() else []
+
+
+def summary(tag: str) -> dict[str, Any]:
+    """Numbers for `nightlab status`."""
+    record = load_record(tag)
+    ledger = Ledger(campaign_dir(tag) / "ledger.db")
+    try:
+        rows = ledger.experiments()
+        runs = [r for r in rows if r["n"] > 0]
+        scored = [r["metric"] for r in rows if r["status"] == "keep"]
+        best = (min if record.direction == "min" else max)(scored) if scored else None
+        return {
+            "tag": tag, "experiments": len(runs), "kept": sum(r["status"] == "keep" for r in runs),
+            "crashed": sum(r["status"] == "crash" for r in runs),
+            "rejected": len(ledger.failures()), "baseline": rows[0]["metric"] if rows else None,
+            "best": best, "metric": record.metric, "spend_usd": ledger.total_cost(),
+            "program": record.program, "org": record.org,
+        }  # fmt: skip
+    finally:
+        ledger.close()
+
+
+def read_json_events(tag: str, limit: int = 50) -> list[dict[str, Any]]:
+    path = campaign_dir(tag) / "events.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()[-limit:]
+    return [json.loads(line) for line in lines if line.strip().startswith("{")]

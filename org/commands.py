@@ -1,0 +1,91 @@
+"""CLI verbs for campaigns: `campaign`, `resume`, `status`, `log` (registered lazily in org/cli.py)."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+@click.command("campaign")
+@click.option("--program", "program", required=True, type=click.Path(dir_okay=False),
+              help="Program file (target contract + strategy), e.g. programs/quickstart.md.")
+@click.option("--org", "org", default="roles/tiered", show_default=True, type=click.Path(),
+              help="Org folder (org.md + role files).")
+@click.option("--tag", default=None, help="Campaign name; default <program>-<date>-<time>.")
+@click.option("--max-experiments", type=int, default=None,
+              help="Stop after this many experiments (overrides the program's stop limit).")
+def campaign(program: str, org: str, tag: str | None, max_experiments: int | None) -> None:
+    """Start a campaign: baseline first, then propose -> vet -> run -> keep/revert, all night."""
+    from org import campaign as c
+    from org.progress import Dashboard
+
+    prog, _ = c.validate_inputs(program, org)  # fail fast, before any output
+    tag = tag or c.default_tag(prog)
+    click.echo(f"campaign {tag}: {c.campaign_dir(tag)}", err=True)
+    with Dashboard(tag, prog.spec.metric) as dash:
+        state = c.start(program, org, tag=tag, max_experiments=max_experiments, progress=dash)
+    _done(state)
+
+
+@click.command("resume")
+@click.argument("tag")
+@click.option("--max-experiments", type=int, default=None,
+              help="Raise (or set) the experiment limit before continuing.")
+def resume(tag: str, max_experiments: int | None) -> None:
+    """Continue a campaign from its last checkpoint (after a crash, kill -9 or reboot)."""
+    from org import campaign as c
+    from org.progress import Dashboard
+
+    record = c.load_record(tag)
+    with Dashboard(tag, record.metric) as dash:
+        state = c.resume(tag, max_experiments=max_experiments, progress=dash)
+    _done(state)
+
+
+def _done(state: dict) -> None:
+    best = state.get("best_metric")
+    click.echo(f"campaign stopped: {state.get('stopped') or 'finished'}; "
+               f"{state.get('n', 1) - 1} experiments; best {best if best is not None else 'n/a'}")
+
+
+@click.command("status")
+@click.argument("tag", required=False)
+def status(tag: str | None) -> None:
+    """Summary of one campaign, or of all campaigns."""
+    from org import campaign as c
+
+    tags = [tag] if tag else c.list_tags()
+    if not tags:
+        click.echo("no campaigns yet")
+        return
+    table = Table("tag", "experiments", "kept", "crashed", "rejected", "baseline", "best", "spend")
+    for t in tags:
+        s = c.summary(t)
+        fmt = lambda x: "n/a" if x is None else f"{x:.6f}"
+        table.add_row(t, str(s["experiments"]), str(s["kept"]), str(s["crashed"]),
+                      str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), f"${s['spend_usd']:.4f}")  # fmt: skip
+    Console().print(table)
+    if tag:
+        problems = c.agreement_problems(tag)
+        click.echo("records agree (git, results.tsv, ledger)" if not problems
+                   else "records disagree:\n  " + "\n  ".join(problems))  # fmt: skip
+
+
+@click.command("log")
+@click.argument("tag")
+@click.option("--events", is_flag=True, help="Show the JSON event log instead of results.tsv.")
+@click.option("-n", "limit", type=int, default=50, show_default=True, help="Last N events.")
+def log(tag: str, events: bool, limit: int) -> None:
+    """Print a campaign's results.tsv (or its event log)."""
+    import json
+
+    from org import campaign as c
+
+    c.load_record(tag)  # clear error for an unknown tag
+    if events:
+        for event in c.read_json_events(tag, limit):
+            click.echo(json.dumps(event))
+        return
+    tsv = c.campaign_dir(tag) / "results.tsv"
+    click.echo(tsv.read_text() if tsv.exists() else "no experiments recorded yet")

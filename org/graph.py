@@ -1,0 +1,382 @@
+"""The campaign loop as a LangGraph StateGraph: nodes first, wiring at the bottom.
+
+    setup -> run (baseline) -> judge -> record -> [compact] -> [direct] -> propose -> apply -> vet
+          -> run -> judge -> record -> ...
+
+Every node returns `Command[Literal[...]]`, so the routing is in the signatures. Side effects are
+idempotent per node (apply resets to the best commit first; record upserts by experiment number
+and regenerates results.tsv), because after `kill -9` the interrupted node runs again from the
+last checkpoint. Model-caused failures (bad output, an edit that does not apply, a vetoed change,
+a crash) are written to the ledger and fed back to the proposer; harness errors raise.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Command
+
+from memory.notes import experiment_text
+from org.errors import InputError
+from org.lab import Lab, absolute_move
+from org.prompts import Directive, Lessons, Review, fmt_metric, history_table
+from org.runner import metric_from, parse_number, run_command
+from org.state import CampaignState, Outcome, Proposal
+from org.vet import VetInput, vet
+
+Next = Literal["compact", "direct", "propose", "__end__"]
+
+
+# ---- routing helpers ---------------------------------------------------------------------------
+
+
+def _keep_rate(lab: Lab) -> str:
+    rows = [r for r in lab.ledger.experiments() if r["n"] > 0]
+    kept = sum(r["status"] == "keep" for r in rows)
+    return f"{kept}/{len(rows)}" if rows else "0/0"
+
+
+def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: bool) -> Command:
+    """Where the loop goes next: end, compact, direct or propose."""
+    merged = {**state, **update}
+    n_done = merged["n"] - 1  # experiments after the baseline that have been recorded
+    spec = lab.org.spec
+    # Compaction first: a campaign that stops right after the K-th experiment still distils it.
+    if after_record and "compactor" in lab.org.roles and n_done > 0 and n_done % spec.compact_every == 0:
+        return Command(goto="compact", update=update)
+    reason = lab.stop_reason(n_done, merged["fails_in_row"])
+    if reason:
+        lab.log.info("stop", reason=reason)
+        return Command(goto=END, update={**update, "stopped": reason})
+    if "director" in lab.org.roles:
+        plateau = merged["since_keep"] >= spec.plateau_after and merged["since_direct"] >= spec.plateau_after
+        if merged["since_direct"] >= spec.director_every or plateau:
+            return Command(goto="direct", update=update)
+    return Command(goto="propose", update=update)
+
+
+def _failed(state: CampaignState, lab: Lab, stage: str, reason: str,
+            proposal: Proposal | None = None) -> Command:  # fmt: skip
+    """A model-caused failure before any run: record it, show it to the proposer, go on."""
+    attempt = state["attempt"]
+    p = proposal or {}
+    lab.ledger.record_failure(f"{attempt}:{stage}", state["n"], stage, reason,
+                              p.get("hypothesis", ""), p.get("role", ""), p.get("model", ""))  # fmt: skip
+    lab.log.info("rejected", exp=state["n"], stage=stage, reason=reason)
+    if state.get("commit"):
+        lab.workspace.reset(state["best_commit"])
+    what = p.get("description") or "your proposal"
+    update = {"attempt": attempt + 1, "fails_in_row": state["fails_in_row"] + 1,
+              "feedback": [f"{stage}: {what}: {reason}"], "proposal": None, "commit": None}  # fmt: skip
+    queue = state.get("queue") or []
+    if queue:  # another candidate from the same round: try it before asking the model again
+        return Command(goto="apply", update={**update, "proposal": queue[0], "queue": queue[1:]})
+    return _loop(state, lab, update, after_record=False)
+
+
+# ---- nodes -------------------------------------------------------------------------------------
+
+
+def setup(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run"]]:
+    """Prepare the target once, commit the program's knob overrides, then run the baseline."""
+    lab = runtime.context
+    lab.progress(phase="setup")
+    ws, prog = lab.workspace, lab.program
+    ws.reset(lab.base_commit)  # idempotent if a kill interrupted an earlier attempt
+    if prog.spec.setup:
+        res = run_command(prog.spec.setup, ws.path, prog.spec.env, prog.spec.setup_timeout_s,
+                          lab.dir / "runs" / "setup.log")  # fmt: skip
+        if res.returncode != 0:
+            raise InputError(prog.path, "setup", f"setup command failed (exit {res.returncode}, "
+                             f"timed out: {res.timed_out}); see {res.log_path}")  # fmt: skip
+    description = "baseline"
+    if prog.spec.knobs:
+        from org.knobs import set_knobs
+
+        source = ws.read(prog.knob_path)
+        ws.write(prog.knob_path, set_knobs(source, prog.spec.knobs, prog.path))
+        description = "baseline: " + ", ".join(f"{k}={v}" for k, v in prog.spec.knobs.items())
+        ws.commit(f"program knobs: {description}", [prog.knob_path])
+    proposal = Proposal(hypothesis="unmodified target", description=description, role="baseline",
+                        model="", knob_move=None, edits=None)  # fmt: skip
+    lab.log.info("setup_done", head=ws.head())
+    return Command(goto="run", update={"proposal": proposal, "commit": ws.head(),
+                                       "since_direct": lab.org.spec.director_every})  # fmt: skip
+
+
+def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["propose"]]:
+    """The director reads the whole record and sets the proposers' direction."""
+    lab = runtime.context
+    lab.progress(phase="direct", n=state["n"])
+    from org.proposal import parse_knobs
+
+    rows = lab.ledger.experiments()
+    fails = [f"{f['stage']}: {f['reason']}" for f in lab.ledger.failures(limit=10)]
+    knobs = knob_listing(parse_knobs(lab.workspace.read(lab.program.knob_path)))
+    res = lab.call(
+        "director", state["n"], Directive, experiment=state["n"], history=history_table(rows, 40),
+        knobs=knobs,
+        best_metric=fmt_metric(state["best_metric"]), keep_rate=_keep_rate(lab),
+        baseline_metric=fmt_metric(state["baseline_metric"]), feedback=fails,
+        memory=lab.memory_context("what worked and what failed", 1200), directive=state["directive"],
+    )  # fmt: skip
+    update: dict[str, Any] = {"since_direct": 0}
+    if res.value is None:  # keep the old directive; the failure is in the ledger's calls table
+        lab.log.info("director_failed", error=res.record.error)
+    else:
+        d: Directive = res.value
+        update["directive"] = f"{d.focus}" + (f" Avoid: {d.avoid}" if d.avoid else "")
+        lab.log.info("directive", assessment=d.assessment, directive=update["directive"])
+        lab.memory.add_direction(lab.tag, lab.target, f"{d.assessment} {update['directive']}",
+                                 evidence=[f"exp:{lab.tag}:{state['n'] - 1}"])  # fmt: skip
+    return Command(goto="propose", update=update)
+
+
+def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
+    """The proposer picks one change: a knob move (closed choices) or search/replace edits."""
+    from org.proposal import EditProposal, knob_schema, parse_knobs
+
+    lab = runtime.context
+    lab.progress(phase="propose", n=state["n"])
+    role = lab.org.roles["proposer"]
+    mode = role.spec.mode or "knob"
+    source = lab.workspace.read(lab.program.knob_path)
+    knobs = parse_knobs(source)
+    variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
+        experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
+        baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=_keep_rate(lab),
+        history=history_table(lab.ledger.experiments(), 15), directive=state["directive"],
+        feedback=list(state["feedback"]), knobs=knob_listing(knobs),
+        moves=", ".join(dict.fromkeys(m for k in knobs for m in k.moves)),
+        memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 800),
+    )  # fmt: skip
+    if mode == "edit":
+        variables["files"] = {p: lab.workspace.read(lab.program.target_path(p))
+                              for p in lab.program.spec.editable}  # fmt: skip
+        schema: Any = EditProposal
+    else:
+        if not knobs:
+            raise InputError(lab.program.knob_path, "knobs", "no UPPER_CASE knob constants found")
+        schema = knob_schema(knobs)
+    proposals: list[Proposal] = []
+    failures: list[str] = []
+    for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
+        res = lab.call("proposer", state["n"], schema, **variables)
+        rec = res.record
+        if res.value is None:
+            failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
+            continue
+        v = res.value
+        if mode == "edit":
+            proposals.append(Proposal(
+                hypothesis=v.hypothesis, description=v.description(), role="proposer",
+                model=rec.model_used, knob_move=None, edits=[e.model_dump() for e in v.edits]))  # fmt: skip
+        else:
+            move = f"{v.knob} {v.move}"
+            proposals.append(Proposal(hypothesis=v.hypothesis, description=move, role="proposer",
+                                      model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
+    if not proposals:
+        return _failed(state, lab, "propose", "; ".join(dict.fromkeys(failures)))
+    lab.log.info("proposal", exp=state["n"], candidates=len(proposals),
+                 description=proposals[0]["description"], hypothesis=proposals[0]["hypothesis"])  # fmt: skip
+    return Command(goto="apply", update={"proposal": proposals[0], "queue": proposals[1:]})
+
+
+def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "apply", "direct", "propose", "__end__"]]:
+    """Turn the proposal into one commit on the campaign branch (from the best commit)."""
+    from org.proposal import SearchReplace, apply_edits, apply_knob_move
+
+    lab = runtime.context
+    lab.progress(phase="apply", n=state["n"])
+    ws, prog, p = lab.workspace, lab.program, state["proposal"]
+    ws.reset(state["best_commit"])  # idempotent: a re-run after kill starts from the same point
+    try:
+        if p["knob_move"]:
+            knob, move = p["knob_move"].split(" ", 1)
+            new_source, description = apply_knob_move(ws.read(prog.knob_path), knob, move)
+            ws.write(prog.knob_path, new_source)
+            p = {**p, "description": description}
+        else:
+            files = {rel: ws.read(prog.target_path(rel)) for rel in prog.spec.editable}
+            edits = [SearchReplace.model_validate(e) for e in p["edits"] or []]
+            for rel, text in apply_edits(files, edits).items():  # paths relative to the target
+                ws.write(prog.target_path(rel), text)
+    except (InputError, ValueError, KeyError) as e:  # the model's edit did not apply
+        return _failed(state, lab, "apply", str(e), p)
+    ws.commit(f"exp {state['n']}: {p['description']}\n\n{p['hypothesis']}", prog.editable_paths)
+    return Command(goto="vet", update={"proposal": p, "commit": ws.head()})
+
+
+def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "__end__"]]:
+    """Scope, syntax, duplicate and (if the org has one) peer review, before any run is spent."""
+    lab = runtime.context
+    lab.progress(phase="vet", n=state["n"])
+    p = state["proposal"]
+    v = VetInput(workspace=lab.workspace, program=lab.program, best_commit=state["best_commit"],
+                 protected_hashes=lab.protected_hashes, hypothesis=p["hypothesis"],
+                 knob_move=p["knob_move"])  # fmt: skip
+
+    def duplicate(v: VetInput) -> str | None:
+        knob = absolute_move(p["description"]) if p["knob_move"] else None
+        text = experiment_text(p["description"], p["hypothesis"])
+        return lab.duplicate(knob, None if knob else v.diff, text)
+
+    def review(v: VetInput) -> str | None:
+        res = lab.call("reviewer", state["n"], Review, hypothesis=p["hypothesis"],
+                       description=p["description"], diff=v.diff, experiment=state["n"],
+                       best_metric=fmt_metric(state["best_metric"]),
+                       memory=lab.memory_context(p["hypothesis"], 600))  # fmt: skip
+        if res.value is None:  # a reviewer that cannot answer does not block the run
+            return None
+        if res.value.approve:
+            return None
+        if res.record.model_used != lab.org.roles["reviewer"].spec.model:
+            # The fallback keeps the campaign going when the chosen reviewer is unreachable; it is
+            # not the judge the org author picked (often a 270M base model), so it only advises.
+            lab.log.info("review_advisory", exp=state["n"], model=res.record.model_used,
+                         reason=res.value.reason)  # fmt: skip
+            return None
+        return f"peer review: {res.value.reason}"
+
+    use_review = lab.org.spec.review and "reviewer" in lab.org.roles
+    verdict = vet(v, duplicate=duplicate, review=review if use_review else None)
+    lab.log.info("vet", exp=state["n"], ok=verdict.ok, gate=verdict.gate, reason=verdict.reason)
+    if not verdict.ok:
+        return _failed(state, lab, f"vet:{verdict.gate}", verdict.reason, p)
+    return Command(goto="run")
+
+
+def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]]:
+    """Run the target at the experiment commit; metrics only from the final summary block."""
+    lab = runtime.context
+    lab.progress(phase="run", n=state["n"])
+    prog = lab.program
+    res = run_command(prog.spec.run, lab.workspace.path, prog.spec.env, prog.run_timeout_s,
+                      lab.run_log(state["n"]), pid_file=lab.run_pid_file)  # fmt: skip
+    lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
+    metric = metric_from(res, prog.spec.metric, prog.spec.parse.regex)
+    mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
+    outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
+                      metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
+                      tail=res.tail[-1500:])  # fmt: skip
+    lab.log.info("run_done", exp=state["n"], returncode=res.returncode, timed_out=res.timed_out,
+                 metric=metric, seconds=round(res.seconds, 2))  # fmt: skip
+    return Command(goto="judge", update={"outcome": outcome})
+
+
+def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record"]]:
+    """keep if strictly better than the best by more than min_improvement; crash if no metric."""
+    lab = runtime.context
+    o, prog = dict(state["outcome"]), lab.program
+    if state["n"] == 0 and o["metric"] is None:  # the unmodified target must work: user's problem
+        if o["returncode"] == 0:
+            raise InputError(prog.path, "metric", f"the baseline run never printed "
+                             f"'{prog.spec.metric}' in its final --- summary block; see {o['log']}")  # fmt: skip
+        raise InputError(prog.path, "run", f"the unmodified target failed (exit {o['returncode']}, "
+                         f"timed out: {o['timed_out']}); see {o['log']}")  # fmt: skip
+    if o["metric"] is None:
+        o["status"] = "crash"
+    else:
+        o["status"] = "keep" if prog.better(o["metric"], state["best_metric"]) else "discard"
+    return Command(goto="record", update={"outcome": o})
+
+
+def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
+    """Ledger row first, then git, then results.tsv, then memory. Each step is idempotent."""
+    lab = runtime.context
+    n, o, p, commit = state["n"], state["outcome"], state["proposal"], state["commit"]
+    ws = lab.workspace
+    parent = state["best_commit"] if n > 0 else (lab.base_commit if commit != lab.base_commit else "")
+    row = dict(  # noqa: C408  (the ledger's column names, as keywords)
+        n=n, commit=commit, parent=parent, metric=o["metric"], memory_gb=o["memory_gb"],
+        status=o["status"], description=p["description"], hypothesis=p["hypothesis"],
+        role=p["role"], model=p["model"], cost_usd=lab.ledger.cycle_cost(n),
+        seconds=o["seconds"], knob_move=p["knob_move"] or "", log=o["log"],
+    )  # fmt: skip
+    lab.ledger.record_experiment(row)
+    kept = o["status"] == "keep"
+    if not kept:
+        ws.reset(state["best_commit"])
+    lab.write_tsv()
+    lab.remember(row, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
+    lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
+                 description=p["description"])  # fmt: skip
+    update: dict[str, Any] = {
+        "n": n + 1, "proposal": None, "commit": None, "outcome": None, "fails_in_row": 0,
+        "attempt": state["attempt"] + 1, "since_direct": state["since_direct"] + (n > 0),
+        "since_keep": 0 if kept else state["since_keep"] + 1,
+    }  # fmt: skip
+    if kept:
+        update.update(best_commit=commit, best_metric=o["metric"])
+    if n == 0:
+        update.update(baseline_metric=o["metric"], since_keep=0)
+    if o["status"] == "crash":
+        update["feedback"] = [(f"crash: {p['description']}: exit {o['returncode']}, "
+                               f"timed out {o['timed_out']}; output tail: {o['tail'][-600:]}")]  # fmt: skip
+    lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
+                 keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost(),
+                 overhead=dict(lab.overhead))  # fmt: skip
+    return _loop(state, lab, update, after_record=True)
+
+
+def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["direct", "propose", "__end__"]]:
+    """Every K experiments the compactor distils the target's notes into lessons."""
+    lab = runtime.context
+    lab.progress(phase="compact", n=state["n"])
+    n = state["n"]
+
+    def summarize(notes: list[Any]) -> list[Any]:
+        res = lab.call("compactor", n, Lessons, experiment=n,
+                       notes="\n".join(note.to_prompt() for note in notes))  # fmt: skip
+        if res.value is None:  # the model failed: fall back to memory's deterministic grouping
+            from memory.compaction import fallback_drafts
+
+            return fallback_drafts(lab.memory, lab.target, notes)
+        return list(res.value.lessons)
+
+    lessons = lab.memory.compact(lab.target, summarize)
+    lab.log.info("compact", exp=n, lessons=len(lessons))
+    return _loop(state, lab, {}, after_record=False)
+
+
+# ---- helpers used by the nodes above -----------------------------------------------------------
+
+
+def knob_listing(knobs: list[Any]) -> str:
+    """One knob per line: `NAME = value  # comment  [moves: ...]` (string knobs are not movable)."""
+    lines = []
+    for k in knobs:
+        moves = ", ".join(k.moves) or "fixed"
+        lines.append(f"{k.name} = {k.expr}  # {k.comment}  [moves: {moves}]")
+    return "\n".join(lines)
+
+
+def timed(name: str, fn: Any) -> Any:
+    """Wrap a node to add its wall time to lab.overhead (for evals/bench_loop.py)."""
+
+    def node(state: CampaignState, runtime: Runtime[Lab]) -> Any:
+        start = time.monotonic()
+        try:
+            return fn(state, runtime)
+        finally:
+            oh = runtime.context.overhead
+            oh[name] = oh.get(name, 0.0) + time.monotonic() - start
+
+    node.__annotations__ = fn.__annotations__  # keep the Command[Literal[...]] routing visible
+    return node
+
+
+# ---- wiring ------------------------------------------------------------------------------------
+
+
+def build_graph() -> StateGraph:
+    g = StateGraph(CampaignState, context_schema=Lab)
+    for name, fn in [("setup", setup), ("direct", direct), ("propose", propose), ("apply", apply),
+                     ("vet", vet_node), ("run", run), ("judge", judge), ("record", record),
+                     ("compact", compact)]:  # fmt: skip
+        g.add_node(name, timed(name, fn))
+    g.add_edge(START, "setup")
+    return g

@@ -1,0 +1,149 @@
+"""The Lab: everything a graph node needs that is not checkpointed state.
+
+Passed to the graph as its LangGraph runtime context. It owns the open ledger, the workspace,
+the model client (injected: tests pass a scripted fake), memory, the event log and progress.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from org.ledger import Ledger, write_tsv
+from org.program import Program
+from org.prompts import VARIABLES, messages
+from org.roles import Org
+from org.workspace import Workspace
+
+
+class StructuredClient(Protocol):
+    """What the graph needs from `org.models.ModelClient` (any compatible object will do)."""
+
+    def structured(self, role: Any, messages: list[dict], schema: type[BaseModel]) -> Any: ...
+
+
+def absolute_move(description: str) -> str:
+    """'DEPTH x2: 4 -> 8' -> 'DEPTH 4->8': memory compares absolute moves across keeps."""
+    head, _, values = description.partition(": ")
+    return f"{head.split()[0]} {values.replace(' -> ', '->')}" if values else head
+
+
+@dataclass
+class Limits:
+    max_experiments: int | None
+    max_hours: float | None
+    max_usd: float | None
+    max_failures_in_row: int
+
+
+@dataclass
+class Lab:
+    tag: str
+    dir: Path  # the campaign directory
+    program: Program
+    org: Org
+    workspace: Workspace
+    ledger: Ledger
+    models: StructuredClient
+    memory: Any  # memory.NoteStore (its API is the memory contract)
+    limits: Limits
+    started_at: float  # epoch seconds when the campaign was created
+    base_commit: str  # the repo HEAD the campaign branched from
+    protected_hashes: dict[str, str]
+    log: Any  # structlog bound logger writing this campaign's events.jsonl
+    progress: Callable[..., None] = lambda **_: None
+    overhead: dict[str, float] = field(default_factory=dict)  # node -> seconds (bench_loop)
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    @property
+    def results_tsv(self) -> Path:
+        return self.dir / "results.tsv"
+
+    @property
+    def run_pid_file(self) -> Path:
+        return self.dir / "run.pid"
+
+    def run_log(self, n: int) -> Path:
+        return self.dir / "runs" / f"{n:04d}.log"
+
+    @property
+    def target(self) -> str:
+        """The memory namespace: notes are shared by campaigns of the same program."""
+        return self.program.spec.name
+
+    def write_tsv(self) -> None:
+        write_tsv(self.results_tsv, self.ledger, self.program.spec.metric)
+
+    # ---- model calls -------------------------------------------------------------------------
+
+    def variables(self, **overrides: Any) -> dict[str, Any]:
+        """All template variables (see org.prompts.VARIABLES) with neutral defaults."""
+        base: dict[str, Any] = {name: "" for name in VARIABLES}
+        base.update(
+            program_name=self.program.spec.name, strategy=self.program.strategy,
+            metric=self.program.spec.metric, editable=self.program.editable_paths,
+            direction="lower" if self.program.spec.direction == "min" else "higher",
+            feedback=[], files={},
+        )  # fmt: skip
+        base.update(overrides)
+        return base
+
+    def call(self, kind: str, n: int, schema: type[BaseModel], **variables: Any) -> Any:
+        """One structured call for role `kind`; the call record goes to the ledger either way."""
+        role = self.org.roles[kind]
+        system = role.render(**self.variables(**variables))
+        start = time.monotonic()
+        result = self.models.structured(role, messages(system, kind, n), schema)
+        self.overhead["llm"] = self.overhead.get("llm", 0.0) + time.monotonic() - start
+        self.ledger.record_call(n, result.record)
+        rec = result.record
+        self.log.info("model_call", role=kind, exp=n, model=rec.model_used, ok=rec.ok,
+                      cost_usd=rec.cost_usd, seconds=round(rec.seconds, 3), error=rec.error)  # fmt: skip
+        return result
+
+    # ---- memory (the memory contract: memory.NoteStore) ----------------------------------------
+
+    def memory_context(self, query: str, budget_tokens: int) -> str:
+        return self.memory.context_for(query, self.target, budget_tokens)
+
+    def duplicate(self, knob_move: str | None, diff: str | None, text: str) -> str | None:
+        """Rejection reason if memory holds this change already (a keep elsewhere may be redone)."""
+        note = self.memory.check_duplicate(self.target, knob_move, diff, text)
+        if note is None or (note.status == "keep" and note.campaign != self.tag):
+            return None
+        return f"repeats an earlier experiment: {note.to_prompt()}"
+
+    def remember(self, row: dict[str, Any], baseline: float | None, diff: str | None) -> None:
+        """One experiment note per run (not the baseline), at most once per experiment."""
+        if row["n"] == 0 or self.ledger.experiment(row["n"]).get("noted"):
+            return
+        delta = None if row["metric"] is None or baseline is None else row["metric"] - baseline
+        self.memory.add_experiment(
+            self.tag, self.target, hypothesis=row["hypothesis"], change=row["description"],
+            status=row["status"], metric=row["metric"], metric_delta=delta,
+            knob_move=absolute_move(row["description"]) if row["knob_move"] else None,
+            diff=None if row["knob_move"] else diff, commit=row["commit"],
+            experiment_id=f"{self.tag}:{row['n']}",
+        )  # fmt: skip
+        self.ledger.mark_noted(row["n"])
+
+    # ---- stop conditions ---------------------------------------------------------------------
+
+    def stop_reason(self, n_done: int, fails_in_row: int) -> str | None:
+        """`n_done` counts experiments after the baseline."""
+        lim = self.limits
+        if lim.max_experiments is not None and n_done >= lim.max_experiments:
+            return f"reached max_experiments={lim.max_experiments}"
+        if lim.max_hours is not None and time.time() - self.started_at >= lim.max_hours * 3600:
+            return f"reached max_hours={lim.max_hours}"
+        if lim.max_usd is not None and self.ledger.total_cost() >= lim.max_usd:
+            return f"reached max_usd={lim.max_usd}"
+        if fails_in_row >= lim.max_failures_in_row:
+            return f"{fails_in_row} proposals in a row never reached a run"
+        return None

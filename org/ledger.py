@@ -1,0 +1,154 @@
+"""The campaign ledger: experiments, model calls and model-caused failures in SQLite.
+
+SQLite is the source of truth; `results.tsv` is regenerated from it (see `write_tsv`) so the two
+can never disagree. Schema changes are numbered forward-only migrations recorded in `_migrations`.
+Writes are upserts keyed by experiment number, so a node re-run after `kill -9` cannot count an
+experiment twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+STATUSES = ("keep", "discard", "crash")
+TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
+               "hypothesis", "role", "model", "cost_usd", "seconds")  # fmt: skip
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["experiments"].create(
+        {
+            "n": int, "commit": str, "parent": str, "metric": float, "memory_gb": float,
+            "status": str, "description": str, "hypothesis": str, "role": str, "model": str,
+            "cost_usd": float, "seconds": float, "knob_move": str, "log": str, "created_at": float,
+            "noted": int,  # 1 once the memory note for this experiment exists
+        },
+        pk="n",
+    )  # fmt: skip
+    db["calls"].create(
+        {
+            "id": int, "exp": int, "role": str, "model_requested": str, "model_used": str,
+            "ok": int, "attempts": int, "prompt_tokens": int, "completion_tokens": int,
+            "cost_usd": float, "seconds": float, "error": str, "created_at": float,
+        },
+        pk="id",
+    )  # fmt: skip
+    db["failures"].create(
+        {
+            "key": str, "exp": int, "stage": str, "reason": str, "hypothesis": str,
+            "role": str, "model": str, "created_at": float,
+        },
+        pk="key",
+    )  # fmt: skip
+    db["calls"].create_index(["exp"])
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = sqlite_utils.Database(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a keep must survive a power cut
+        self._migrate()
+
+    def _migrate(self) -> None:
+        table = self.db["_migrations"]
+        if not table.exists():
+            table.create({"name": str, "applied_at": float}, pk="name")
+        done = {row["name"] for row in table.rows}
+        for name, fn in MIGRATIONS:
+            if name not in done:
+                with self.db.conn:
+                    fn(self.db)
+                    table.insert({"name": name, "applied_at": time.time()})
+
+    # ---- experiments -------------------------------------------------------------------------
+
+    def record_experiment(self, row: dict[str, Any]) -> None:
+        assert row["status"] in STATUSES, row["status"]
+        row = {**row, "created_at": row.get("created_at") or time.time()}
+        old = self.experiment(row["n"])
+        if old is not None and old["commit"] == row["commit"]:  # a re-run after kill: same row
+            row["noted"], row["created_at"] = old["noted"], old["created_at"]
+        with self.db.conn:
+            self.db["experiments"].upsert(row, pk="n")
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return list(self.db["experiments"].rows_where(order_by="n"))
+
+    def mark_noted(self, n: int) -> None:
+        with self.db.conn:
+            self.db["experiments"].update(n, {"noted": 1})
+
+    def experiment(self, n: int) -> dict[str, Any] | None:
+        rows = list(self.db["experiments"].rows_where("n = ?", [n]))
+        return rows[0] if rows else None
+
+    # ---- model calls and failures ------------------------------------------------------------
+
+    def record_call(self, exp: int, record: Any) -> None:
+        data = record.model_dump() if hasattr(record, "model_dump") else dict(record)
+        data = {k: data.get(k) for k in self.db["calls"].columns_dict if k not in ("id",)}
+        data.update(exp=exp, ok=int(bool(data["ok"])), created_at=time.time())
+        with self.db.conn:
+            self.db["calls"].insert(data)
+
+    def cycle_cost(self, exp: int) -> float:
+        row = self.db.execute("select coalesce(sum(cost_usd), 0) from calls where exp = ?", [exp])
+        return float(row.fetchone()[0])
+
+    def total_cost(self) -> float:
+        return float(self.db.execute("select coalesce(sum(cost_usd), 0) from calls").fetchone()[0])
+
+    def record_failure(self, key: str, exp: int, stage: str, reason: str,
+                       hypothesis: str = "", role: str = "", model: str = "") -> None:  # fmt: skip
+        row = {"key": key, "exp": exp, "stage": stage, "reason": reason, "hypothesis": hypothesis,
+               "role": role, "model": model, "created_at": time.time()}  # fmt: skip
+        with self.db.conn:
+            self.db["failures"].upsert(row, pk="key")
+
+    def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return list(self.db["failures"].rows_where(order_by="created_at desc", limit=limit))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value or 0.0, spec)
+
+
+def tsv_text(rows: list[dict[str, Any]], metric_name: str) -> str:
+    header = "\t".join(metric_name if c == "METRIC" else c for c in TSV_COLUMNS)
+    lines = [header]
+    for r in rows:
+        crash = r["status"] == "crash"
+        clean = {k: str(r.get(k) or "").replace("\t", " ").replace("\n", " ") for k in r}
+        lines.append("\t".join([
+            r["commit"][:7],
+            "0.000000" if crash else _fmt(r["metric"], ".6f"),
+            "0.0" if crash else _fmt(r["memory_gb"], ".1f"),
+            r["status"], clean["description"], clean["hypothesis"], clean["role"],
+            clean["model"], _fmt(r["cost_usd"], ".4f"), _fmt(r["seconds"], ".1f"),
+        ]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_tsv(path: Path, ledger: Ledger, metric_name: str) -> None:
+    """Regenerate results.tsv from SQLite, atomically (write a temp file, then rename)."""
+    tmp = path.with_suffix(".tsv.tmp")
+    tmp.write_text(tsv_text(ledger.experiments(), metric_name), encoding="utf-8")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,178 @@
+"""Program files (`programs/*.md`): the target contract in front matter, the strategy in the body.
+
+A program says which repo is the target, which files the org may edit, which it must never touch,
+how to prepare and run it, and which number to read from the run. Anything with a command and a
+metric can be a target; the defaults describe nightlab's own `trainer/`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import frontmatter
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from org.errors import InputError
+
+KnobValue = int | float | bool | str
+
+
+class StopSpec(BaseModel):
+    """When the campaign ends by itself. `None` means no limit on that axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_experiments: int | None = Field(default=None, ge=0)  # runs after the baseline
+    max_hours: float | None = Field(default=None, gt=0)  # wall clock since the campaign started
+    max_usd: float | None = Field(default=None, ge=0)  # model spend
+    # A proposer that never produces a runnable change would otherwise loop forever.
+    max_failures_in_row: int = Field(default=20, ge=1)
+
+
+class ParseSpec(BaseModel):
+    """How the metric is read: the final `---` summary block (default) or a regex on the output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["summary", "regex"] = "summary"
+    regex: str | None = None  # one capture group holding the number; last match wins
+    memory_key: str = "peak_mem_mb"  # summary key reported as memory_gb (MB / 1024)
+
+    @model_validator(mode="after")
+    def _regex_needs_pattern(self) -> ParseSpec:
+        if self.kind == "regex" and not self.regex:
+            raise ValueError("parse.kind 'regex' needs parse.regex with one capture group")
+        return self
+
+
+class ProgramSpec(BaseModel):
+    """Front matter of a program file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    repo: str = "."  # the target git repo, relative to the program file's git repo root
+    target: str = "trainer/"  # directory (inside repo) holding editable and protected files
+    editable: list[str] = Field(min_length=1)  # relative to target
+    protected: list[str] = []  # relative to target; hashes must never change
+    knob_file: str | None = None  # relative to target; default: the first editable file
+    setup: str | None = None  # run once in the worktree before the baseline (e.g. data prep)
+    setup_timeout_s: float = Field(default=1800, gt=0)
+    run: str  # run command; a leading `python` means the interpreter running nightlab
+    env: dict[str, str] = {}
+    metric: str
+    direction: Literal["min", "max"] = "min"
+    parse: ParseSpec = ParseSpec()
+    time_budget_s: float = Field(default=300, gt=0)  # what the target trains for (it enforces it)
+    run_timeout_s: float | None = Field(default=None, gt=0)  # hard kill; default 2*budget + 120
+    min_improvement: float = Field(default=0.0, ge=0)  # a keep must beat the best by more than this
+    stop: StopSpec = StopSpec()
+    knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline
+
+    @field_validator("env")
+    @classmethod
+    def _env_is_not_for_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if any(key.upper().endswith(s) for s in ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")):
+                raise ValueError(f"env {key!r} looks like a secret; experiments never get secrets")
+        return env
+
+    @field_validator("knobs")
+    @classmethod
+    def _knob_names_upper(cls, knobs: dict[str, KnobValue]) -> dict[str, KnobValue]:
+        for key in knobs:
+            if not key.isupper():
+                raise ValueError(f"knob {key!r} must be an UPPER_CASE constant name")
+        return knobs
+
+
+@dataclass(frozen=True)
+class Program:
+    spec: ProgramSpec
+    strategy: str  # the markdown body, given to every role
+    path: Path
+    repo: Path  # resolved git repo root of the target
+
+    def target_path(self, rel: str) -> str:
+        """Repo-relative path of a file named relative to the target dir."""
+        return str(Path(self.spec.target) / rel)
+
+    @property
+    def editable_paths(self) -> list[str]:
+        return [self.target_path(p) for p in self.spec.editable]
+
+    @property
+    def protected_paths(self) -> list[str]:
+        return [self.target_path(p) for p in self.spec.protected]
+
+    @property
+    def knob_path(self) -> str:
+        return self.target_path(self.spec.knob_file or self.spec.editable[0])
+
+    @property
+    def run_timeout_s(self) -> float:
+        """Hard limit for one run: startup, compile and evaluation on top of the budget."""
+        return self.spec.run_timeout_s or 2 * self.spec.time_budget_s + 120
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is metric `a` better than `b` by more than min_improvement?"""
+        if b is None:
+            return True
+        margin = self.spec.min_improvement
+        return a < b - margin if self.spec.direction == "min" else a > b + margin
+
+
+def _git_root(start: Path) -> Path | None:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True,
+        check=False,
+    )
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def _field_of(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "front matter"
+    return field, first["msg"]
+
+
+def load_program(path: str | Path) -> Program:
+    """Parse and validate a program file; every problem names the file and the field."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise InputError(path, None, "program file not found")
+    try:
+        post = frontmatter.loads(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(path, "front matter", f"not valid YAML: {e}") from e
+    if not post.metadata:
+        raise InputError(path, "front matter", "missing (expected a --- YAML block at the top)")
+    try:
+        spec = ProgramSpec.model_validate(post.metadata)
+    except ValidationError as e:
+        field, msg = _field_of(e)
+        raise InputError(path, field, msg) from e
+
+    base = _git_root(path.parent) or path.parent
+    repo_dir = (base / spec.repo).resolve()
+    repo = _git_root(repo_dir) if repo_dir.is_dir() else None
+    if repo is None:
+        raise InputError(path, "repo", f"{repo_dir} is not inside a git repository")
+    program = Program(spec=spec, strategy=post.content.strip(), path=path, repo=repo)
+
+    # Every named file must exist in the target now; a campaign must not discover it at 3 am.
+    named = [("editable", p) for p in program.editable_paths]
+    named += [("protected", p) for p in program.protected_paths]
+    if spec.knob_file:
+        named.append(("knob_file", program.knob_path))
+    for field, rel in named:
+        if not (repo / rel).is_file():
+            raise InputError(path, field, f"{rel} does not exist in {repo}")
+    overlap = set(program.editable_paths) & set(program.protected_paths)
+    if overlap:
+        raise InputError(path, "protected", f"{sorted(overlap)} are also listed as editable")
+    return program

@@ -1,0 +1,103 @@
+"""What the graph tells each role: template variables, the user turn, and the output schemas.
+
+Role files (`roles/<org>/<role>.md`) are the single source of each system prompt; this module only
+provides the variables they may use (`VARIABLES`) and the pydantic models their answers must fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory.notes import LessonDraft
+from org.errors import InputError
+
+# Every name a role template may use. Checked against each role's template before a campaign
+# touches anything, so a typo in a role file fails at start, not at 3 am.
+VARIABLES: dict[str, str] = {
+    "program_name": "name of the program (target contract)",
+    "strategy": "the program body: the human's research strategy",
+    "metric": "metric name, e.g. val_bpb",
+    "direction": "'lower' or 'higher' (which is better)",
+    "experiment": "number of the experiment being proposed (baseline is 0)",
+    "best_metric": "best metric so far, formatted",
+    "baseline_metric": "baseline metric, formatted",
+    "keep_rate": "share of experiments kept so far, formatted",
+    "history": "recent experiments as a small table (status, metric, description)",
+    "directive": "the director's current guidance ('' if none yet)",
+    "feedback": "list of recent model-caused errors (bad JSON, rejected or crashed changes)",
+    "memory": "notes from memory relevant to this target (may be '')",
+    "mode": "'knob' or 'edit'",
+    "knobs": "the knob constants of the target file, one per line with comments",
+    "moves": "allowed knob moves, comma separated",
+    "editable": "list of editable file paths",
+    "files": "dict path -> current content of editable files (edit mode)",
+    "hypothesis": "the proposal's hypothesis (reviewer)",
+    "description": "one-line description of the proposed change (reviewer)",
+    "diff": "unified diff of the proposed change (reviewer)",
+    "notes": "notes to compact, one per line (compactor)",
+}
+
+USER_TURN = {
+    "proposer": "Propose experiment {n}. Answer with one JSON object matching the schema.",
+    "director": "Review the campaign so far and set the direction. Answer with one JSON object.",
+    "reviewer": "Review this proposed change. Answer with one JSON object.",
+    "compactor": "Distil these notes into lessons. Answer with one JSON object.",
+}
+
+
+class Directive(BaseModel):
+    """Director output: an assessment and the guidance proposers get until the next review."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    assessment: str = Field(description="one or two sentences on what the results show")
+    focus: str = Field(description="what proposers should try next, concretely")
+    avoid: str = Field(default="", description="directions that have been exhausted")
+
+
+class Review(BaseModel):
+    """Peer reviewer output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approve: bool
+    reason: str = Field(description="one sentence: why approve or reject")
+
+
+class Lessons(BaseModel):
+    """Compactor output: lesson drafts citing the note ids they merge (memory.LessonDraft)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lessons: list[LessonDraft] = Field(max_length=8)
+
+
+def check_role_variables(roles: dict[str, Any]) -> None:
+    """Every variable a role template uses must be one the graph provides."""
+    for role in roles.values():
+        unknown = sorted(set(role.variables) - VARIABLES.keys())
+        if unknown:
+            raise InputError(role.path, "body", f"missing template variable {unknown[0]!r} "
+                             f"(available: {', '.join(sorted(VARIABLES))})")  # fmt: skip
+
+
+def fmt_metric(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.6f}"
+
+
+def history_table(rows: list[dict[str, Any]], limit: int) -> str:
+    """The last `limit` experiments as a compact fixed-width table."""
+    if not rows:
+        return "(no experiments yet)"
+    lines = ["  #  status   metric     description"]
+    for r in rows[-limit:]:
+        metric = "-" if r["status"] == "crash" else fmt_metric(r["metric"])
+        lines.append(f"{r['n']:>3}  {r['status']:<7}  {metric:<9}  {r['description'][:90]}")
+    return "\n".join(lines)
+
+
+def messages(system: str, kind: str, n: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": USER_TURN[kind].format(n=n)}]  # fmt: skip

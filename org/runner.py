@@ -1,0 +1,201 @@
+"""Run one experiment command: own process group, hard timeout, capped log, summary-block metrics.
+
+The run is a child in its own session (process group). A timeout kills the whole group. On Linux
+the child also gets SIGKILL if nightlab itself dies (`setpriv --pdeathsig`), and the group id is written
+to a pid file so `resume` can kill anything a `kill -9` left behind. Issue 6 hardens this further
+(scrubbed env, rlimits, network namespace).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG_CAP_BYTES = 2_000_000  # head + tail kept; the middle of a huge log is dropped
+_SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+
+
+@dataclass
+class RunResult:
+    returncode: int | None  # None when killed by the timeout
+    timed_out: bool
+    seconds: float
+    summary: dict[str, str] = field(default_factory=dict)  # final `---` block, raw strings
+    tail: str = ""  # last few KB of output (for prompts and error messages)
+    log_path: Path | None = None
+
+
+def argv_for(command: str) -> list[str]:
+    """Split a command line; a leading `python` is the interpreter running nightlab."""
+    argv = shlex.split(command)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
+    """The parent env minus anything that looks like a credential, plus the program's env."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith(_SECRET_SUFFIXES)}
+    env.update(extra)
+    return env
+
+
+def _with_deathsig(argv: list[str]) -> list[str]:
+    """Prefix util-linux `setpriv --pdeathsig KILL` where it exists: the run dies with nightlab.
+
+    (A preexec_fn calling prctl would do the same but is unsafe in a threaded parent.) Without
+    setpriv the pid file still lets `resume` kill what a dead campaign left running."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+
+
+def kill_stale(pid_file: Path) -> bool:
+    """Kill a process group a previous (killed) nightlab left running. True if one was found."""
+    if not pid_file.exists():
+        return False
+    try:
+        pgid = int(pid_file.read_text().strip())
+        os.killpg(pgid, signal.SIGKILL)
+        found = True
+    except (ValueError, ProcessLookupError, PermissionError):
+        found = False
+    pid_file.unlink(missing_ok=True)
+    return found
+
+
+class _CappedSink:
+    """Writes the first half of the cap to the log, keeps a rolling tail of the second half."""
+
+    def __init__(self, path: Path, cap: int):
+        self.fh = path.open("wb")
+        self.head_left = cap // 2
+        self.tail_cap = cap - cap // 2
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def write(self, chunk: bytes) -> None:
+        if self.head_left > 0:
+            part = chunk[: self.head_left]
+            self.fh.write(part)
+            self.head_left -= len(part)
+            chunk = chunk[len(part) :]
+        if chunk:
+            self.tail += chunk
+            over = len(self.tail) - self.tail_cap
+            if over > 0:
+                self.dropped += over
+                del self.tail[:over]
+
+    def close(self) -> None:
+        if self.dropped:
+            self.fh.write(f"\n[nightlab: {self.dropped} bytes of output dropped]\n".encode())
+        self.fh.write(self.tail)
+        self.fh.close()
+
+
+def run_command(
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    log_path: Path,
+    pid_file: Path | None = None,
+    log_cap: int = LOG_CAP_BYTES,
+) -> RunResult:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sink = _CappedSink(log_path, log_cap)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        _with_deathsig(argv_for(command)),
+        cwd=cwd,
+        env=scrubbed_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own process group: a timeout kills everything it spawned
+    )
+    if pid_file is not None:
+        pid_file.write_text(str(proc.pid))
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            sink.write(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        # Kill the group either way: a finished leader can leave children holding the pipe.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        reader.join(timeout=10)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+    sink.close()
+    with log_path.open("rb") as fh:  # the log is capped, so its last 64 KB are the run's end
+        fh.seek(max(0, log_path.stat().st_size - 65536))
+        text = fh.read().decode("utf-8", errors="replace")
+    return RunResult(
+        returncode=None if timed_out else proc.returncode,
+        timed_out=timed_out,
+        seconds=time.monotonic() - start,
+        summary={} if timed_out else parse_summary(text),
+        tail=text[-4000:],
+        log_path=log_path,
+    )
+
+
+_KV = re.compile(r"^([A-Za-z_][\w.]*)\s*:\s*(\S.*?)\s*$")
+
+
+def parse_summary(text: str) -> dict[str, str]:
+    """`key: value` lines after the LAST `---` line. Anything printed earlier does not count."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
+    if not starts:
+        return {}
+    out: dict[str, str] = {}
+    for line in lines[starts[-1] + 1 :]:
+        m = _KV.match(line.strip())
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def parse_number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None  # NaN/inf are not results
+
+
+def metric_from(result: RunResult, metric: str, regex: str | None) -> float | None:
+    """The metric of a finished run, or None (crash). Regex mode scans the log tail, last match."""
+    if result.timed_out or result.returncode != 0:
+        return None
+    if regex is None:
+        return parse_number(result.summary.get(metric))
+    text = result.log_path.read_text(errors="replace")[-65536:] if result.log_path else result.tail
+    matches = re.findall(regex, text, flags=re.MULTILINE)
+    return parse_number(matches[-1] if matches else None)

@@ -1,0 +1,69 @@
+"""Campaign graph state. Checkpointed by SqliteSaver after every node, so it stays small and plain.
+
+Reducers are explicit: every field is `Annotated` with how an update combines with the old value.
+Big things (run logs, file contents) live on disk or in the ledger, never in the state.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+FEEDBACK_KEEP = 6  # model-caused errors shown to the proposer: the most recent few
+
+
+def replace(_old: Any, new: Any) -> Any:
+    """Last write wins."""
+    return new
+
+
+def add_feedback(old: list[str] | None, new: list[str] | None) -> list[str]:
+    """Append model-caused errors, keep the latest few. An empty list clears them."""
+    if not new:
+        return []
+    return ((old or []) + new)[-FEEDBACK_KEEP:]
+
+
+class Proposal(TypedDict):
+    hypothesis: str
+    description: str  # one line for results.tsv and the commit message
+    role: str  # role kind that produced it ("baseline" for the unmodified run)
+    model: str  # model that actually answered
+    knob_move: str | None  # "DEPTH x2" in knob mode
+    edits: list[dict[str, str]] | None  # search/replace blocks in edit mode
+
+
+class Outcome(TypedDict):
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    metric: float | None
+    memory_gb: float
+    status: str  # keep | discard | crash (set by judge)
+    log: str  # path of the run log
+    tail: str  # last lines of output, for the proposer's feedback on a crash
+
+
+class CampaignState(TypedDict, total=False):
+    n: Annotated[int, replace]  # experiment number in flight; 0 is the baseline
+    attempt: Annotated[int, replace]  # proposal attempts so far (keys failure records)
+    best_commit: Annotated[str, replace]
+    best_metric: Annotated[float | None, replace]
+    baseline_metric: Annotated[float | None, replace]
+    since_keep: Annotated[int, replace]  # experiments since the last keep (plateau detector)
+    since_direct: Annotated[int, replace]  # experiments since the director last spoke
+    fails_in_row: Annotated[int, replace]  # proposals in a row that never reached a run
+    directive: Annotated[str, replace]  # the director's current guidance for proposers
+    feedback: Annotated[list[str], add_feedback]
+    proposal: Annotated[Proposal | None, replace]
+    queue: Annotated[list[Proposal], replace]  # more candidates of this round (proposals_per_round)
+    commit: Annotated[str | None, replace]  # experiment commit under test
+    outcome: Annotated[Outcome | None, replace]
+    stopped: Annotated[str | None, replace]  # why the campaign ended
+
+
+def initial_state() -> CampaignState:
+    return CampaignState(
+        n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
+        since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
+        outcome=None, stopped=None,
+    )  # fmt: skip

@@ -1,0 +1,149 @@
+"""The full campaign loop on CPU: scripted roles, a tiny real target, real git/SQLite/memory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from org import campaign as c
+from org.ledger import Ledger
+from org.scripted import ScriptedClient
+from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+ROLES = Path(__file__).resolve().parents[1] / "roles"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_keep_discard_crash_and_failures(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(
+        script={"proposer": [
+            knob("LR", "x2"),  # 1: keep
+            knob("DEPTH", "+1"),  # 2: discard
+            None,  # invalid output: recorded, fed back, no experiment number used
+            knob("DEPTH", "x0.5"),  # 3: DEPTH 2 crashes
+            knob("DEPTH", "+1"),  # duplicate of 2 -> vet rejects
+            knob("USE_GATE", "toggle"),  # the peer reviewer rejects it
+            knob("LR", "x2"),  # 4: keep
+        ], "reviewer": [APPROVE, APPROVE, APPROVE, {"approve": False, "reason": "no evidence"}]},
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    state = c.start(program, ROLES / "tiered", tag="t1", max_experiments=4, models=client)
+
+    assert state["stopped"] == "reached max_experiments=4"
+    d = c.campaign_dir("t1")
+    ledger = Ledger(d / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "keep", "discard", "crash", "keep"]
+    assert rows[0]["description"] == "baseline"
+    assert rows[1]["description"] == "LR x2: 0.01 -> 0.02"
+    assert rows[4]["description"] == "LR x2: 0.02 -> 0.04"
+    assert rows[0]["metric"] > rows[1]["metric"] > rows[4]["metric"]
+    assert rows[2]["metric"] > rows[1]["metric"]
+    assert rows[3]["metric"] is None and rows[2]["memory_gb"] == 5 * 512 / 1024
+    failures = {f["stage"] for f in ledger.failures()}
+    assert failures == {"propose", "vet:duplicate", "vet:review"}
+
+    # results.tsv: autoresearch's columns first, crash row as 0.000000 / 0.0
+    lines = (d / "results.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert lines[0].split("\t")[5:] == ["hypothesis", "role", "model", "cost_usd", "seconds"]
+    crash = lines[4].split("\t")
+    assert crash[1:4] == ["0.000000", "0.0", "crash"]
+
+    # git: the branch holds exactly the kept experiments, in order; discards/crashes are gone
+    wt = d / "worktree"
+    record = c.load_record("t1")
+    on_branch = _git(wt, "rev-list", "--reverse", f"{record.base_commit}..HEAD").split()
+    assert on_branch == [rows[1]["commit"], rows[4]["commit"]]
+    assert _git(wt, "rev-parse", "--abbrev-ref", "HEAD").strip() == "nightlab/t1"
+    assert "LR = 0.04  # learning rate" in (wt / "target" / "train.py").read_text()
+    assert _git(wt, "status", "--porcelain") == ""
+    assert c.agreement_problems("t1") == []
+
+    # the proposer saw its own failures on the next cycle; the director and reviewer were asked
+    proposer_prompts = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
+    assert "no valid answer" in proposer_prompts[3] and "crash: DEPTH x0.5" in proposer_prompts[4]
+    assert "repeats an earlier experiment" in proposer_prompts[5]
+    assert "peer review: no evidence" in proposer_prompts[6]
+    assert "Try LR x2." in proposer_prompts[0]
+    roles = [s["role"] for s in client.sent]
+    assert roles[0] == "director" and roles.count("reviewer") == 5  # not for the duplicate: cheaper gates first
+    # the user's own checkout was never touched
+    assert "LR = 0.01" in (program.parents[1] / "target" / "train.py").read_text()
+
+
+def test_edit_mode_non_applying_edit_and_program_knobs(tmp_path):
+    program = make_repo(tmp_path / "repo", knobs="{DEPTH: 5}")
+    edit_ok = {"hypothesis": "gating helps", "edits": [
+        {"path": "train.py", "search": "USE_GATE = False", "replace": "USE_GATE = True"}]}
+    edit_bad = {"hypothesis": "nope", "edits": [
+        {"path": "train.py", "search": "NOT IN FILE", "replace": "x"}]}
+    edit_syntax = {"hypothesis": "broken", "edits": [
+        {"path": "train.py", "search": "DEPTH = 5", "replace": "DEPTH = = 5"}]}
+    client = ScriptedClient(script={"proposer": [edit_bad, edit_syntax, edit_ok]})
+    state = c.start(program, ROLES / "solo", tag="e1", max_experiments=1, models=client)
+    rows = Ledger(c.campaign_dir("e1") / "ledger.db").experiments()
+    assert rows[0]["description"] == "baseline: DEPTH=5"
+    assert [r["status"] for r in rows] == ["keep", "keep"]
+    assert rows[1]["description"].startswith("gating helps [train.py]")
+    stages = [f["stage"] for f in Ledger(c.campaign_dir("e1") / "ledger.db").failures()]
+    assert sorted(stages) == ["apply", "vet:syntax"]
+    wt = c.campaign_dir("e1") / "worktree"
+    log = _git(wt, "log", "--format=%s").splitlines()
+    assert log[0].startswith("exp 1: gating helps") and log[1].startswith("program knobs: baseline: DEPTH=5")
+    assert state["best_metric"] == rows[1]["metric"]
+    assert c.agreement_problems("e1") == []
+
+
+def test_fallback_reviewer_only_advises(tmp_path):
+    """A rejection from the reviewer's fallback model (not the judge the org chose) is logged,
+    not enforced; spend from scripted costs adds up per experiment."""
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(
+        script={"proposer": [knob("LR", "x2")]},
+        default={"director": DIRECTIVE, "reviewer": {"approve": False, "reason": "meh"}},
+        answered_by={"reviewer": "local/gemma3-270m"}, cost_usd=0.01,
+    )
+    c.start(program, ROLES / "tiered", tag="fb", max_experiments=1, models=client)
+    rows = Ledger(c.campaign_dir("fb") / "ledger.db").experiments()
+    assert [r["status"] for r in rows] == ["keep", "keep"]
+    assert abs(rows[1]["cost_usd"] - 0.03) < 1e-9  # director + proposer + reviewer
+    events = (c.campaign_dir("fb") / "events.jsonl").read_text()
+    assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
+
+
+def test_resume_finished_campaign_extends_only_when_asked(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(script={"proposer": [knob("LR", "x2"), knob("USE_GATE", "toggle")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})
+    c.start(program, ROLES / "tiered", tag="x", max_experiments=1, models=client)
+    sent = len(client.sent)
+    state = c.resume("x", models=client)  # limit reached: nothing runs, nothing is asked
+    assert state["stopped"] == "reached max_experiments=1" and len(client.sent) == sent
+    state = c.resume("x", max_experiments=2, models=client)
+    rows = Ledger(c.campaign_dir("x") / "ledger.db").experiments()
+    assert [r["n"] for r in rows] == [0, 1, 2] and rows[2]["description"] == "USE_GATE toggle: False -> True"
+    assert state["stopped"] == "reached max_experiments=2" and c.agreement_problems("x") == []
+
+
+def test_proposals_per_round_tries_the_next_candidate_without_asking_again(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    org = tmp_path / "org"
+    import shutil
+
+    shutil.copytree(ROLES / "tiered", org)
+    text = (org / "org.md").read_text().replace("proposals_per_round: 1", "proposals_per_round: 2")
+    (org / "org.md").write_text(text)
+    client = ScriptedClient(
+        script={"proposer": [knob("DEPTH", "+1"), knob("LR", "x2")],
+                "reviewer": [{"approve": False, "reason": "depth is a dead end"}, APPROVE]},
+        default={"director": DIRECTIVE},
+    )
+    c.start(program, org, tag="ppr", max_experiments=1, models=client)
+    rows = Ledger(c.campaign_dir("ppr") / "ledger.db").experiments()
+    assert rows[1]["description"] == "LR x2: 0.01 -> 0.02"
+    assert [s["role"] for s in client.sent] == ["director", "proposer", "proposer", "reviewer", "reviewer"]
