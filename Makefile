@@ -1,0 +1,51 @@
+# nightlab's user interface. Every target bootstraps .venv itself on a fresh machine.
+#   make campaign PROGRAM=programs/quickstart.md ORG=roles/tiered
+#   make test
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and on its own: a loose requirement can pull a multi-GB CUDA build.
+# On a GPU box the same pin from PyPI is the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PROGRAM ?= programs/quickstart.md
+ORG ?= roles/tiered
+PRESET ?= cpu
+PYTEST_ARGS ?=
+
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export ANONYMIZED_TELEMETRY := False
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv test campaign data baseline bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24,<27"
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+data: venv
+	NIGHTLAB_PRESET=$(PRESET) $(BIN)/python -m trainer.prepare --preset $(PRESET)
+
+baseline: data
+	NIGHTLAB_PRESET=$(PRESET) $(BIN)/python -m trainer.train
+
+campaign: data
+	$(BIN)/nightlab campaign --program $(PROGRAM) --org $(ORG)
+
+bench: venv
+	$(BIN)/python -m evals.bench_trainer
+
+lint: venv
+	$(BIN)/ruff check org memory trainer evals tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,81 @@
+"""trainer/train.py as the harness runs it: a real subprocess on the prepared stdlib corpus."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_mem_mb", "mfu_percent",
+                "total_tokens_M", "num_steps", "num_params_M", "depth"]
+
+
+@pytest.fixture(scope="session")
+def prepared_cpu(session_cache) -> Path:
+    """The real offline cpu-preset cache, built once per session by the CLI."""
+    env = {**os.environ, "NIGHTLAB_CACHE": str(session_cache), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "trainer.prepare", "--preset", "cpu"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return session_cache
+
+
+def run_train(script: Path, cache: Path, timeout: int, smoke: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NIGHTLAB_CACHE": str(cache), "PYTHONPATH": str(REPO), "NIGHTLAB_PRESET": "cpu"}
+    if smoke:
+        env |= {"NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_SECONDS": "2"}
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def parse_summary(stdout: str) -> dict[str, float]:
+    lines = stdout.splitlines()
+    assert "---" in lines, stdout[-2000:]
+    block = lines[len(lines) - 1 - lines[::-1].index("---") + 1:]
+    pairs = [line.split(":", 1) for line in block]
+    assert [k for k, _ in pairs] == SUMMARY_KEYS
+    return {k: float(v) for k, v in pairs}
+
+
+def test_smoke_run_prints_the_exact_summary_block(prepared_cpu):
+    out = run_train(REPO / "trainer" / "train.py", prepared_cpu, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    s = parse_summary(out.stdout)
+    assert math.isfinite(s["val_bpb"]) and 0.5 < s["val_bpb"] < 8.0
+    assert s["num_steps"] >= 2 and s["depth"] == 4 and s["mfu_percent"] == 0.0  # no GPU here
+    assert 1.0 <= s["num_params_M"] <= 2.5  # the cpu preset is ~1-2M params
+    assert s["training_seconds"] >= 2.0 and s["total_seconds"] >= s["training_seconds"]
+
+
+def test_nan_loss_prints_fail_and_exits_1(prepared_cpu, tmp_path):
+    broken = tmp_path / "train.py"
+    source = (REPO / "trainer" / "train.py").read_text()
+    assert "LOGIT_SOFTCAP = 15.0" in source
+    broken.write_text(source.replace("LOGIT_SOFTCAP = 15.0", "LOGIT_SOFTCAP = 0.0"))  # 0/0 in the cap
+    out = run_train(broken, prepared_cpu, timeout=180)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[-1].startswith("FAIL: loss is nan")
+    assert "---" not in out.stdout.splitlines()
+
+
+def test_bad_knob_combination_fails_fast(prepared_cpu, tmp_path):
+    broken = tmp_path / "train.py"
+    source = (REPO / "trainer" / "train.py").read_text()
+    broken.write_text(source.replace("TOTAL_BATCH_TOKENS = 2**13", "TOTAL_BATCH_TOKENS = 1000"))
+    out = run_train(broken, prepared_cpu, timeout=120)
+    assert out.returncode == 1 and "FAIL: TOTAL_BATCH_TOKENS=1000" in out.stdout
+
+
+@pytest.mark.slow
+def test_full_cpu_preset_run_learns(prepared_cpu):
+    """The real quickstart run: 60 s of training on 2 cores must beat a unigram-ish model clearly."""
+    out = run_train(REPO / "trainer" / "train.py", prepared_cpu, timeout=600, smoke=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    s = parse_summary(out.stdout)
+    assert s["training_seconds"] >= 60.0
+    assert s["val_bpb"] < 2.5, s  # random init is ~3.3 bpb on this corpus; learning must show

@@ -1,0 +1,403 @@
+"""
+==============================================================================================
+ nightlab FIXED HARNESS for the default target: data, tokenizer, splits, dataloader, metric.
+
+ AGENTS NEVER EDIT THIS FILE. Only trainer/train.py is editable. The vet gate rejects any diff
+ that touches this file and its hash is re-checked after every run.
+==============================================================================================
+
+Prepare data once, then train:
+
+    python -m trainer.prepare --preset cpu                    # offline: Python stdlib corpus
+    python -m trainer.prepare --preset gpu                    # climbmix shards (downloads)
+    python -m trainer.prepare --preset cpu --source folder --path ~/corpus   # .txt / .parquet
+    NIGHTLAB_PRESET=cpu python -m trainer.train
+
+Documents are assigned to train / val / test by a hash of their text. train and val live in
+the data cache; the test split is written to a separate `heldout/` directory that nothing
+train.py imports can read. Only the harness (trainer/heldout.py) evaluates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.corpus import CLIMBMIX_BASE_URL, DataError, Document, load_source
+
+# ---- Presets (fixed per campaign; train.py reads these, never changes them) ----
+
+HARNESS_VERSION = 1  # bump when the cache format or the metric changes; old caches then refuse to load
+PRESETS: dict[str, dict] = {
+    # quickstart on a laptop / 2-core CI box: ~1-2M params, ~60 s of training
+    "cpu": dict(max_seq_len=256, vocab_size=2048, time_budget=60, eval_tokens=2**17,
+                source="stdlib", val_frac=0.06, test_frac=0.06),
+    # autoresearch-sized: ~50M params on one H100, 5 minutes of training
+    "gpu": dict(max_seq_len=2048, vocab_size=8192, time_budget=300, eval_tokens=40 * 2**19,
+                source="climbmix", val_frac=0.02, test_frac=0.02),
+}
+PRESET = os.environ.get("NIGHTLAB_PRESET", "cpu")
+if PRESET not in PRESETS:
+    sys.exit(f"FAIL: NIGHTLAB_PRESET={PRESET!r} is not one of {sorted(PRESETS)}")
+_P = PRESETS[PRESET]
+
+MAX_SEQ_LEN = _P["max_seq_len"]  # context length of every row, fixed for evaluation
+VOCAB_SIZE = _P["vocab_size"]  # includes the special tokens
+TIME_BUDGET = _P["time_budget"]  # seconds of training, warm-up/compile steps excluded
+EVAL_TOKENS = _P["eval_tokens"]  # val tokens scored by evaluate_bpb
+# Smoke mode is set by the harness (the vet gate), never by train.py: a few seconds, tiny eval.
+if os.environ.get("NIGHTLAB_SMOKE") == "1":
+    TIME_BUDGET = float(os.environ.get("NIGHTLAB_SMOKE_SECONDS", "3"))
+    EVAL_TOKENS = 4 * MAX_SEQ_LEN
+
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|sep|>"]  # BOS is the first special
+# GPT-4 style split, but numbers in groups of at most 2 digits (as nanochat / autoresearch)
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+TOKENIZER_TRAIN_CHARS = 200_000_000  # cap on text used to train the tokenizer
+
+
+# ---- Cache layout ----
+
+
+def cache_root() -> Path:
+    env = os.environ.get("NIGHTLAB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("nightlab"))
+
+
+def data_dir(preset: str | None = None) -> Path:
+    """Tokenizer, token bytes, train and val tokens for a preset."""
+    return cache_root() / "data" / (preset or PRESET)
+
+
+def _heldout_dir(preset: str | None = None) -> Path:
+    # The test split. Read only by trainer/heldout.py; the vet gate rejects code that names it.
+    return cache_root() / "heldout" / (preset or PRESET)
+
+
+# ---- Splits ----
+
+
+def split_of(doc: Document, val_frac: float, test_frac: float) -> str:
+    """Deterministic split by the hash of a document's text: the same text always lands in the same split."""
+    h = int.from_bytes(hashlib.sha256(doc.text.encode("utf-8")).digest()[:8], "big") / 2**64
+    if h < test_frac:
+        return "test"
+    if h < test_frac + val_frac:
+        return "val"
+    return "train"
+
+
+# ---- Tokenizer ----
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
+    """rustbpe BPE on the given texts, exported as a tiktoken.Encoding (autoresearch's recipe)."""
+    import rustbpe
+    import tiktoken
+
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(texts, vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    ranks = {bytes(k): v for k, v in bpe.get_mergeable_ranks()}
+    offset = len(ranks)
+    specials = {name: offset + i for i, name in enumerate(SPECIAL_TOKENS)}
+    enc = tiktoken.Encoding(name="nightlab-bpe", pat_str=bpe.get_pattern(),
+                            mergeable_ranks=ranks, special_tokens=specials)
+    return Tokenizer(enc)
+
+
+class Tokenizer:
+    """A tiktoken.Encoding plus the BOS id; loaded from the data cache by train.py."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token(SPECIAL_TOKENS[0])
+
+    @classmethod
+    def from_directory(cls, path: Path | None = None) -> Tokenizer:
+        path = Path(path) if path else data_dir()
+        check_cache(path)
+        with open(path / "tokenizer.pkl", "rb") as f:
+            return cls(pickle.load(f))
+
+    def get_vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self) -> int:
+        return self.bos_token_id
+
+    def encode(self, text: str, prepend: int | None = None) -> list[int]:
+        ids = self.enc.encode_ordinary(text)
+        return [prepend, *ids] if prepend is not None else ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=max(1, os.cpu_count() or 1))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode(ids)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 byte length of every token id; 0 for special tokens (excluded from bpb)."""
+        special = {self.enc.encode_single_token(s) for s in self.enc.special_tokens_set}
+        return np.array([0 if i in special else len(self.enc.decode_single_token_bytes(i))
+                         for i in range(self.enc.n_vocab)], dtype=np.int32)
+
+
+def get_token_bytes(device: str | torch.device = "cpu", path: Path | None = None) -> torch.Tensor:
+    path = Path(path) if path else data_dir()
+    return torch.from_numpy(np.load(path / "token_bytes.npy")).to(device)
+
+
+# ---- Token files: one flat uint16 array per split (docs BOS-first) plus doc start offsets ----
+
+
+def _write_split(out: Path, name: str, tokenizer: Tokenizer, docs: list[Document]) -> int:
+    bos = tokenizer.get_bos_token_id()
+    starts, total = [], 0
+    with open(out / f"{name}.bin", "wb") as f:
+        for i in range(0, len(docs), 512):
+            for ids in tokenizer.encode_batch([d.text for d in docs[i:i + 512]]):
+                arr = np.asarray([bos, *ids], dtype=np.uint16)
+                starts.append(total)
+                total += len(arr)
+                f.write(arr.tobytes())
+    np.save(out / f"{name}.idx.npy", np.asarray(starts + [total], dtype=np.int64))
+    return total
+
+
+def _load_split(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.memmap(path / f"{name}.bin", dtype=np.uint16, mode="r")
+    return tokens, np.load(path / f"{name}.idx.npy")
+
+
+def check_cache(path: Path) -> dict:
+    """Refuse a missing, partial or foreign cache with a message that says how to fix it."""
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise DataError(path, f"no prepared data here; run: python -m trainer.prepare --preset {path.name}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("harness_version") != HARNESS_VERSION:
+        raise DataError(path, f"cache built by harness version {meta.get('harness_version')}, this harness is "
+                              f"version {HARNESS_VERSION}; re-run python -m trainer.prepare --preset {path.name}")
+    return meta
+
+
+# ---- Dataloader: BOS-aligned best-fit packing, no padding ----
+
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000,
+                    device: str | torch.device | None = None, seed: int = 0):
+    """Yield (inputs, targets, epoch) forever. Each row is T+1 tokens of whole documents packed
+    best-fit; when nothing fits, the shortest document is cut to fill the row and its remainder
+    goes back into the buffer behind a BOS (long code files are not thrown away). Every row
+    starts with BOS. val order is fixed."""
+    assert split in ("train", "val"), "the test split is not available to training code"
+    tokens, starts = _load_split(data_dir(), split)
+    n_docs = len(starts) - 1
+    buffer_size = max(1, min(buffer_size, n_docs // 2))  # never hold more than half an epoch
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    row = T + 1
+    rng = np.random.default_rng(seed)
+    pin = device.type == "cuda"
+    rows = np.empty((B, row), dtype=np.int64)
+    bos = tokenizer.get_bos_token_id()
+
+    def doc_stream() -> Iterator[tuple[np.ndarray, int]]:
+        epoch = 1
+        while True:
+            order = rng.permutation(n_docs) if split == "train" else np.arange(n_docs)
+            for i in order:
+                yield tokens[starts[i]:starts[i + 1]], epoch
+            epoch += 1
+
+    stream = doc_stream()
+    buffer: list[np.ndarray] = []
+    epoch = 1
+    while True:
+        for r in range(B):
+            pos = 0
+            while pos < row:
+                while len(buffer) < buffer_size:
+                    doc, epoch = next(stream)
+                    buffer.append(doc)
+                remaining = row - pos
+                best, best_len = -1, 0
+                for i, d in enumerate(buffer):
+                    if best_len < len(d) <= remaining:
+                        best, best_len = i, len(d)
+                        if best_len == remaining:
+                            break
+                if best >= 0:
+                    doc = buffer.pop(best)
+                    rows[r, pos:pos + len(doc)] = doc
+                    pos += len(doc)
+                else:
+                    i = min(range(len(buffer)), key=lambda j: len(buffer[j]))
+                    doc = buffer[i]
+                    rows[r, pos:] = doc[:remaining]
+                    # nothing fit, so doc is longer than the gap: the rest goes back, BOS-first
+                    buffer[i] = np.concatenate(([bos], doc[remaining:]))
+                    pos = row
+        # a fresh tensor per batch: callers may hold the previous one (a shared buffer would be
+        # overwritten under them); on CUDA the caching host allocator makes pinning cheap
+        batch = torch.from_numpy(rows.copy())
+        batch = batch.pin_memory().to(device, non_blocking=True) if pin else batch
+        yield batch[:, :-1], batch[:, 1:], epoch
+
+
+# ---- Evaluation (THE FIXED METRIC) ----
+
+
+@torch.no_grad()
+def bits_per_byte(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
+    """Sum of per-token cross-entropy (nats) over non-special targets and their UTF-8 byte count."""
+    nbytes = token_bytes[targets.reshape(-1)]
+    mask = nbytes > 0
+    return float((losses.reshape(-1).float() * mask).sum()), int(nbytes.sum())
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Bits per byte on EVAL_TOKENS val tokens at MAX_SEQ_LEN: sum nats / (ln 2 * sum bytes).
+    Vocabulary-independent, so tokenizer or architecture changes stay comparable.
+    `model(x, y, reduction='none')` must return the per-token cross-entropy."""
+    device = next(model.parameters()).device
+    token_bytes = get_token_bytes(device)
+    batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
+    steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    total_nats, total_bytes = 0.0, 0
+    for _ in range(steps):
+        x, y, _ = next(loader)
+        nats, nbytes = bits_per_byte(model(x, y, reduction="none"), y, token_bytes)
+        total_nats += nats
+        total_bytes += nbytes
+    return total_nats / (math.log(2) * total_bytes)
+
+
+# ---- Preparation ----
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(final.name + f".old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(preset: str, source: str, path: str | None = None, num_shards: int = 10,
+            base_url: str = CLIMBMIX_BASE_URL, force: bool = False, log=print) -> dict:
+    """Build (or reuse) the cache for a preset. Everything is written to temp dirs and renamed
+    into place, so an interrupted or failed run leaves no partial cache behind."""
+    cfg = PRESETS[preset]
+    t0 = time.time()
+    docs, manifest = load_source(source, path=path, num_shards=num_shards, base_url=base_url,
+                                 cache=cache_root() / "downloads", log=log)
+    key = hashlib.sha256(json.dumps([HARNESS_VERSION, preset, manifest], sort_keys=True).encode()).hexdigest()[:16]
+    out, held = data_dir(preset), _heldout_dir(preset)
+    if not force and (out / "meta.json").exists() and (held / "meta.json").exists():
+        meta = json.loads((out / "meta.json").read_text())
+        if meta.get("key") == key and meta.get("harness_version") == HARNESS_VERSION:
+            log(f"prepare: {out} is up to date ({meta['tokens']['train']:,} train tokens)")
+            return meta
+
+    splits: dict[str, list[Document]] = {"train": [], "val": [], "test": []}
+    for d in docs:
+        splits[split_of(d, cfg["val_frac"], cfg["test_frac"])].append(d)
+    for name, ds in splits.items():
+        if not ds:
+            raise DataError(path or source, f"corpus too small: the {name} split got no documents "
+                                            f"({len(docs)} documents in all); add more text")
+    log(f"prepare: {len(docs):,} docs -> train {len(splits['train']):,} / val {len(splits['val']):,} "
+        f"/ test {len(splits['test']):,}; training a {cfg['vocab_size']}-token BPE")
+
+    def tokenizer_texts() -> Iterator[str]:
+        used = 0
+        for d in splits["train"]:
+            yield d.text
+            used += len(d.text)
+            if used >= TOKENIZER_TRAIN_CHARS:
+                return
+
+    tokenizer = train_tokenizer(tokenizer_texts(), cfg["vocab_size"])
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".prep-{preset}-", dir=root))
+    tmp_held = Path(tempfile.mkdtemp(prefix=f".held-{preset}-", dir=root))
+    try:
+        with open(tmp / "tokenizer.pkl", "wb") as f:
+            pickle.dump(tokenizer.enc, f)
+        np.save(tmp / "token_bytes.npy", tokenizer.token_byte_lengths())
+        with ThreadPoolExecutor(3) as pool:
+            futs = {name: pool.submit(_write_split, tmp_held if name == "test" else tmp, name, tokenizer, ds)
+                    for name, ds in splits.items()}
+            counts = {name: f.result() for name, f in futs.items()}
+        if counts["val"] < cfg["eval_tokens"]:
+            raise DataError(path or source, f"corpus too small: val split has {counts['val']:,} tokens, "
+                                            f"the {preset} preset evaluates {cfg['eval_tokens']:,}")
+        meta = dict(harness_version=HARNESS_VERSION, key=key, preset=preset, source=source,
+                    manifest_sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
+                    n_docs={k: len(v) for k, v in splits.items()}, tokens=counts,
+                    vocab_size=tokenizer.get_vocab_size(), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (tmp_held / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.copy(tmp / "tokenizer.pkl", tmp_held / "tokenizer.pkl")
+        _atomic_replace_dir(tmp_held, held)
+        _atomic_replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp_held, ignore_errors=True)
+    log(f"prepare: wrote {out} in {time.time() - t0:.1f}s: tokens train {counts['train']:,} "
+        f"val {counts['val']:,} test {counts['test']:,} (test kept apart in {held})")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.prepare", description=__doc__.split("\n\n")[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("what to prepare")
+    g.add_argument("--preset", default=PRESET, choices=sorted(PRESETS), help="size preset (default: $NIGHTLAB_PRESET or cpu)")
+    g.add_argument("--source", choices=["stdlib", "climbmix", "folder"], help="corpus (default: the preset's)")
+    g.add_argument("--path", help="folder of .txt/.parquet files (with --source folder)")
+    g = ap.add_argument_group("climbmix download")
+    g.add_argument("--num-shards", type=int, default=10, help="parquet shards to download (default 10)")
+    g.add_argument("--base-url", default=os.environ.get("NIGHTLAB_CLIMBMIX_URL", CLIMBMIX_BASE_URL),
+                   help="where shard_NNNNN.parquet files live")
+    g = ap.add_argument_group("behaviour")
+    g.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    args = ap.parse_args(argv)
+    source = args.source or PRESETS[args.preset]["source"]
+    try:
+        prepare(args.preset, source, path=args.path, num_shards=args.num_shards,
+                base_url=args.base_url, force=args.force)
+    except DataError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
