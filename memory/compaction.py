@@ -39,7 +39,8 @@ def compact(
 ) -> list[Note]:
     """Write lessons for `target`; returns the new lesson notes (possibly none)."""
     notes = _candidates(store, target)
-    if len(notes) < MIN_GROUP:
+    # One new note can still fold into a previous lesson (fallback); a model needs a real batch.
+    if not notes or (summarize is not None and len(notes) < MIN_GROUP):
         return []
     drafts = summarize(notes) if summarize is not None else fallback_drafts(store, target, notes)
     by_id = {n.id: n for n in notes}

@@ -26,12 +26,9 @@ _RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al.)
 
 def _open_db(path: Path) -> sqlite_utils.Database:
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        db = sqlite_utils.Database(sqlite3.connect(str(path)))
-        db.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.DatabaseError as e:
-        raise HarnessError(f"{path}: not a readable SQLite database ({e}); refusing to touch it")
-    migrate(db, path)
+    db = sqlite_utils.Database(sqlite3.connect(str(path)))
+    migrate(db, path)  # reads first and refuses foreign or corrupt files before any write
+    db.execute("PRAGMA journal_mode=WAL")
     return db
 
 

@@ -68,8 +68,9 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
     ids = enc.encode(text, disallowed_special=())
     if len(ids) <= max_tokens:
         return text
-    cut = enc.decode(ids[:max_tokens])
-    # Decoding a cut can re-tokenize differently (or end mid-character); shrink until it fits.
+    # The cut may end inside a multi-byte character: drop that partial tail, so the result is
+    # a true prefix. Re-encoding a prefix can also tokenize differently; shrink until it fits.
+    cut = enc.decode_bytes(ids[:max_tokens]).decode("utf-8", errors="ignore")
     while cut and count_tokens(cut) > max_tokens:
         cut = cut[:-1]
     return cut

@@ -156,6 +156,8 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
     if not _TAG.match(tag):
         raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
     directory = campaign_dir(tag)
+    if directory.exists() and not (directory / "campaign.json").exists():
+        _remove(program.repo, directory, tag)  # a start killed before it saved anything
     if directory.exists():
         raise InputError(None, "tag", f"campaign {tag!r} already exists; `nightlab resume {tag}`")
     if git(program.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch_name(tag)}",

@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "resume": "org.commands:resume",
     "status": "org.commands:status",
     "log": "org.commands:log",
+    "models": "org.models.commands:models",
+    "memory": "memory.cli:memory",
 }
 
 

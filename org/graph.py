@@ -245,7 +245,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]
     lab = runtime.context
     lab.progress(phase="run", n=state["n"])
     prog = lab.program
-    res = run_command(prog.spec.run, lab.workspace.path, prog.spec.env, prog.spec.run_timeout_s,
+    res = run_command(prog.spec.run, lab.workspace.path, prog.spec.env, prog.run_timeout_s,
                       lab.run_log(state["n"]), pid_file=lab.run_pid_file)  # fmt: skip
     lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
     metric = metric_from(res, prog.spec.metric, prog.spec.parse.regex)
@@ -308,7 +308,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         update["feedback"] = [f"crash: {p['description']}: exit {o['returncode']}, "
                               f"timed out {o['timed_out']}; output tail: {o['tail'][-600:]}"]  # fmt: skip
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
-                 keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost())  # fmt: skip
+                 keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost(),
+                 overhead=dict(lab.overhead))  # fmt: skip
     return _loop(state, lab, update, after_record=True)
 
 

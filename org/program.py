@@ -67,8 +67,8 @@ class ProgramSpec(BaseModel):
     metric: str
     direction: Literal["min", "max"] = "min"
     parse: ParseSpec = ParseSpec()
-    time_budget_s: float = Field(default=300, gt=0)  # what the target is told to train for
-    run_timeout_s: float = Field(default=600, gt=0)  # hard kill of the whole process group
+    time_budget_s: float = Field(default=300, gt=0)  # what the target trains for (it enforces it)
+    run_timeout_s: float | None = Field(default=None, gt=0)  # hard kill; default 2*budget + 120
     min_improvement: float = Field(default=0.0, ge=0)  # a keep must beat the best by more than this
     stop: StopSpec = StopSpec()
     knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline
@@ -112,6 +112,11 @@ class Program:
     @property
     def knob_path(self) -> str:
         return self.target_path(self.spec.knob_file or self.spec.editable[0])
+
+    @property
+    def run_timeout_s(self) -> float:
+        """Hard limit for one run: startup, compile and evaluation on top of the budget."""
+        return self.spec.run_timeout_s or 2 * self.spec.time_budget_s + 120
 
     def better(self, a: float, b: float | None) -> bool:
         """Is metric `a` better than `b` by more than min_improvement?"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -79,3 +80,26 @@ def test_full_cpu_preset_run_learns(prepared_cpu):
     s = parse_summary(out.stdout)
     assert s["training_seconds"] >= 60.0
     assert s["val_bpb"] < 2.5, s  # random init is ~3.3 bpb on this corpus; learning must show
+
+
+def test_heldout_harness_scores_the_same_model_on_the_test_split(prepared_cpu, tmp_path):
+    env = {**os.environ, "NIGHTLAB_CACHE": str(prepared_cpu), "PYTHONPATH": str(REPO), "NIGHTLAB_PRESET": "cpu",
+           "NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_SECONDS": "2"}
+    result = tmp_path / "heldout.json"
+    out = subprocess.run([sys.executable, "-m", "trainer.heldout", "--script", "trainer/train.py", "--out", str(result)],
+                         env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    s = parse_summary(out.stdout)  # train.py's own output passes through untouched
+    r = json.loads(result.read_text())
+    assert r["val_bpb"] == pytest.approx(s["val_bpb"], abs=1e-6)
+    assert math.isfinite(r["test_bpb"]) and r["test_bpb"] != r["val_bpb"]
+    assert abs(r["test_bpb"] - r["val_bpb"]) < 1.0  # same distribution, same model
+
+
+def test_heldout_reports_a_crashing_script(prepared_cpu, tmp_path):
+    broken = tmp_path / "train.py"
+    broken.write_text("raise SystemExit(1)\n")
+    env = {**os.environ, "NIGHTLAB_CACHE": str(prepared_cpu), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "trainer.heldout", "--script", str(broken), "--out",
+                          str(tmp_path / "r.json")], env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 1 and not (tmp_path / "r.json").exists()

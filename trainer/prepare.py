@@ -212,7 +212,12 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     goes back into the buffer behind a BOS (long code files are not thrown away). Every row
     starts with BOS. val order is fixed."""
     assert split in ("train", "val"), "the test split is not available to training code"
-    tokens, starts = _load_split(data_dir(), split)
+    return _packed_batches(*_load_split(data_dir(), split), tokenizer.get_bos_token_id(), B, T,
+                           shuffle=split == "train", buffer_size=buffer_size, device=device, seed=seed)
+
+
+def _packed_batches(tokens: np.ndarray, starts: np.ndarray, bos: int, B: int, T: int, shuffle: bool,
+                    buffer_size: int, device, seed: int):
     n_docs = len(starts) - 1
     buffer_size = max(1, min(buffer_size, n_docs // 2))  # never hold more than half an epoch
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -220,12 +225,11 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     rng = np.random.default_rng(seed)
     pin = device.type == "cuda"
     rows = np.empty((B, row), dtype=np.int64)
-    bos = tokenizer.get_bos_token_id()
 
     def doc_stream() -> Iterator[tuple[np.ndarray, int]]:
         epoch = 1
         while True:
-            order = rng.permutation(n_docs) if split == "train" else np.arange(n_docs)
+            order = rng.permutation(n_docs) if shuffle else np.arange(n_docs)
             for i in order:
                 yield tokens[starts[i]:starts[i + 1]], epoch
             epoch += 1
@@ -282,10 +286,14 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     Vocabulary-independent, so tokenizer or architecture changes stay comparable.
     `model(x, y, reduction='none')` must return the per-token cross-entropy."""
     device = next(model.parameters()).device
-    token_bytes = get_token_bytes(device)
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
-    steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    return _score(model, loader, batch_size, get_token_bytes(device))
+
+
+@torch.no_grad()
+def _score(model, loader, batch_size: int, token_bytes: torch.Tensor) -> float:
+    steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
     total_nats, total_bytes = 0.0, 0
     for _ in range(steps):
         x, y, _ = next(loader)
@@ -354,9 +362,10 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
             futs = {name: pool.submit(_write_split, tmp_held if name == "test" else tmp, name, tokenizer, ds)
                     for name, ds in splits.items()}
             counts = {name: f.result() for name, f in futs.items()}
-        if counts["val"] < cfg["eval_tokens"]:
-            raise DataError(path or source, f"corpus too small: val split has {counts['val']:,} tokens, "
-                                            f"the {preset} preset evaluates {cfg['eval_tokens']:,}")
+        for name in ("val", "test"):
+            if counts[name] < cfg["eval_tokens"]:
+                raise DataError(path or source, f"corpus too small: {name} split has {counts[name]:,} tokens, "
+                                                f"the {preset} preset evaluates {cfg['eval_tokens']:,}")
         meta = dict(harness_version=HARNESS_VERSION, key=key, preset=preset, source=source,
                     manifest_sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
                     n_docs={k: len(v) for k, v in splits.items()}, tokens=counts,

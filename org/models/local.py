@@ -16,13 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from litellm import CustomLLM
-from litellm.types.utils import Usage
+from org.models.registry import offline_env
 
-from org import settings
-from org.errors import HarnessError, InputError
+offline_env()  # before litellm's first import
+from litellm import CustomLLM  # noqa: E402
+from litellm.types.utils import Usage  # noqa: E402
 
-N_CTX = 8192
+from org import settings  # noqa: E402
+from org.errors import HarnessError, InputError  # noqa: E402
+
+N_CTX = 4096  # a ~1k-token prompt plus a few validation retries
 _lock = threading.Lock()  # guards _llamas and every generation
 _llamas: dict[Path, Any] = {}  # one loaded Llama per model file, per process
 _verified: set[Path] = set()

@@ -17,6 +17,11 @@ _lock = threading.Lock()
 _litellm: ModuleType | None = None
 
 
+def offline_env() -> None:
+    """Never fetch litellm's cost map from GitHub: must be set before litellm's first import."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
 def litellm_module() -> ModuleType:
     """The configured litellm module (imported once, local provider registered)."""
     global _litellm
@@ -24,8 +29,7 @@ def litellm_module() -> ModuleType:
         return _litellm
     with _lock:
         if _litellm is None:
-            # Offline: never fetch the cost map from GitHub (must be set before import).
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            offline_env()
             import litellm
 
             litellm.suppress_debug_info = True

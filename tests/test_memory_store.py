@@ -1,0 +1,148 @@
+"""NoteStore against real SQLite and real Chroma in temp dirs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from memory import NoteIn, NoteStore
+from memory.migrations import MIGRATIONS, MIGRATIONS_TABLE
+from org.errors import HarnessError
+
+
+def _fill(store: NoteStore) -> None:
+    store.add_experiment("c1", "nano", hypothesis="more capacity", change="DEPTH 4 -> 5",
+                         status="keep", metric_delta=-0.01, knob_move="DEPTH 4->5", commit="a1")
+    store.add_experiment("c1", "nano", hypothesis="faster Muon convergence", change="MATRIX_LR 0.02 -> 0.04",
+                         status="discard", metric_delta=0.004, knob_move="MATRIX_LR 0.02->0.04", commit="b2")
+    store.add_experiment("c1", "nano", hypothesis="bigger batches are less noisy",
+                         change="TOTAL_BATCH_TOKENS 2**14 -> 2**15", status="discard", metric_delta=0.002)
+    store.add_note(NoteIn(campaign="c1", target="nano", kind="insight",
+                          text="Runs with a warmup longer than 100 steps lose too much of the time budget.",
+                          tags=["warmup"]))
+    store.add_direction("c1", "nano", "Explore the optimizer: learning rates and momentum.")
+    store.add_experiment("c2", "other", hypothesis="unrelated target", change="LR 1 -> 2", status="crash")
+
+
+def test_migrations_from_empty(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    db = sqlite_utils.Database(tmp_path / "memory.db")
+    assert {"notes", "notes_fts", MIGRATIONS_TABLE} <= set(db.table_names())
+    assert [r["name"] for r in db[MIGRATIONS_TABLE].rows] == [name for name, _ in MIGRATIONS]
+    store.close()
+    NoteStore(tmp_path).close()  # reopening applies nothing twice
+    assert db[MIGRATIONS_TABLE].count == len(MIGRATIONS)
+
+
+def test_foreign_sqlite_file_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    conn = sqlite3.connect(path)
+    conn.execute("create table customers (id integer primary key, name text)")
+    conn.execute("insert into customers values (1, 'x')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(HarnessError, match=str(path)) as e:
+        NoteStore(tmp_path)
+    assert "not a nightlab memory database" in str(e.value)
+    assert path.read_bytes() == before
+
+
+def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    path.write_bytes(b"this is not sqlite at all\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(HarnessError, match="not a readable SQLite database"):
+        NoteStore(tmp_path)
+    assert path.read_bytes() == before
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    NoteStore(tmp_path).close()
+    db = sqlite_utils.Database(tmp_path / "memory.db")
+    db[MIGRATIONS_TABLE].insert({"name": "m999_future", "applied": "2030"})
+    with pytest.raises(HarnessError, match="newer version"):
+        NoteStore(tmp_path)
+
+
+def test_add_get_search(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+    assert store.count() == 6
+    hits = store.search("learning rate of the Muon optimizer", 3, target="nano")
+    assert hits[0].knob_move == "MATRIX_LR 0.02->0.04"
+    assert all(h.target == "nano" for h in hits)
+    exp = store.get(hits[0].id)
+    assert exp.evidence == ["commit:b2"] and exp.status == "discard"
+    assert "Δval_bpb +0.0040" in exp.to_prompt()
+    # FTS finds an exact knob name even where meaning alone is vague
+    assert any(n.text.startswith("TOTAL_BATCH_TOKENS") for n in store.search("TOTAL_BATCH_TOKENS", 2, "nano"))
+
+
+def test_reindex_reproduces_search_results(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+    queries = ["optimizer learning rate", "model depth capacity", "warmup steps", "batch size noise"]
+    before = [[n.id for n in store.search(q, 4, "nano")] for q in queries]
+    assert store.reindex() == store.count()
+    assert [[n.id for n in store.search(q, 4, "nano")] for q in queries] == before
+    assert store.verify()
+
+
+def test_out_of_sync_index_is_rebuilt_automatically(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+    before = [n.id for n in store.search("optimizer learning rate", 4)]
+    store.index.collection.delete(ids=["2", "5"])  # index lost notes (count mismatch)
+    store.close()
+    reopened = NoteStore(tmp_path)
+    assert [n.id for n in reopened.search("optimizer learning rate", 4)] == before
+    assert reopened.reindexed_at_open and reopened.verify()
+
+
+def test_same_count_but_wrong_ids_is_rebuilt(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+    coll = store.index.collection
+    coll.delete(ids=["6"])
+    coll.add(ids=["999"], documents=["a note SQLite never had"], metadatas=[{"target": "nano",
+             "kind": "experiment", "campaign": "x", "current": True}])
+    assert coll.count() == store.count()
+    store.close()
+    reopened = NoteStore(tmp_path)
+    _ = reopened.index
+    assert reopened.reindexed_at_open and reopened.verify()
+
+
+def test_broken_chroma_dir_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+    store.close()
+    import shutil
+
+    shutil.rmtree(tmp_path / "chroma")
+    (tmp_path / "chroma").mkdir()
+    (tmp_path / "chroma" / "chroma.sqlite3").write_bytes(b"garbage" * 50)
+    reopened = NoteStore(tmp_path)
+    assert reopened.verify() and reopened.index.count() == 6
+    assert reopened.search("warmup", 1, "nano")[0].kind == "insight"
+
+
+def test_failed_index_write_loses_no_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("embedding backend died")
+
+    monkeypatch.setattr(store.index, "upsert", boom)
+    with pytest.raises(RuntimeError):
+        store.add_direction("c1", "nano", "Try attention variants next.")
+    store.close()
+    reopened = NoteStore(tmp_path)
+    assert reopened.count() == 7
+    assert reopened.search("attention variants", 1, "nano")[0].text == "Try attention variants next."
+    assert reopened.reindexed_at_open

@@ -1,0 +1,146 @@
+"""kill -9 a real campaign process at different points, resume, and check nothing was lost or
+counted twice: git history, results.tsv and the SQLite ledger must agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from org import campaign as c
+from org.ledger import Ledger
+from tests.tiny import make_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX = 6
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.campaign_proc", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _events(tag: str) -> list[dict]:
+    path = c.campaign_dir(tag) / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by the kill
+            pass
+    return out
+
+
+def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for the campaign process")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that never comes in a container does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _finish(tag: str) -> None:
+    proc = _spawn("resume", tag, str(MAX))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+
+
+def _check(tag: str) -> list[dict]:
+    assert c.agreement_problems(tag) == []
+    rows = Ledger(c.campaign_dir(tag) / "ledger.db").experiments()
+    assert [r["n"] for r in rows] == list(range(MAX + 1))  # nothing lost, nothing twice
+    assert rows[0]["description"] == "baseline"
+    kept = [r for r in rows if r["status"] == "keep"]
+    metrics = [r["metric"] for r in kept]
+    assert metrics == sorted(metrics, reverse=True)  # every keep improved on the one before
+    tsv = (c.campaign_dir(tag) / "results.tsv").read_text().splitlines()
+    assert len(tsv) == MAX + 2
+    return rows
+
+
+@pytest.mark.parametrize("point", ["run", "record", "proposal", "vet"])
+def test_kill_at_phase_then_resume(tmp_path, point):
+    """Kill right after the k-th event of a kind (or mid-run), twice, then resume to the end."""
+    program = make_repo(tmp_path / "repo", sleep=0.3)
+    tag = f"k-{point}"
+    proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX))
+    run_pid = c.campaign_dir(tag) / "run.pid"
+    for k in (1, 3):
+        if point == "run":  # mid-run: the target is sleeping in its own process group
+            seen = _wait_for(lambda: run_pid.exists() and len(
+                [e for e in _events(tag) if e["event"] == "run_done"]) >= k, proc)
+        else:
+            seen = _wait_for(lambda: len([e for e in _events(tag) if e["event"] == point]) >= k, proc)
+        _kill(proc)
+        assert seen, proc.stderr.read().decode()
+        if point == "run":
+            stale = int(run_pid.read_text())
+        proc = _spawn("resume", tag, str(MAX))
+        if point == "run":  # resume kills what the dead campaign left running
+            _wait_for(lambda: len([e for e in _events(tag) if e["event"] == "campaign_resume"]) >= k, proc)
+            time.sleep(0.2)
+            assert not _alive(stale)
+    _kill(proc)
+    _finish(tag)
+    _check(tag)
+
+
+def test_kill_at_random_times(tmp_path):
+    """Kills at arbitrary (seeded) moments once the loop is running, resuming each time."""
+    program = make_repo(tmp_path / "repo", sleep=0.05)
+    tag = "k-random"
+    rng = random.Random(4)
+    proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX))
+    kills = 0
+    for kills in range(1, 9):
+        started = len([e for e in _events(tag) if e["event"].startswith("campaign_")])
+        if not _wait_for(lambda: len([e for e in _events(tag)
+                                      if e["event"].startswith("campaign_")]) > started, proc):
+            break  # finished on its own
+        time.sleep(rng.uniform(0.0, 1.5))
+        _kill(proc)
+        proc = _spawn("resume", tag, str(MAX))
+    _kill(proc)
+    _finish(tag)
+    rows = _check(tag)
+    assert kills >= 3 and len(rows) == MAX + 1
+
+
+def test_kill_during_start_leaves_a_startable_tag(tmp_path):
+    """A kill before campaign.json exists leaves no campaign: starting again must work."""
+    program = make_repo(tmp_path / "repo")
+    proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), "k-early", "1")
+    _wait_for(lambda: (c.campaign_dir("k-early") / "worktree").exists(), proc)
+    _kill(proc)
+    (c.campaign_dir("k-early") / "campaign.json").unlink(missing_ok=True)  # as if killed before it
+    proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), "k-early", "1")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert c.agreement_problems("k-early") == []
