@@ -43,13 +43,14 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     """Where the loop goes next: end, compact, direct or propose."""
     merged = {**state, **update}
     n_done = merged["n"] - 1  # experiments after the baseline that have been recorded
+    spec = lab.org.spec
+    # Compaction first: a campaign that stops right after the K-th experiment still distils it.
+    if after_record and "compactor" in lab.org.roles and n_done > 0 and n_done % spec.compact_every == 0:
+        return Command(goto="compact", update=update)
     reason = lab.stop_reason(n_done, merged["fails_in_row"])
     if reason:
         lab.log.info("stop", reason=reason)
         return Command(goto=END, update={**update, "stopped": reason})
-    spec = lab.org.spec
-    if after_record and "compactor" in lab.org.roles and n_done > 0 and n_done % spec.compact_every == 0:
-        return Command(goto="compact", update=update)
     if "director" in lab.org.roles:
         plateau = merged["since_keep"] >= spec.plateau_after and merged["since_direct"] >= spec.plateau_after
         if merged["since_direct"] >= spec.director_every or plateau:
@@ -230,7 +231,15 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
                        memory=lab.memory_context(p["hypothesis"], 600))  # fmt: skip
         if res.value is None:  # a reviewer that cannot answer does not block the run
             return None
-        return None if res.value.approve else f"peer review: {res.value.reason}"
+        if res.value.approve:
+            return None
+        if res.record.model_used != lab.org.roles["reviewer"].spec.model:
+            # The fallback keeps the campaign going when the chosen reviewer is unreachable; it is
+            # not the judge the org author picked (often a 270M base model), so it only advises.
+            lab.log.info("review_advisory", exp=state["n"], model=res.record.model_used,
+                         reason=res.value.reason)  # fmt: skip
+            return None
+        return f"peer review: {res.value.reason}"
 
     use_review = lab.org.spec.review and "reviewer" in lab.org.roles
     verdict = vet(v, duplicate=duplicate, review=review if use_review else None)

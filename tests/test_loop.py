@@ -26,8 +26,9 @@ def test_keep_discard_crash_and_failures(tmp_path):
             None,  # invalid output: recorded, fed back, no experiment number used
             knob("DEPTH", "x0.5"),  # 3: DEPTH 2 crashes
             knob("DEPTH", "+1"),  # duplicate of 2 -> vet rejects
+            knob("USE_GATE", "toggle"),  # the peer reviewer rejects it
             knob("LR", "x2"),  # 4: keep
-        ]},
+        ], "reviewer": [APPROVE, APPROVE, APPROVE, {"approve": False, "reason": "no evidence"}]},
         default={"director": DIRECTIVE, "reviewer": APPROVE},
     )
     state = c.start(program, ROLES / "tiered", tag="t1", max_experiments=4, models=client)
@@ -44,7 +45,7 @@ def test_keep_discard_crash_and_failures(tmp_path):
     assert rows[2]["metric"] > rows[1]["metric"]
     assert rows[3]["metric"] is None and rows[2]["memory_gb"] == 5 * 512 / 1024
     failures = {f["stage"] for f in ledger.failures()}
-    assert failures == {"propose", "vet:duplicate"}
+    assert failures == {"propose", "vet:duplicate", "vet:review"}
 
     # results.tsv: autoresearch's columns first, crash row as 0.000000 / 0.0
     lines = (d / "results.tsv").read_text().splitlines()
@@ -67,9 +68,10 @@ def test_keep_discard_crash_and_failures(tmp_path):
     proposer_prompts = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
     assert "no valid answer" in proposer_prompts[3] and "crash: DEPTH x0.5" in proposer_prompts[4]
     assert "repeats an earlier experiment" in proposer_prompts[5]
+    assert "peer review: no evidence" in proposer_prompts[6]
     assert "Try LR x2." in proposer_prompts[0]
     roles = [s["role"] for s in client.sent]
-    assert roles[0] == "director" and roles.count("reviewer") == 4  # not for the duplicate: cheaper gates first
+    assert roles[0] == "director" and roles.count("reviewer") == 5  # not for the duplicate: cheaper gates first
     # the user's own checkout was never touched
     assert "LR = 0.01" in (program.parents[1] / "target" / "train.py").read_text()
 
@@ -95,3 +97,20 @@ def test_edit_mode_non_applying_edit_and_program_knobs(tmp_path):
     assert log[0].startswith("exp 1: gating helps") and log[1].startswith("program knobs: baseline: DEPTH=5")
     assert state["best_metric"] == rows[1]["metric"]
     assert c.agreement_problems("e1") == []
+
+
+def test_fallback_reviewer_only_advises(tmp_path):
+    """A rejection from the reviewer's fallback model (not the judge the org chose) is logged,
+    not enforced; spend from scripted costs adds up per experiment."""
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(
+        script={"proposer": [knob("LR", "x2")]},
+        default={"director": DIRECTIVE, "reviewer": {"approve": False, "reason": "meh"}},
+        answered_by={"reviewer": "local/gemma3-270m"}, cost_usd=0.01,
+    )
+    c.start(program, ROLES / "tiered", tag="fb", max_experiments=1, models=client)
+    rows = Ledger(c.campaign_dir("fb") / "ledger.db").experiments()
+    assert [r["status"] for r in rows] == ["keep", "keep"]
+    assert abs(rows[1]["cost_usd"] - 0.03) < 1e-9  # director + proposer + reviewer
+    events = (c.campaign_dir("fb") / "events.jsonl").read_text()
+    assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
