@@ -11,6 +11,7 @@ Prints `---` then `key: value` lines (target: overhead_median_s <= 1.0).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -65,7 +66,7 @@ def main() -> None:
     program = make_repo(tmp / "repo")
     step = iter(range(10**9))
     # keep (x2 stays a power of two), discard (x1.5 never is): new absolute values every time
-    propose = lambda schema, messages: {"hypothesis": "wider", "knob": "WIDTH",  # noqa: E731
+    propose = lambda schema, messages: {"hypothesis": "wider", "knob": "WIDTH",
                                         "move": "x2" if next(step) % 2 == 0 else "x1.5"}
     client = ScriptedClient(default={
         "proposer": propose, "reviewer": {"approve": True, "reason": "ok"},
@@ -85,7 +86,7 @@ def main() -> None:
     rows = Ledger(c.campaign_dir("bench") / "ledger.db").experiments()
 
     overheads, nodes = [], {}
-    for (t_a, oh_a), (t_b, oh_b) in zip(marks, marks[1:]):
+    for (t_a, oh_a), (t_b, oh_b) in itertools.pairwise(marks):
         d = {k: oh_b.get(k, 0.0) - oh_a.get(k, 0.0) for k in oh_b}
         overheads.append(t_b - t_a - d.get("run", 0.0) - d.get("llm", 0.0))
         for k, v in d.items():

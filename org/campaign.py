@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from org.errors import HarnessError, InputError
+from org.errors import InputError
 from org.lab import Lab, Limits
 from org.ledger import Ledger, tsv_text
 from org.program import Program, load_program
@@ -95,9 +95,11 @@ def _event_log(directory: Path, tag: str) -> Any:
     fh = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
     return structlog.wrap_logger(
         structlog.WriteLogger(fh),
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.JSONRenderer(sort_keys=False)],  # fmt: skip
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
     ).bind(campaign=tag)
 
 
@@ -147,12 +149,16 @@ def _drive(lab: Lab, graph_input: Any) -> dict[str, Any]:
         lab.ledger.close()
 
 
+def default_tag(program: Program) -> str:
+    return f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def start(program_path: str | Path, org_path: str | Path, tag: str | None = None,
           max_experiments: int | None = None, models: Any = None, memory: Any = None,
           progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Create a campaign, run its baseline, then loop until a stop condition."""
     program, org = validate_inputs(program_path, org_path)
-    tag = tag or f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = tag or default_tag(program)
     if not _TAG.match(tag):
         raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
     directory = campaign_dir(tag)
@@ -166,7 +172,7 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
     directory.mkdir(parents=True)
     ws = Workspace.create(program.repo, directory / "worktree", tag)
     record = CampaignRecord(
-        tag=tag, program=str(program.path), org=str(org.path), repo=str(program.repo),
+        tag=tag, program=str(program.path), org=str(org.path.resolve()), repo=str(program.repo),
         base_commit=ws.head(), created_at=time.time(), metric=program.spec.metric,
         direction=program.spec.direction, editable=program.editable_paths,
         protected_hashes={p: ws.blob_hash(p) for p in program.protected_paths},
@@ -249,7 +255,7 @@ def agreement_problems(tag: str) -> list[str]:
     kept = [r["commit"] for r in rows if r["status"] == "keep"]
     if kept and kept[-1] != ws.head() and not ws.is_ancestor(kept[-1], ws.head()):
         problems.append("branch head does not descend from the last keep")
-    if len(set(r["commit"] for r in rows)) != len(rows):
+    if len({r["commit"] for r in rows}) != len(rows):
         problems.append("two experiments share a commit")
     return problems
 
@@ -268,11 +274,13 @@ def summary(tag: str) -> dict[str, Any]:
         runs = [r for r in rows if r["n"] > 0]
         scored = [r["metric"] for r in rows if r["status"] == "keep"]
         best = (min if record.direction == "min" else max)(scored) if scored else None
-        return dict(tag=tag, experiments=len(runs), kept=sum(r["status"] == "keep" for r in runs),
-                    crashed=sum(r["status"] == "crash" for r in runs),
-                    rejected=len(ledger.failures()), baseline=rows[0]["metric"] if rows else None,
-                    best=best, metric=record.metric, spend_usd=ledger.total_cost(),
-                    program=record.program, org=record.org)  # fmt: skip
+        return {
+            "tag": tag, "experiments": len(runs), "kept": sum(r["status"] == "keep" for r in runs),
+            "crashed": sum(r["status"] == "crash" for r in runs),
+            "rejected": len(ledger.failures()), "baseline": rows[0]["metric"] if rows else None,
+            "best": best, "metric": record.metric, "spend_usd": ledger.total_cost(),
+            "program": record.program, "org": record.org,
+        }  # fmt: skip
     finally:
         ledger.close()
 

@@ -21,8 +21,9 @@ def campaign(program: str, org: str, tag: str | None, max_experiments: int | Non
     from org.progress import Dashboard
 
     prog, _ = c.validate_inputs(program, org)  # fail fast, before any output
-    shown_tag = tag or "(new)"
-    with Dashboard(shown_tag, prog.spec.metric) as dash:
+    tag = tag or c.default_tag(prog)
+    click.echo(f"campaign {tag}: {c.campaign_dir(tag)}", err=True)
+    with Dashboard(tag, prog.spec.metric) as dash:
         state = c.start(program, org, tag=tag, max_experiments=max_experiments, progress=dash)
     _done(state)
 
@@ -61,7 +62,7 @@ def status(tag: str | None) -> None:
     table = Table("tag", "experiments", "kept", "crashed", "rejected", "baseline", "best", "spend")
     for t in tags:
         s = c.summary(t)
-        fmt = lambda x: "n/a" if x is None else f"{x:.6f}"  # noqa: E731
+        fmt = lambda x: "n/a" if x is None else f"{x:.6f}"
         table.add_row(t, str(s["experiments"]), str(s["kept"]), str(s["crashed"]),
                       str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), f"${s['spend_usd']:.4f}")  # fmt: skip
     Console().print(table)

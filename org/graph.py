@@ -19,12 +19,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from org.errors import InputError
 from memory.notes import experiment_text
+from org.errors import InputError
 from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, Review, fmt_metric, history_table
 from org.runner import metric_from, parse_number, run_command
-from org.state import CampaignState, Proposal
+from org.state import CampaignState, Outcome, Proposal
 from org.vet import VetInput, vet
 
 Next = Literal["compact", "direct", "propose", "__end__"]
@@ -145,7 +145,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     mode = role.spec.mode or "knob"
     source = lab.workspace.read(lab.program.knob_path)
     knobs = parse_knobs(source)
-    variables = dict(
+    variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
         experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
         baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=_keep_rate(lab),
         history=history_table(lab.ledger.experiments(), 15), directive=state["directive"],
@@ -259,9 +259,9 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]
     lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
     metric = metric_from(res, prog.spec.metric, prog.spec.parse.regex)
     mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
-    outcome = dict(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
-                   metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
-                   tail=res.tail[-1500:])  # fmt: skip
+    outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
+                      metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
+                      tail=res.tail[-1500:])  # fmt: skip
     lab.log.info("run_done", exp=state["n"], returncode=res.returncode, timed_out=res.timed_out,
                  metric=metric, seconds=round(res.seconds, 2))  # fmt: skip
     return Command(goto="judge", update={"outcome": outcome})
@@ -290,7 +290,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     n, o, p, commit = state["n"], state["outcome"], state["proposal"], state["commit"]
     ws = lab.workspace
     parent = state["best_commit"] if n > 0 else (lab.base_commit if commit != lab.base_commit else "")
-    row = dict(
+    row = dict(  # noqa: C408  (the ledger's column names, as keywords)
         n=n, commit=commit, parent=parent, metric=o["metric"], memory_gb=o["memory_gb"],
         status=o["status"], description=p["description"], hypothesis=p["hypothesis"],
         role=p["role"], model=p["model"], cost_usd=lab.ledger.cycle_cost(n),
@@ -314,8 +314,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     if n == 0:
         update.update(baseline_metric=o["metric"], since_keep=0)
     if o["status"] == "crash":
-        update["feedback"] = [f"crash: {p['description']}: exit {o['returncode']}, "
-                              f"timed out {o['timed_out']}; output tail: {o['tail'][-600:]}"]  # fmt: skip
+        update["feedback"] = [(f"crash: {p['description']}: exit {o['returncode']}, "
+                               f"timed out {o['timed_out']}; output tail: {o['tail'][-600:]}")]  # fmt: skip
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
                  keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost(),
                  overhead=dict(lab.overhead))  # fmt: skip

@@ -113,8 +113,8 @@ class Ledger:
 
     def record_failure(self, key: str, exp: int, stage: str, reason: str,
                        hypothesis: str = "", role: str = "", model: str = "") -> None:  # fmt: skip
-        row = dict(key=key, exp=exp, stage=stage, reason=reason, hypothesis=hypothesis,
-                   role=role, model=model, created_at=time.time())  # fmt: skip
+        row = {"key": key, "exp": exp, "stage": stage, "reason": reason, "hypothesis": hypothesis,
+               "role": role, "model": model, "created_at": time.time()}  # fmt: skip
         with self.db.conn:
             self.db["failures"].upsert(row, pk="key")
 

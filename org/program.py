@@ -43,7 +43,7 @@ class ParseSpec(BaseModel):
     memory_key: str = "peak_mem_mb"  # summary key reported as memory_gb (MB / 1024)
 
     @model_validator(mode="after")
-    def _regex_needs_pattern(self) -> "ParseSpec":
+    def _regex_needs_pattern(self) -> ParseSpec:
         if self.kind == "regex" and not self.regex:
             raise ValueError("parse.kind 'regex' needs parse.regex with one capture group")
         return self
@@ -128,7 +128,8 @@ class Program:
 
 def _git_root(start: Path) -> Path | None:
     proc = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True
+        ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True,
+        check=False,
     )
     return Path(proc.stdout.strip()) if proc.returncode == 0 else None
 

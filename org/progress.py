@@ -7,7 +7,7 @@ output is not a terminal (CI, nohup) it prints one plain line per recorded exper
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.live import Live
@@ -23,13 +23,13 @@ class Dashboard:
         self.since = time.monotonic()
         self.live: Live | None = None
 
-    def __enter__(self) -> "Dashboard":
+    def __enter__(self) -> Self:
         if self.console.is_terminal:
             self.live = Live(self._render(), console=self.console, refresh_per_second=4)
             self.live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)
 

@@ -1,17 +1,18 @@
 """Run one experiment command: own process group, hard timeout, capped log, summary-block metrics.
 
 The run is a child in its own session (process group). A timeout kills the whole group. On Linux
-the child also gets SIGKILL if nightlab itself dies (PR_SET_PDEATHSIG), and the group id is written
+the child also gets SIGKILL if nightlab itself dies (`setpriv --pdeathsig`), and the group id is written
 to a pid file so `resume` can kill anything a `kill -9` left behind. Issue 6 hardens this further
 (scrubbed env, rlimits, network namespace).
 """
 
 from __future__ import annotations
 
-import ctypes
+import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,11 +50,13 @@ def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux/glibc: the pid file still lets resume clean up
+def _with_deathsig(argv: list[str]) -> list[str]:
+    """Prefix util-linux `setpriv --pdeathsig KILL` where it exists: the run dies with nightlab.
+
+    (A preexec_fn calling prctl would do the same but is unsafe in a threaded parent.) Without
+    setpriv the pid file still lets `resume` kill what a dead campaign left running."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def kill_stale(pid_file: Path) -> bool:
@@ -113,14 +116,13 @@ def run_command(
     sink = _CappedSink(log_path, log_cap)
     start = time.monotonic()
     proc = subprocess.Popen(
-        argv_for(command),
+        _with_deathsig(argv_for(command)),
         cwd=cwd,
         env=scrubbed_env(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # own process group: a timeout kills everything it spawned
-        preexec_fn=_die_with_parent,
     )
     if pid_file is not None:
         pid_file.write_text(str(proc.pid))
@@ -185,7 +187,7 @@ def parse_number(value: str | None) -> float | None:
         x = float(value)
     except ValueError:
         return None
-    return x if x == x and abs(x) != float("inf") else None  # NaN/inf are not results
+    return x if math.isfinite(x) else None  # NaN/inf are not results
 
 
 def metric_from(result: RunResult, metric: str, regex: str | None) -> float | None:

@@ -19,7 +19,7 @@ _GIT_ID = ["-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost",
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.run(
-        ["git", *_GIT_ID, *args], cwd=cwd, capture_output=True, text=True,
+        ["git", *_GIT_ID, *args], cwd=cwd, capture_output=True, text=True, check=False,
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
     )  # fmt: skip
     if check and proc.returncode != 0:
@@ -36,7 +36,7 @@ class Workspace:
         self.path = path
 
     @classmethod
-    def create(cls, repo: Path, path: Path, tag: str) -> "Workspace":
+    def create(cls, repo: Path, path: Path, tag: str) -> Workspace:
         """Add a worktree at `path` on a new branch from the repo's HEAD."""
         if git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch_name(tag)}",
                check=False):  # fmt: skip
@@ -74,7 +74,8 @@ class Workspace:
         return git(self.path, "rev-parse", f"{commit}^")
 
     def is_ancestor(self, a: str, b: str) -> bool:
-        proc = subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=self.path)
+        proc = subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=self.path,
+                              check=False)
         return proc.returncode == 0
 
     def log(self, base: str) -> list[str]:

@@ -38,7 +38,7 @@ def test_keep_discard_crash_and_failures(tmp_path):
     ledger = Ledger(d / "ledger.db")
     rows = ledger.experiments()
     assert [r["status"] for r in rows] == ["keep", "keep", "discard", "crash", "keep"]
-    assert [r["description"] for r in rows][0] == "baseline"
+    assert rows[0]["description"] == "baseline"
     assert rows[1]["description"] == "LR x2: 0.01 -> 0.02"
     assert rows[4]["description"] == "LR x2: 0.02 -> 0.04"
     assert rows[0]["metric"] > rows[1]["metric"] > rows[4]["metric"]
@@ -114,3 +114,36 @@ def test_fallback_reviewer_only_advises(tmp_path):
     assert abs(rows[1]["cost_usd"] - 0.03) < 1e-9  # director + proposer + reviewer
     events = (c.campaign_dir("fb") / "events.jsonl").read_text()
     assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
+
+
+def test_resume_finished_campaign_extends_only_when_asked(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(script={"proposer": [knob("LR", "x2"), knob("USE_GATE", "toggle")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})
+    c.start(program, ROLES / "tiered", tag="x", max_experiments=1, models=client)
+    sent = len(client.sent)
+    state = c.resume("x", models=client)  # limit reached: nothing runs, nothing is asked
+    assert state["stopped"] == "reached max_experiments=1" and len(client.sent) == sent
+    state = c.resume("x", max_experiments=2, models=client)
+    rows = Ledger(c.campaign_dir("x") / "ledger.db").experiments()
+    assert [r["n"] for r in rows] == [0, 1, 2] and rows[2]["description"] == "USE_GATE toggle: False -> True"
+    assert state["stopped"] == "reached max_experiments=2" and c.agreement_problems("x") == []
+
+
+def test_proposals_per_round_tries_the_next_candidate_without_asking_again(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    org = tmp_path / "org"
+    import shutil
+
+    shutil.copytree(ROLES / "tiered", org)
+    text = (org / "org.md").read_text().replace("proposals_per_round: 1", "proposals_per_round: 2")
+    (org / "org.md").write_text(text)
+    client = ScriptedClient(
+        script={"proposer": [knob("DEPTH", "+1"), knob("LR", "x2")],
+                "reviewer": [{"approve": False, "reason": "depth is a dead end"}, APPROVE]},
+        default={"director": DIRECTIVE},
+    )
+    c.start(program, org, tag="ppr", max_experiments=1, models=client)
+    rows = Ledger(c.campaign_dir("ppr") / "ledger.db").experiments()
+    assert rows[1]["description"] == "LR x2: 0.01 -> 0.02"
+    assert [s["role"] for s in client.sent] == ["director", "proposer", "proposer", "reviewer", "reviewer"]

@@ -40,6 +40,10 @@ def _events(tag: str) -> list[dict]:
     return out
 
 
+def _count(tag: str, prefix: str) -> int:
+    return len([e for e in _events(tag) if e["event"].startswith(prefix)])
+
+
 def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -94,17 +98,16 @@ def test_kill_at_phase_then_resume(tmp_path, point):
     run_pid = c.campaign_dir(tag) / "run.pid"
     for k in (1, 3):
         if point == "run":  # mid-run: the target is sleeping in its own process group
-            seen = _wait_for(lambda: run_pid.exists() and len(
-                [e for e in _events(tag) if e["event"] == "run_done"]) >= k, proc)
+            seen = _wait_for(lambda k=k: run_pid.exists() and _count(tag, "run_done") >= k, proc)
         else:
-            seen = _wait_for(lambda: len([e for e in _events(tag) if e["event"] == point]) >= k, proc)
+            seen = _wait_for(lambda k=k: _count(tag, point) >= k, proc)
         _kill(proc)
         assert seen, proc.stderr.read().decode()
         if point == "run":
             stale = int(run_pid.read_text())
         proc = _spawn("resume", tag, str(MAX))
         if point == "run":  # resume kills what the dead campaign left running
-            _wait_for(lambda: len([e for e in _events(tag) if e["event"] == "campaign_resume"]) >= k, proc)
+            _wait_for(lambda k=k: _count(tag, "campaign_resume") >= k, proc)
             time.sleep(0.2)
             assert not _alive(stale)
     _kill(proc)
@@ -120,9 +123,8 @@ def test_kill_at_random_times(tmp_path):
     proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX))
     kills = 0
     for kills in range(1, 9):
-        started = len([e for e in _events(tag) if e["event"].startswith("campaign_")])
-        if not _wait_for(lambda: len([e for e in _events(tag)
-                                      if e["event"].startswith("campaign_")]) > started, proc):
+        started = _count(tag, "campaign_")
+        if not _wait_for(lambda started=started: _count(tag, "campaign_") > started, proc):
             break  # finished on its own
         time.sleep(rng.uniform(0.0, 1.5))
         _kill(proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from org.runner import metric_from, parse_summary, run_command
 
@@ -47,7 +48,7 @@ def test_timeout_kills_the_whole_group(tmp_path):
     child = int(pidfile.read_text())
     time.sleep(0.2)
     try:
-        state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         state = "gone"
     assert state in ("gone", "Z")
