@@ -6,8 +6,8 @@
   `setsid`) outlives it. Otherwise the run record says `network: not isolated`.
 - environment built from an allow-list; anything that looks like a credential is dropped even
   if allowed (the program's own env is validated to hold no secrets).
-- rlimits set in the child before exec: data segment (memory), file size, process count, no
-  core dumps.
+- rlimits (via prlimit(1)) on the data segment (memory), file size, process count (plus a
+  watchdog on the run's task count, which binds root too), no core dumps.
 - output captured to a capped log; metrics come only from a final `---` block that ends the
   output (a block followed by other lines, or a FAIL line, is no result); metric values must be
   finite and inside the program's bounds; protected-file hashes are re-checked afterwards.
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from org.runner import LOG_CAP_BYTES, RunResult, _CappedSink, _die_with_parent, argv_for
+from org.runner import LOG_CAP_BYTES, RunResult, _CappedSink, _with_deathsig, argv_for
 
 ALLOWED_ENV = {
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ",
@@ -78,6 +78,7 @@ def sandbox_env(extra: dict[str, str], base: dict[str, str] | None = None) -> di
     env.update(extra)
     env = {k: v for k, v in env.items() if k.endswith("_OFFLINE") or not SECRET_ENV.search(k)}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # a run leaves no files in the worktree
     return env
 
 
@@ -165,13 +166,20 @@ def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _preexec(rlimits: list[tuple[int, int]]):
-    def apply() -> None:  # in the child, between fork and exec
-        _die_with_parent()
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
+def _rlimit_prefix(rlimits: dict[str, int]) -> tuple[list[str], Callable[[], None] | None]:
+    """util-linux `prlimit --data=N:N ... --` where it exists (no preexec_fn in a threaded parent);
+    otherwise a preexec_fn that sets the same limits."""
+    exe = shutil.which("prlimit")
+    if exe:
+        return [exe, *(f"--{k}={v}:{v}" for k, v in rlimits.items()), "--"], None
+    which = {"data": resource.RLIMIT_DATA, "fsize": resource.RLIMIT_FSIZE,
+             "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}  # fmt: skip
 
-    return apply
+    def apply() -> None:
+        for k, v in rlimits.items():
+            resource.setrlimit(which[k], (v, v))
+
+    return [], apply
 
 
 def final_summary(text: str) -> dict[str, str]:
@@ -227,20 +235,19 @@ def run_sandboxed(
     prefix, network = network_isolation() if isolate_network else ((), "not isolated: disabled")
     mem = limits.memory_bytes or int(0.8 * _physical_memory())
     nproc = _user_tasks() + limits.procs
-    rl = [(resource.RLIMIT_DATA, mem), (resource.RLIMIT_FSIZE, limits.file_bytes),
-          (resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_CORE, 0)]  # fmt: skip
+    rl_prefix, preexec = _rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sink = _CappedSink(log_path, limits.log_cap)
     start = time.monotonic()
     proc = subprocess.Popen(
-        [*prefix, *argv_for(command)],
+        _with_deathsig([*rl_prefix, *prefix, *argv_for(command)]),
         cwd=cwd,
         env=sandbox_env(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_preexec(rl),
+        preexec_fn=preexec,
     )
     if pid_file is not None:
         pid_file.write_text(str(proc.pid))
