@@ -23,8 +23,11 @@ from memory.notes import experiment_text
 from org.errors import InputError
 from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, Review, fmt_metric, history_table
+from org.review import Pass, review_change
 from org.runner import metric_from, parse_number, run_command
+from org.sandbox import Limits, run_sandboxed
 from org.state import CampaignState, Outcome, Proposal
+from org.untrusted import fence
 from org.vet import VetInput, vet
 
 Next = Literal["compact", "direct", "propose", "__end__"]
@@ -211,13 +214,13 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
 
 
 def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "__end__"]]:
-    """Scope, syntax, duplicate and (if the org has one) peer review, before any run is spent."""
+    """Scope, syntax, static rules, smoke run, duplicate and peer review before any run is spent."""
     lab = runtime.context
     lab.progress(phase="vet", n=state["n"])
     p = state["proposal"]
     v = VetInput(workspace=lab.workspace, program=lab.program, best_commit=state["best_commit"],
                  protected_hashes=lab.protected_hashes, hypothesis=p["hypothesis"],
-                 knob_move=p["knob_move"])  # fmt: skip
+                 knob_move=p["knob_move"], log_dir=lab.dir / "runs" / f"vet-{state['attempt']:04d}")  # fmt: skip
 
     def duplicate(v: VetInput) -> str | None:
         knob = absolute_move(p["description"]) if p["knob_move"] else None
@@ -225,25 +228,20 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
         return lab.duplicate(knob, None if knob else v.diff, text)
 
     def review(v: VetInput) -> str | None:
-        res = lab.call("reviewer", state["n"], Review, hypothesis=p["hypothesis"],
-                       description=p["description"], diff=v.diff, experiment=state["n"],
-                       best_metric=fmt_metric(state["best_metric"]),
-                       memory=lab.memory_context(p["hypothesis"], 600))  # fmt: skip
-        if res.value is None:  # a reviewer that cannot answer does not block the run
-            return None
-        if res.value.approve:
-            return None
-        if res.record.model_used != lab.org.roles["reviewer"].spec.model:
-            # The fallback keeps the campaign going when the chosen reviewer is unreachable; it is
-            # not the judge the org author picked (often a 270M base model), so it only advises.
-            lab.log.info("review_advisory", exp=state["n"], model=res.record.model_used,
-                         reason=res.value.reason)  # fmt: skip
-            return None
-        return f"peer review: {res.value.reason}"
+        reason = review_change(lab.call, state["n"], p["hypothesis"], p["description"], v.diff,
+                               fmt_metric(state["best_metric"]), lab.memory_context(p["hypothesis"], 600),
+                               primary_model=lab.org.roles["reviewer"].spec.model)  # fmt: skip
+        if isinstance(reason, Pass) and reason.startswith("advisory"):
+            model, _, why = reason.removeprefix("advisory rejection from fallback reviewer ").partition(": ")
+            lab.log.info("review_advisory", exp=state["n"], model=model, reason=why)
+        return reason
 
     use_review = lab.org.spec.review and "reviewer" in lab.org.roles
     verdict = vet(v, duplicate=duplicate, review=review if use_review else None)
-    lab.log.info("vet", exp=state["n"], ok=verdict.ok, gate=verdict.gate, reason=verdict.reason)
+    for g in verdict.records:  # every gate's verdict, passes (and fail-open warnings) included
+        lab.ledger.record_gate(state["n"], state["attempt"], g.gate, g.ok, g.reason, g.seconds)
+    lab.log.info("vet", exp=state["n"], ok=verdict.ok, gate=verdict.gate, reason=verdict.reason,
+                 gates=[(g.gate, g.ok, round(g.seconds, 2)) for g in verdict.records])  # fmt: skip
     if not verdict.ok:
         return _failed(state, lab, f"vet:{verdict.gate}", verdict.reason, p)
     return Command(goto="run")
@@ -254,16 +252,19 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]
     lab = runtime.context
     lab.progress(phase="run", n=state["n"])
     prog = lab.program
-    res = run_command(prog.spec.run, lab.workspace.path, prog.spec.env, prog.run_timeout_s,
-                      lab.run_log(state["n"]), pid_file=lab.run_pid_file)  # fmt: skip
+    res = run_sandboxed(prog.spec.run, lab.workspace.path, prog.spec.env,
+                        Limits(timeout_s=prog.run_timeout_s), lab.run_log(state["n"]),
+                        pid_file=lab.run_pid_file, protected=lab.protected_hashes,
+                        bounds=prog.spec.bounds)  # fmt: skip
     lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
-    metric = metric_from(res, prog.spec.metric, prog.spec.parse.regex)
+    metric = None if res.rejected else metric_from(res, prog.spec.metric, prog.spec.parse.regex)
     mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
     outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
                       metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
-                      tail=res.tail[-1500:])  # fmt: skip
+                      tail=res.tail[-1500:], violations=res.violations)  # fmt: skip
     lab.log.info("run_done", exp=state["n"], returncode=res.returncode, timed_out=res.timed_out,
-                 metric=metric, seconds=round(res.seconds, 2))  # fmt: skip
+                 metric=metric, seconds=round(res.seconds, 2), network=res.network,
+                 violations=res.violations)  # fmt: skip
     return Command(goto="judge", update={"outcome": outcome})
 
 
@@ -271,6 +272,12 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
     """keep if strictly better than the best by more than min_improvement; crash if no metric."""
     lab = runtime.context
     o, prog = dict(state["outcome"]), lab.program
+    if o.get("violations"):  # the sandbox caught something: never keep, whatever it printed
+        if state["n"] == 0:
+            raise InputError(prog.path, "run", f"the unmodified target broke the sandbox: "
+                             f"{'; '.join(o['violations'])}; see {o['log']}")  # fmt: skip
+        o["status"] = "rejected"
+        return Command(goto="record", update={"outcome": o})
     if state["n"] == 0 and o["metric"] is None:  # the unmodified target must work: user's problem
         if o["returncode"] == 0:
             raise InputError(prog.path, "metric", f"the baseline run never printed "
@@ -301,7 +308,9 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     if not kept:
         ws.reset(state["best_commit"])
     lab.write_tsv()
-    lab.remember(row, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
+    # memory's note statuses are keep/discard/crash: a sandbox rejection is noted as a crash
+    noted = {**row, "status": "crash"} if row["status"] == "rejected" else row
+    lab.remember(noted, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
     lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
                  description=p["description"])  # fmt: skip
     update: dict[str, Any] = {
@@ -315,7 +324,9 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         update.update(baseline_metric=o["metric"], since_keep=0)
     if o["status"] == "crash":
         update["feedback"] = [(f"crash: {p['description']}: exit {o['returncode']}, "
-                               f"timed out {o['timed_out']}; output tail: {o['tail'][-600:]}")]  # fmt: skip
+                               f"timed out {o['timed_out']}; {fence(o['tail'], 'output tail', 600)}")]  # fmt: skip
+    elif o["status"] == "rejected":
+        update["feedback"] = [f"rejected by the sandbox: {p['description']}: {'; '.join(o['violations'])}"]
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
                  keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost(),
                  overhead=dict(lab.overhead))  # fmt: skip

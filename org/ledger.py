@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-STATUSES = ("keep", "discard", "crash")
+STATUSES = ("keep", "discard", "crash", "rejected")  # rejected: the sandbox found a violation
 TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
                "hypothesis", "role", "model", "cost_usd", "seconds")  # fmt: skip
 
@@ -49,8 +49,17 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db["calls"].create_index(["exp"])
 
 
+def _m002_vet_gates(db: sqlite_utils.Database) -> None:
+    db["gates"].create(
+        {"key": str, "exp": int, "attempt": int, "gate": str, "ok": int, "reason": str,
+         "seconds": float, "created_at": float},
+        pk="key",
+    )  # fmt: skip
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_vet_gates", _m002_vet_gates),
 ]
 
 
@@ -118,6 +127,15 @@ class Ledger:
         with self.db.conn:
             self.db["failures"].upsert(row, pk="key")
 
+    def record_gate(self, exp: int, attempt: int, gate: str, ok: bool, reason: str, seconds: float) -> None:
+        row = dict(key=f"{attempt}:{gate}", exp=exp, attempt=attempt, gate=gate, ok=int(ok),
+                   reason=reason, seconds=seconds, created_at=time.time())  # fmt: skip
+        with self.db.conn:
+            self.db["gates"].upsert(row, pk="key")
+
+    def gates(self) -> list[dict[str, Any]]:
+        return list(self.db["gates"].rows_where(order_by="attempt, created_at"))
+
     def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
         return list(self.db["failures"].rows_where(order_by="created_at desc", limit=limit))
 
@@ -133,7 +151,7 @@ def tsv_text(rows: list[dict[str, Any]], metric_name: str) -> str:
     header = "\t".join(metric_name if c == "METRIC" else c for c in TSV_COLUMNS)
     lines = [header]
     for r in rows:
-        crash = r["status"] == "crash"
+        crash = r["status"] in ("crash", "rejected")
         clean = {k: str(r.get(k) or "").replace("\t", " ").replace("\n", " ") for k in r}
         lines.append("\t".join([
             r["commit"][:7],

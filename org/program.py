@@ -70,6 +70,9 @@ class ProgramSpec(BaseModel):
     time_budget_s: float = Field(default=300, gt=0)  # what the target trains for (it enforces it)
     run_timeout_s: float | None = Field(default=None, gt=0)  # hard kill; default 2*budget + 120
     min_improvement: float = Field(default=0.0, ge=0)  # a keep must beat the best by more than this
+    # Vetting (issue 6): smoke-run limit (null: no smoke gate) and sanity bounds on summary values.
+    smoke_timeout_s: float | None = Field(default=90, gt=0)
+    bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     stop: StopSpec = StopSpec()
     knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline
 

@@ -38,9 +38,10 @@ class Outcome(TypedDict):
     seconds: float
     metric: float | None
     memory_gb: float
-    status: str  # keep | discard | crash (set by judge)
+    status: str  # keep | discard | crash | rejected (set by judge)
     log: str  # path of the run log
     tail: str  # last lines of output, for the proposer's feedback on a crash
+    violations: list[str]  # sandbox findings; any => status "rejected"
 
 
 class CampaignState(TypedDict, total=False):

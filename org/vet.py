@@ -1,17 +1,25 @@
 """Vet a committed change before it may spend a run. Cheapest gate first; the first rejection wins.
 
-This is the hook issue 6 fills in (static AST rules, smoke run, sandbox checks). A gate is a
-function `(VetInput) -> str | None` returning a rejection reason, listed in `GATES` in order.
-The LLM peer review and the memory duplicate check need the campaign's clients, so they are
-passed in as callables and run last.
+    scope -> syntax -> rules (static AST) -> smoke (sandboxed CPU run) -> duplicate -> review (LLM)
+
+A gate is a function `(VetInput) -> str | None` returning a rejection reason (a `review.Pass`
+string means passed with a recorded warning). The static gates are listed in `GATES`; the smoke
+run needs the program's command, and the peer review and memory duplicate check need the
+campaign's clients, so those are passed in. Every gate's verdict and time is in `Verdict.records`.
 """
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from org.program import Program
+from org.review import Pass
+from org.rules import check_change
 from org.workspace import Workspace
 
 
@@ -24,6 +32,15 @@ class VetInput:
     hypothesis: str
     knob_move: str | None
     diff: str = ""
+    log_dir: Path | None = None  # where the smoke log goes (a temp dir if None)
+
+
+@dataclass
+class GateRecord:
+    gate: str
+    ok: bool
+    reason: str  # rejection reason, or the warning of a pass ("" if clean)
+    seconds: float
 
 
 @dataclass
@@ -32,13 +49,14 @@ class Verdict:
     gate: str  # gate that decided ("" when all passed)
     reason: str = ""
     passed: list[str] = field(default_factory=list)  # gates passed, in order
+    records: list[GateRecord] = field(default_factory=list)  # every gate that ran, in order
 
 
 Gate = Callable[[VetInput], str | None]
 
 
 def scope_gate(v: VetInput) -> str | None:
-    """Only editable files changed; protected files byte-identical to the campaign start."""
+    """Only editable files changed, as UTF-8 text; protected files byte-identical to the start."""
     changed = v.workspace.changed_files(v.best_commit)
     if not changed:
         return "the change is empty (no file differs from the best commit)"
@@ -48,6 +66,17 @@ def scope_gate(v: VetInput) -> str | None:
     for rel, digest in v.protected_hashes.items():
         if v.workspace.blob_hash(rel) != digest:
             return f"protected file {rel} was modified"
+    for rel in changed:
+        p = v.workspace.path / rel
+        if not p.exists():
+            return f"{rel} was deleted"
+        data = p.read_bytes()
+        if b"\0" in data:
+            return f"{rel} holds binary content (NUL bytes)"
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return f"{rel} is not UTF-8 text (byte {e.start})"
     return None
 
 
@@ -66,26 +95,65 @@ def syntax_gate(v: VetInput) -> str | None:
     return None
 
 
-GATES: list[tuple[str, Gate]] = [("scope", scope_gate), ("syntax", syntax_gate)]
+def _blob(repo: Path, commit: str, rel: str) -> str | None:
+    """File text at a commit (None if it did not exist there), byte-exact unlike `git()`."""
+    proc = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=repo, capture_output=True)
+    return proc.stdout.decode("utf-8", errors="replace") if proc.returncode == 0 else None
+
+
+def rules_gate(v: VetInput) -> str | None:
+    """Static AST rules (org/rules.py) over each changed Python file, old version vs new."""
+    changed = v.workspace.changed_files(v.best_commit)
+    before = {rel: _blob(v.workspace.path, v.best_commit, rel) for rel in changed}
+    after = {rel: v.workspace.read(rel) for rel in changed}
+    found = check_change({k: t for k, t in before.items() if t is not None}, after)
+    if not found:
+        return None
+    more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+    return "; ".join(str(x) for x in found[:3]) + more
+
+
+def smoke_gate(v: VetInput) -> str | None:
+    """A few seconds of the changed target on CPU in the sandbox (skipped if the program opts out)."""
+    from org.smoke import smoke_reason, smoke_run
+
+    spec = v.program.spec
+    if spec.smoke_timeout_s is None:
+        return None
+    log_dir = v.log_dir or Path(tempfile.mkdtemp(prefix="nightlab-smoke-"))
+    res = smoke_run(spec.run, v.workspace.path, spec.env, spec.smoke_timeout_s,
+                    log_dir / "smoke.log", protected=v.protected_hashes)  # fmt: skip
+    return smoke_reason(res, spec.metric)
+
+
+GATES: list[tuple[str, Gate]] = [("scope", scope_gate), ("syntax", syntax_gate), ("rules", rules_gate)]
 
 
 def vet(
     v: VetInput,
     duplicate: Callable[[VetInput], str | None] | None = None,
     review: Callable[[VetInput], str | None] | None = None,
+    smoke: bool = True,
 ) -> Verdict:
-    """Run the gates in order; `duplicate` and `review` are optional campaign-supplied gates."""
+    """Run the gates in order, cheapest first; `duplicate` and `review` are campaign-supplied."""
     gates = list(GATES)
+    if smoke:
+        gates.append(("smoke", smoke_gate))
+    # The duplicate check (one memory lookup) runs before the LLM review: it is the cheaper gate.
     if duplicate is not None:
         gates.append(("duplicate", duplicate))
     if review is not None:
         gates.append(("review", review))
     passed: list[str] = []
+    records: list[GateRecord] = []
     for name, gate in gates:
         if name in ("duplicate", "review") and not v.diff:
             v.diff = v.workspace.diff(v.best_commit)
+        start = time.monotonic()
         reason = gate(v)
-        if reason:
-            return Verdict(ok=False, gate=name, reason=reason, passed=passed)
+        rejected = bool(reason) and not isinstance(reason, Pass)
+        records.append(GateRecord(name, not rejected, reason or "", time.monotonic() - start))
+        if rejected:
+            return Verdict(ok=False, gate=name, reason=reason or "", passed=passed, records=records)
         passed.append(name)
-    return Verdict(ok=True, gate="", passed=passed)
+    return Verdict(ok=True, gate="", passed=passed, records=records)

@@ -18,7 +18,7 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 def test_keep_discard_crash_and_failures(tmp_path):
-    program = make_repo(tmp_path / "repo")
+    program = make_repo(tmp_path / "repo", smoke_timeout_s="null")  # no smoke gate: let it crash
     client = ScriptedClient(
         script={"proposer": [
             knob("LR", "x2"),  # 1: keep

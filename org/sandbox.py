@@ -1,0 +1,312 @@
+"""Run an untrusted experiment command: own process group, hard timeout, no secrets, no network.
+
+- own session/process group; the timeout SIGKILLs the whole group. When Linux user namespaces
+  are available the command also runs in fresh network + PID namespaces (`unshare -rn --pid
+  --fork --kill-child`), so it has only a loopback interface and nothing it spawns (even after
+  `setsid`) outlives it. Otherwise the run record says `network: not isolated`.
+- environment built from an allow-list; anything that looks like a credential is dropped even
+  if allowed (the program's own env is validated to hold no secrets).
+- rlimits (via prlimit(1)) on the data segment (memory), file size, process count (plus a
+  watchdog on the run's task count, which binds root too), no core dumps.
+- output captured to a capped log; metrics come only from a final `---` block that ends the
+  output (a block followed by other lines, or a FAIL line, is no result); metric values must be
+  finite and inside the program's bounds; protected-file hashes are re-checked afterwards.
+Any violation makes the experiment `rejected`, never `keep`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from org.runner import LOG_CAP_BYTES, RunResult, _CappedSink, _with_deathsig, argv_for
+
+ALLOWED_ENV = {
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ",
+    "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_HOME",
+    "PYTORCH_CUDA_ALLOC_CONF", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+    "NIGHTLAB_CACHE", "NIGHTLAB_PRESET",
+}  # fmt: skip
+SECRET_ENV = re.compile(
+    r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH|COOKIE|SESSION)$"
+    r"|^(OPENAI|ANTHROPIC|AWS|AZURE|GOOGLE|GCP|GEMINI|VERTEX|HF|HUGGING\w*|COHERE|MISTRAL|GROQ|"
+    r"TOGETHER|REPLICATE|DEEPSEEK|XAI|OPENROUTER|LITELLM|GITHUB|GH|GITLAB|WANDB|OLLAMA)_",
+    re.I,
+)  # fmt: skip
+PROCS_HEADROOM = 256  # tasks (processes + threads) one run may have; torch uses ~1 per core
+_SUMMARY_KV = re.compile(r"^([A-Za-z_][\w.]*)\s*:\s*(\S.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float
+    memory_bytes: int | None = None  # RLIMIT_DATA; None: 80 % of physical memory
+    file_bytes: int = 8 * 2**30  # RLIMIT_FSIZE: no single file over this
+    procs: int = PROCS_HEADROOM
+    log_cap: int = LOG_CAP_BYTES
+
+
+@dataclass
+class SandboxResult(RunResult):
+    network: str = ""  # "isolated (netns)" or "not isolated: <why>"
+    violations: list[str] = field(default_factory=list)  # sandbox findings that reject the run
+    limits: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.violations)
+
+
+def sandbox_env(extra: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """Allow-listed variables from `base` (default: os.environ) plus `extra`, minus secrets."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if k in ALLOWED_ENV or k.startswith("NIGHTLAB_SMOKE")}
+    env.update(extra)
+    env = {k: v for k, v in env.items() if k.endswith("_OFFLINE") or not SECRET_ENV.search(k)}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # a run leaves no files in the worktree
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def network_isolation() -> tuple[tuple[str, ...], str]:
+    """(argv prefix, description). Probed once per process: user+net+pid namespaces if allowed."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return (), "not isolated: no unshare(1) on this machine"
+    for prefix in ([exe, "-rn", "--pid", "--fork", "--kill-child"], [exe, "-rn"], [exe, "--net"]):
+        try:
+            ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            pid = " + pid namespace" if "--pid" in prefix else ""
+            return tuple(prefix), f"isolated (network namespace{pid})"
+    return (), "not isolated: unshare is not permitted here (no user namespaces)"
+
+
+def _user_tasks() -> int:
+    """Processes + threads this uid runs now (RLIMIT_NPROC counts them all, per user)."""
+    uid, n = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    n += len(os.listdir(f"/proc/{entry.name}/task"))
+            except OSError:
+                continue
+    return n
+
+
+class _Watchdog(threading.Thread):
+    """Counts the run's tasks (its session, plus anything in its PID namespace) a few times a
+    second and kills the group over the cap. RLIMIT_NPROC alone does not bind root, and it
+    counts the whole user's processes, so this is the check that always holds."""
+
+    def __init__(self, leader: int, cap: int, kill: Callable[[], None]):
+        super().__init__(daemon=True)
+        self.leader, self.cap, self.kill = leader, cap, kill
+        self.peak, self.tripped = 0, False
+        self.stop = threading.Event()
+        self.own_ns = _pid_ns(os.getpid())
+
+    def count(self) -> int:
+        n, ns = 0, None
+        stats = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # after "pid (comm)": state ppid pgrp session ... num_threads is field 20 (index 17)
+            stats.append((int(entry.name), int(fields[1]), int(fields[3]), int(fields[17])))
+        for pid, ppid, _sid, _threads in stats:
+            if ppid == self.leader and _pid_ns(pid) not in (None, self.own_ns):
+                ns = _pid_ns(pid)
+        for pid, _ppid, sid, threads in stats:
+            if sid == self.leader or (ns is not None and pid != self.leader and _pid_ns(pid) == ns):
+                n += threads
+        return n
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            n = self.count()
+            self.peak = max(self.peak, n)
+            if n > self.cap:
+                self.tripped = True
+                self.kill()
+                return
+
+
+def _pid_ns(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _rlimit_prefix(rlimits: dict[str, int]) -> tuple[list[str], Callable[[], None] | None]:
+    """util-linux `prlimit --data=N:N ... --` where it exists (no preexec_fn in a threaded parent);
+    otherwise a preexec_fn that sets the same limits."""
+    exe = shutil.which("prlimit")
+    if exe:
+        return [exe, *(f"--{k}={v}:{v}" for k, v in rlimits.items()), "--"], None
+    which = {"data": resource.RLIMIT_DATA, "fsize": resource.RLIMIT_FSIZE,
+             "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}  # fmt: skip
+
+    def apply() -> None:
+        for k, v in rlimits.items():
+            resource.setrlimit(which[k], (v, v))
+
+    return [], apply
+
+
+def final_summary(text: str) -> dict[str, str]:
+    """`key: value` lines of a `---` block that ends the output; {} if anything else follows it."""
+    lines = [line.strip() for line in text.rstrip().splitlines()]
+    if "---" not in lines:
+        return {}
+    start = len(lines) - 1 - lines[::-1].index("---")
+    out: dict[str, str] = {}
+    for line in lines[start + 1 :]:
+        m = _SUMMARY_KV.match(line)
+        if not line or line.startswith("FAIL") or not m:
+            return {}
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def check_metrics(summary: dict[str, str], bounds: dict[str, tuple[float, float]]) -> list[str]:
+    """Every bounded key must be present, finite and inside [lo, hi]."""
+    problems = []
+    for key, (lo, hi) in bounds.items():
+        raw = summary.get(key)
+        try:
+            x = float(raw) if raw is not None else math.nan
+        except ValueError:
+            x = math.nan
+        if raw is None:
+            problems.append(f"metric {key} missing from the final summary")
+        elif not math.isfinite(x) or not lo <= x <= hi:
+            problems.append(f"metric {key}={raw} outside sanity bounds [{lo}, {hi}]")
+    return problems
+
+
+def file_hashes(root: Path, paths: list[str]) -> dict[str, str]:
+    out = {}
+    for rel in paths:
+        p = root / rel
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "missing"
+    return out
+
+
+def run_sandboxed(
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    limits: Limits,
+    log_path: Path,
+    pid_file: Path | None = None,
+    protected: dict[str, str] | None = None,  # repo-relative path (under cwd) -> sha256 expected
+    bounds: dict[str, tuple[float, float]] | None = None,
+    isolate_network: bool = True,
+) -> SandboxResult:
+    prefix, network = network_isolation() if isolate_network else ((), "not isolated: disabled")
+    mem = limits.memory_bytes or int(0.8 * _physical_memory())
+    nproc = _user_tasks() + limits.procs
+    rl_prefix, preexec = _rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sink = _CappedSink(log_path, limits.log_cap)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        _with_deathsig([*rl_prefix, *prefix, *argv_for(command)]),
+        cwd=cwd,
+        env=sandbox_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
+    if pid_file is not None:
+        pid_file.write_text(str(proc.pid))
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            sink.write(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def kill_group() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    watchdog = _Watchdog(proc.pid, limits.procs, kill_group)
+    watchdog.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=limits.timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        watchdog.stop.set()
+        kill_group()  # the whole group, also when the leader exited first
+        proc.wait()
+        reader.join(timeout=10)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+    sink.close()
+    with log_path.open("rb") as fh:
+        fh.seek(max(0, log_path.stat().st_size - 65536))
+        text = fh.read().decode("utf-8", errors="replace")
+    summary = {} if timed_out or proc.returncode != 0 else final_summary(text)
+    violations: list[str] = []
+    if watchdog.tripped:
+        violations.append(f"spawned more than {limits.procs} processes/threads (fork bomb?)")
+    if timed_out:
+        violations.append(f"killed at the hard timeout ({limits.timeout_s:.0f} s)")
+    if proc.returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in text:
+        violations.append(f"tried to write a file over {limits.file_bytes} bytes")
+    if summary and bounds:
+        violations += check_metrics(summary, bounds)
+    for rel, digest in (protected or {}).items():
+        now = file_hashes(cwd, [rel])[rel]
+        if now != digest:
+            violations.append(f"protected file {rel} changed during the run")
+    return SandboxResult(
+        returncode=None if timed_out else proc.returncode,
+        timed_out=timed_out,
+        seconds=time.monotonic() - start,
+        summary=summary,
+        tail=text[-4000:],
+        log_path=log_path,
+        network=network,
+        violations=violations,
+        limits={"timeout_s": limits.timeout_s, "memory_bytes": mem, "file_bytes": limits.file_bytes,
+                "nproc": nproc},  # fmt: skip
+    )

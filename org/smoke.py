@@ -1,0 +1,43 @@
+"""Smoke gate: the changed target runs a few seconds on CPU in the sandbox before a real run.
+
+The harness (trainer/prepare.py) shortens the budget and the evaluation when NIGHTLAB_SMOKE=1;
+train.py cannot set that itself (the static rules reject environment access). Catches import
+errors, shape errors, NaNs (train.py prints FAIL and exits 1) and anything the sandbox rejects.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from org.sandbox import Limits, SandboxResult, run_sandboxed
+from org.untrusted import fence
+
+SMOKE_ENV = {"NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_SECONDS": "2", "NIGHTLAB_PRESET": "cpu",
+             "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+
+
+def smoke_run(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log_path: Path,
+              protected: dict[str, str] | None = None) -> SandboxResult:  # fmt: skip
+    return run_sandboxed(command, cwd, {**env, **SMOKE_ENV}, Limits(timeout_s=timeout_s), log_path,
+                         protected=protected)  # fmt: skip
+
+
+def smoke_reason(res: SandboxResult, metric: str) -> str | None:
+    """Why the smoke run rejects the change, or None. The log tail is fenced as data."""
+    why = None
+    if res.violations:
+        why = "; ".join(res.violations)
+    elif res.returncode != 0:
+        why = f"exited {res.returncode}"
+    else:
+        raw = res.summary.get(metric)
+        try:
+            ok = raw is not None and math.isfinite(float(raw))
+        except ValueError:
+            ok = False
+        if not ok:
+            why = f"no finite {metric} in a final --- summary block"
+    if why is None:
+        return None
+    return f"smoke run failed: {why}\n{fence(res.tail, 'smoke log tail', 800)}"
