@@ -12,13 +12,14 @@ PROGRAM ?= programs/quickstart.md
 ORG ?= roles/tiered
 PRESET ?= cpu
 PYTEST_ARGS ?=
+EXPERIMENTS ?=
 
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test campaign data baseline bench lint clean
+.PHONY: venv test campaign data baseline bench redteam lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,11 +39,18 @@ data: venv
 baseline: data
 	NIGHTLAB_PRESET=$(PRESET) $(BIN)/python -m trainer.train
 
-campaign: data
-	$(BIN)/nightlab campaign --program $(PROGRAM) --org $(ORG)
+campaign: venv
+	$(BIN)/nightlab campaign --program $(PROGRAM) --org $(ORG) $(if $(EXPERIMENTS),--max-experiments $(EXPERIMENTS))
 
 bench: venv
 	$(BIN)/python -m evals.bench_trainer
+	$(BIN)/python -m evals.bench_models
+	$(BIN)/python -m evals.bench_memory
+	$(BIN)/python -m evals.bench_loop
+	$(BIN)/python -m evals.bench_vet
+
+redteam: venv
+	$(BIN)/python -m evals.redteam
 
 lint: venv
 	$(BIN)/ruff check org memory trainer evals tests

@@ -27,7 +27,9 @@ _IDENT = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|\b[A-Z]{3,}[0-9]*\b")  # DEP
 
 def _open_db(path: Path) -> sqlite_utils.Database:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(sqlite3.connect(str(path)))
+    # LangGraph may run a node on a worker thread other than the one that built the store. Nodes
+    # run one at a time, so the connection is never used concurrently, only handed over.
+    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
     migrate(db, path)  # reads first and refuses foreign or corrupt files before any write
     db.execute("PRAGMA journal_mode=WAL")
     return db
