@@ -14,7 +14,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from org.models.names import CUSTOM_PROVIDERS
 from org.models.registry import litellm_module, register_provider
+
+CUSTOM_PROVIDERS.add("scripted")  # role files in tests may name `scripted/...` once this is imported
 
 # Through litellm_module(): it sets the offline cost map before litellm's first import.
 CustomLLM = litellm_module().CustomLLM
