@@ -52,6 +52,9 @@ class NoteStore:
         self.dup_threshold = dup_threshold
         self.db = _open_db(self.db_path)
         self._index: Any = None
+        # How many notes pass a (target, kinds) filter, for the vector over-fetch. Only a size
+        # estimate: a stale value (another process wrote) costs speed, never results.
+        self.filter_counts: dict[tuple[str, tuple[Any, ...]], int] = {}
         self.reindexed_at_open = False
 
     # ---- the vector index (opened lazily: chromadb and the model are slow to load) ----
@@ -131,6 +134,7 @@ class NoteStore:
                 Note(id=first + i, created=created, **n.model_dump()) for i, n in enumerate(notes)
             ]
             self.db["notes"].insert_all((n.to_row() for n in out), batch_size=500)
+        self.filter_counts.clear()
         self.index.upsert(out, embeddings)
         for note in out:
             if note.kind == "experiment":
