@@ -175,7 +175,7 @@ def main() -> None:
     vec, hyb = [], []
     for q in queries:
         t0 = time.perf_counter()
-        store.index.query(q, 10, target="nano")
+        store.vector_hits(q, 10, "nano")
         vec.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         store.search(q, 10, "nano", current_only=True)

@@ -45,6 +45,8 @@ class NoteIndex:
         try:
             self.client = chromadb.PersistentClient(path=str(path), settings=settings)
             self.collection = self._collection()
+        except (ImportError, MemoryError):
+            raise  # a broken install or a full machine is not a broken index: touch nothing
         except Exception as e:  # noqa: BLE001 - chroma raises many types for a bad dir
             # An unreadable index is only a cache: set it aside (kept for inspection) and start
             # an empty one; the store sees the count mismatch and rebuilds from SQLite.

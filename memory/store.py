@@ -7,9 +7,9 @@ counts and probes the newest ids (cheap at 100k notes); `verify()` compares ever
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,6 @@ from memory.notes import LessonDraft, Note, NoteIn, Status, experiment_text, now
 from org.errors import HarnessError
 
 SYNC_PROBE = 256  # newest ids checked at open
-_RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al.)
-_IDENT = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|\b[A-Z]{3,}[0-9]*\b")  # DEPTH, MATRIX_LR
 
 
 def _open_db(path: Path) -> sqlite_utils.Database:
@@ -105,6 +103,19 @@ class NoteStore:
             last = rows[-1]["id"]
 
     # ---- writing ----
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE: take SQLite's write lock before reading max(id), so a second
+        process (a CLI next to a campaign) waits instead of racing for the same ids."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
     def add_note(self, note: NoteIn) -> Note:
         return self.add_notes([note])[0]
 
@@ -114,7 +125,7 @@ class NoteStore:
         """Insert in one transaction, then index (embeddings computed unless given)."""
         _ = self.index  # sync check before writing, so a rebuild cannot double-add these
         created = now_iso()
-        with self.db.conn:  # one transaction, one writer: ids max+1.. are ours
+        with self._write_lock():  # ids max+1.. are ours until commit
             first = int(self.db.execute("select coalesce(max(id), 0) from notes").fetchone()[0]) + 1
             out = [
                 Note(id=first + i, created=created, **n.model_dump()) for i, n in enumerate(notes)
@@ -290,31 +301,10 @@ class NoteStore:
         kinds: Iterable[str] | None = None,
         current_only: bool = False,
     ) -> list[Note]:
-        """Hybrid search: Chroma (meaning) fused by reciprocal rank with FTS5 hits on identifiers
-        named in `text` (knob names). Deterministic for a given index, so a rebuild reproduces it."""
-        if k <= 0:
-            return []
-        kinds = list(kinds) if kinds is not None else None
-        vec = self.vector_hits(text, 2 * k, target, kinds, current_only)
-        fts = self._fts(text, 2 * k, target, kinds, current_only)
-        score: dict[int, float] = {}
-        for ranked in ([i for i, _ in vec], fts):
-            for rank, i in enumerate(ranked):
-                score[i] = score.get(i, 0.0) + 1.0 / (_RRF_K + rank + 1)
-        best = sorted(score, key=lambda i: (-score[i], i))[:k]
-        return self._get_many(best)
+        """The k notes most related to `text` (meaning + identifiers), best first."""
+        from memory.retrieval import search
 
-    def _get_many(self, ids: Sequence[int]) -> list[Note]:
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = {
-            r["id"]: r
-            for r in self.db.query(f"select * from notes where id in ({marks})", list(ids))
-        }
-        if len(rows) != len(ids):  # the index named a note SQLite lacks: it is stale, rebuild it
-            self.reindex()
-        return [Note.from_row(rows[i]) for i in ids if i in rows]
+        return search(self, text, k, target, kinds, current_only)
 
     def vector_hits(
         self,
@@ -324,43 +314,10 @@ class NoteStore:
         kinds: Iterable[str] | None = None,
         current_only: bool = False,
     ) -> list[tuple[int, float]]:
-        """(note id, cosine similarity) from Chroma, told how many notes pass the filters."""
-        kinds = list(kinds) if kinds is not None else None
-        where, args = [], []
-        if target is not None:
-            where.append("target = ?")
-            args.append(target)
-        if kinds is not None:
-            where.append(f"kind in ({','.join('?' * len(kinds))})")
-            args += kinds
-        sql = "select count(*) from notes" + (" where " + " and ".join(where) if where else "")
-        matching = int(self.db.execute(sql, args).fetchone()[0])  # (target, kind) index: ~2 ms
-        return self.index.query(text, k, target, kinds, current_only, matching=matching)
+        """(note id, cosine similarity) from the vector index alone, best first."""
+        from memory.retrieval import vector_hits
 
-    def _fts(
-        self, text: str, k: int, target: str | None, kinds: list[str] | None, current_only: bool
-    ) -> list[int]:
-        """Notes that literally name an identifier from `text` (knob names such as MATRIX_LR),
-        newest first. Meaning is the vector side's job; ranking every common word with bm25
-        took ~100 ms at 100k notes, walking the FTS index by rowid with a LIMIT does not."""
-        terms = list(dict.fromkeys(_IDENT.findall(text)))[:12]
-        if not terms:
-            return []
-        sql = (
-            "select notes.id from notes_fts join notes on notes.id = notes_fts.rowid "
-            "where notes_fts match ?"
-        )
-        args: list[Any] = [" OR ".join(f'"{t}"' for t in terms)]
-        if target is not None:
-            sql += " and notes.target = ?"
-            args.append(target)
-        if kinds is not None:
-            sql += f" and notes.kind in ({','.join('?' * len(kinds))})"
-            args += kinds
-        if current_only:
-            sql += " and notes.superseded_by is null and notes.refuted_by is null"
-        sql += " order by notes_fts.rowid desc limit ?"
-        return [r[0] for r in self.db.execute(sql, [*args, k])]
+        return vector_hits(self, text, k, target, kinds, current_only)
 
     # ---- the campaign-loop API implemented in sibling modules ----
     def context_for(self, query: str, target: str, budget_tokens: int, k: int = 8) -> str:

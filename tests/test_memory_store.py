@@ -210,3 +210,28 @@ def test_rejection_cites_the_matching_note(tmp_path: Path) -> None:
     assert match is not None
     rej = store.add_rejection("c1", "nano", "Proposal 'DEPTH 4->5' repeats an experiment.", match)
     assert rej.kind == "rejection" and rej.evidence == [f"note:{match.id}"]
+
+
+def test_overfetch_and_filtered_paths_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memory.index
+
+    store = NoteStore(tmp_path)
+    _fill(store)
+    store.add_notes(
+        [
+            NoteIn(campaign="c9", target="bulk", kind="insight", text=f"filler note {i}")
+            for i in range(40)
+        ]
+    )
+    queries = [
+        ("optimizer learning rate", "nano"),
+        ("unrelated target", "other"),
+        ("filler", "bulk"),
+    ]
+    fast = [store.vector_hits(q, 3, t, current_only=True) for q, t in queries]
+    monkeypatch.setattr(memory.index, "OVERFETCH_MAX", 0)  # force chroma's filtered query
+    slow = [store.vector_hits(q, 3, t, current_only=True) for q, t in queries]
+    assert [[i for i, _ in h] for h in fast] == [[i for i, _ in h] for h in slow]
+    assert [len(h) for h in fast] == [3, 1, 3]
