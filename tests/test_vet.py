@@ -90,17 +90,16 @@ def test_socket_is_blocked_or_recorded(tmp_path):
 
 
 def test_sleep_is_killed_at_the_timeout_with_its_group(tmp_path):
-    pidfile = tmp_path / "child.pid"
+    marker = f"nightlab-sleeper-{os.getpid()}"  # pids inside a PID namespace differ: find by cmdline
     body = (f"import os, subprocess, sys, time\n"
-            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-            f"open({str(pidfile)!r}, 'w').write(str(p.pid))\ntime.sleep(120)\n")  # fmt: skip
+            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', {marker!r}])\n"
+            f"time.sleep(120)\n")  # fmt: skip
     start = time.monotonic()
     res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(3), tmp_path / "sleep.log")
     assert res.timed_out and time.monotonic() - start < 30
     assert any("hard timeout" in v for v in res.violations)
     time.sleep(0.5)
-    child = int(pidfile.read_text())
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmd(p)] == []
 
 
 def test_fork_bomb_is_contained(tmp_path):
