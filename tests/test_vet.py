@@ -197,3 +197,30 @@ def test_redteam_static_suite_blocks_all_hostile_and_no_legit():
     assert sum(c.expect == "blocked" for c in cases) >= 20 and sum(c.expect == "allowed" for c in cases) >= 20
     misses = [(o.case.name, o.stage, o.reason) for o in run_suite(None, cases) if not o.correct]
     assert misses == []
+
+
+# ---- the campaign with vetting wired in ---------------------------------------------------------
+
+
+def test_campaign_smoke_gate_rejects_a_crashing_change_and_records_every_gate(tmp_path):
+    from org import campaign as c
+    from org.ledger import Ledger
+    from org.scripted import ScriptedClient
+    from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+    program = make_repo(tmp_path / "repo", smoke_timeout_s="20", bounds="{val_bpb: [0.5, 10]}")
+    client = ScriptedClient(
+        script={"proposer": [knob("DEPTH", "x0.5"), knob("LR", "x2")]},  # DEPTH 2 crashes the target
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    c.start(program, ROOT / "roles" / "tiered", tag="v1", max_experiments=1, models=client)
+    ledger = Ledger(c.campaign_dir("v1") / "ledger.db")
+    assert [r["status"] for r in ledger.experiments()] == ["keep", "keep"]  # the crash never ran
+    (fail,) = ledger.failures()
+    assert fail["stage"] == "vet:smoke" and "smoke run failed: exited 1" in fail["reason"]
+    assert "untrusted data" in fail["reason"]  # the log tail is fenced before the proposer sees it
+    gates = [(g["gate"], g["ok"]) for g in ledger.gates()]
+    assert gates[:4] == [("scope", 1), ("syntax", 1), ("rules", 1), ("smoke", 0)]
+    assert ("review", 1) in gates[4:]
+    proposer = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
+    assert "vet:smoke" in proposer[1]
