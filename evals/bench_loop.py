@@ -32,15 +32,16 @@ editable: [train.py]
 run: python target/train.py
 metric: val_bpb
 time_budget_s: 1
+smoke_timeout_s: {smoke}
 ---
 Double WIDTH.
 """
 
 
-def make_repo(root: Path) -> Path:
+def make_repo(root: Path, smoke: bool) -> Path:
     (root / "target").mkdir(parents=True)
     (root / "target" / "train.py").write_text(TRAIN)
-    (root / "program.md").write_text(PROGRAM)
+    (root / "program.md").write_text(PROGRAM.format(smoke=30 if smoke else "null"))
     git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([*git, "add", "-A"], cwd=root, check=True)
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=50, help="experiments after the baseline")
     ap.add_argument("--org", default=str(Path(__file__).resolve().parents[1] / "roles" / "tiered"),
                     help="org folder whose prompts are rendered (models are scripted)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="keep the vet smoke run on (it is a run too: off by default here)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-loop-"))
@@ -63,7 +66,7 @@ def main() -> None:
     from org.ledger import Ledger
     from org.scripted import ScriptedClient
 
-    program = make_repo(tmp / "repo")
+    program = make_repo(tmp / "repo", args.smoke)
     step = iter(range(10**9))
     # keep (x2 stays a power of two), discard (x1.5 never is): new absolute values every time
     propose = lambda schema, messages: {"hypothesis": "wider", "knob": "WIDTH",
@@ -102,6 +105,7 @@ def main() -> None:
         if k in nodes:
             print(f"node_{k}_median_s: {statistics.median(nodes[k]):.4f}")
     print(f"kept: {sum(r['status'] == 'keep' for r in rows[1:])}")
+    print(f"smoke_gate: {'on' if args.smoke else 'off'}")
     print(f"total_s: {total:.1f}")
 
 

@@ -14,7 +14,9 @@ def _store(embedding: str) -> NoteStore:
 
 
 embedding_option = click.option(
-    "--embedding", default="minilm", show_default=True,
+    "--embedding",
+    default="minilm",
+    show_default=True,
     help="Embedding model of the index: 'minilm' or 'ollama:<model>[@url]'.",
 )
 

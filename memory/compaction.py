@@ -50,7 +50,9 @@ def compact(
     for draft in drafts:
         ids = [i for i in dict.fromkeys(draft.note_ids) if i in by_id and by_id[i].current]
         if not ids:
-            log.warning("lesson draft cites no current note of this batch; dropped", draft=draft.text)
+            log.warning(
+                "lesson draft cites no current note of this batch; dropped", draft=draft.text
+            )
             continue
         if len(ids) != len(draft.note_ids):
             log.warning("lesson draft cited unknown notes; trimmed", cited=draft.note_ids, kept=ids)
@@ -96,7 +98,9 @@ def fallback_drafts(store: NoteStore, target: str, notes: list[Note]) -> list[Le
     drafts = []
     for (how, key), members in sorted(groups.items()):
         old = prior.get(key) if how == "move" else None
-        behind = (_experiments_behind(store, old) if old else []) + [m for m in members if m.kind == "experiment"]
+        behind = (_experiments_behind(store, old) if old else []) + [
+            m for m in members if m.kind == "experiment"
+        ]
         if len(members) + (1 if old else 0) < MIN_GROUP:
             continue
         ids = [m.id for m in members] + ([old.id] if old else [])
@@ -104,15 +108,34 @@ def fallback_drafts(store: NoteStore, target: str, notes: list[Note]) -> list[Le
             statuses = [m.status or "?" for m in behind]
             deltas = [m.metric_delta for m in behind if m.metric_delta is not None]
             effect = _effect(deltas, statuses)
-            counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("keep", "discard", "crash") if s in statuses)
+            counts = ", ".join(
+                f"{statuses.count(s)} {s}" for s in ("keep", "discard", "crash") if s in statuses
+            )
             md = f"mean Δval_bpb {mean(deltas):+.4f} over {len(deltas)}" if deltas else "no metric"
             text = f"Knob move {key}: tried {len(behind)}x ({counts}); {md}; verdict: {effect.replace('_', ' ')}."
-            agree = sum(1 for d in deltas if (d > 0) == (mean(deltas) > 0)) / len(deltas) if deltas else 0.0
-            drafts.append(LessonDraft(text=text, note_ids=ids, knob_move=key, effect=effect,
-                                      metric_delta=round(mean(deltas), 6) if deltas else None,
-                                      confidence=round(min(1.0, agree * min(1.0, len(behind) / 4)), 2)))
+            agree = (
+                sum(1 for d in deltas if (d > 0) == (mean(deltas) > 0)) / len(deltas)
+                if deltas
+                else 0.0
+            )
+            drafts.append(
+                LessonDraft(
+                    text=text,
+                    note_ids=ids,
+                    knob_move=key,
+                    effect=effect,
+                    metric_delta=round(mean(deltas), 6) if deltas else None,
+                    confidence=round(min(1.0, agree * min(1.0, len(behind) / 4)), 2),
+                )
+            )
         else:
             joined = " | ".join(m.text.strip() for m in members[:6])
-            drafts.append(LessonDraft(text=f"On '{key}' ({len(members)} notes): {joined}",
-                                      note_ids=ids, tags=[key], confidence=0.5))
+            drafts.append(
+                LessonDraft(
+                    text=f"On '{key}' ({len(members)} notes): {joined}",
+                    note_ids=ids,
+                    tags=[key],
+                    confidence=0.5,
+                )
+            )
     return drafts

@@ -28,7 +28,11 @@ class _Block:
 
     def render(self, sections: dict[str, list[str]] | None = None) -> str:
         sections = self.sections if sections is None else sections
-        parts = [f"### {title}\n" + "\n".join(f"- {ln}" for ln in lines) for title, lines in sections.items() if lines]
+        parts = [
+            f"### {title}\n" + "\n".join(f"- {ln}" for ln in lines)
+            for title, lines in sections.items()
+            if lines
+        ]
         return f"{HEADER}\n\n" + "\n\n".join(parts) if parts else ""
 
     def tokens(self) -> int:
@@ -46,7 +50,9 @@ class _Block:
         """Add `line`, cut to whatever budget is left (at least a few tokens of it)."""
         if self.try_add(section, line):
             return True
-        room = self.budget - count_tokens(self.render({**self.sections, section: [*self.sections.get(section, []), ""]}))
+        room = self.budget - count_tokens(
+            self.render({**self.sections, section: [*self.sections.get(section, []), ""]})
+        )
         while room >= 8:
             if self.try_add(section, truncate_to_tokens(line, room - 1) + "…"):
                 return True
@@ -58,7 +64,9 @@ def context_for(store: NoteStore, query: str, target: str, budget_tokens: int, k
     block = _Block(budget_tokens)
     if budget_tokens <= 0:
         return ""
-    directions = store.notes(target=target, kind="direction", current_only=True, limit=1, newest_first=True)
+    directions = store.notes(
+        target=target, kind="direction", current_only=True, limit=1, newest_first=True
+    )
     for d in directions:
         block.add_cut("Current direction", d.to_prompt())
     lessons = sorted(
@@ -73,9 +81,15 @@ def context_for(store: NoteStore, query: str, target: str, budget_tokens: int, k
             shown.add(n.id)
         else:
             leftover.append(n)
-    related = [
-        n for n in store.search(query, k + len(shown), target, current_only=True) if n.id not in shown
-    ][:k] if query.strip() else []
+    related = (
+        [
+            n
+            for n in store.search(query, k + len(shown), target, current_only=True)
+            if n.id not in shown
+        ][:k]
+        if query.strip()
+        else []
+    )
     for n in related:
         block.try_add("Related notes", n.to_prompt())
     for n in leftover:

@@ -87,7 +87,7 @@ def check_duplicate(
             return Note.from_row(row)
     if not text.strip():
         return None
-    for note_id, sim in store.index.query(text, 5, target=target, kinds=["experiment"]):
+    for note_id, sim in store.vector_hits(text, 5, target=target, kinds=["experiment"]):
         if sim < store.dup_threshold:
             break
         note = store.get(note_id)

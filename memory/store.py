@@ -7,9 +7,9 @@ counts and probes the newest ids (cheap at 100k notes); `verify()` compares ever
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from memory.notes import LessonDraft, Note, NoteIn, Status, experiment_text, now
 from org.errors import HarnessError
 
 SYNC_PROBE = 256  # newest ids checked at open
-_RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al.)
 
 
 def _open_db(path: Path) -> sqlite_utils.Database:
@@ -73,7 +72,10 @@ class NoteStore:
             return False
         if full:
             return self._index.all_ids() == set(self._ids())
-        newest = [r[0] for r in self.db.execute("select id from notes order by id desc limit ?", [SYNC_PROBE])]
+        newest = [
+            r[0]
+            for r in self.db.execute("select id from notes order by id desc limit ?", [SYNC_PROBE])
+        ]
         return not self._index.missing(newest)
 
     def verify(self) -> bool:
@@ -92,27 +94,43 @@ class NoteStore:
     def _batches(self, size: int) -> Iterator[list[Note]]:
         last = 0
         while True:
-            rows = list(self.db.query("select * from notes where id > ? order by id limit ?", [last, size]))
+            rows = list(
+                self.db.query("select * from notes where id > ? order by id limit ?", [last, size])
+            )
             if not rows:
                 return
             yield [Note.from_row(r) for r in rows]
             last = rows[-1]["id"]
 
     # ---- writing ----
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE: take SQLite's write lock before reading max(id), so a second
+        process (a CLI next to a campaign) waits instead of racing for the same ids."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
     def add_note(self, note: NoteIn) -> Note:
         return self.add_notes([note])[0]
 
-    def add_notes(self, notes: Sequence[NoteIn], embeddings: Sequence[Any] | None = None) -> list[Note]:
+    def add_notes(
+        self, notes: Sequence[NoteIn], embeddings: Sequence[Any] | None = None
+    ) -> list[Note]:
         """Insert in one transaction, then index (embeddings computed unless given)."""
         _ = self.index  # sync check before writing, so a rebuild cannot double-add these
         created = now_iso()
-        out: list[Note] = []
-        with self.db.conn:
-            for n in notes:
-                row = Note(id=0, created=created, **n.model_dump()).to_row()
-                del row["id"]
-                cur = self.db["notes"].insert(row)
-                out.append(Note.from_row({**row, "id": cur.last_pk}))
+        with self._write_lock():  # ids max+1.. are ours until commit
+            first = int(self.db.execute("select coalesce(max(id), 0) from notes").fetchone()[0]) + 1
+            out = [
+                Note(id=first + i, created=created, **n.model_dump()) for i, n in enumerate(notes)
+            ]
+            self.db["notes"].insert_all((n.to_row() for n in out), batch_size=500)
         self.index.upsert(out, embeddings)
         for note in out:
             if note.kind == "experiment":
@@ -142,33 +160,68 @@ class NoteStore:
         evidence += [f"exp:{experiment_id}"] if experiment_id else []
         return self.add_note(
             NoteIn(
-                campaign=campaign, target=target, kind="experiment",
-                text=experiment_text(change, hypothesis), tags=list(tags), knob_move=knob_move,
-                diff_hash=diff_hash(diff) if diff else None, status=status, metric=metric,
-                metric_delta=metric_delta, evidence=evidence,
+                campaign=campaign,
+                target=target,
+                kind="experiment",
+                text=experiment_text(change, hypothesis),
+                tags=list(tags),
+                knob_move=knob_move,
+                diff_hash=diff_hash(diff) if diff else None,
+                status=status,
+                metric=metric,
+                metric_delta=metric_delta,
+                evidence=evidence,
             )
         )
 
-    def add_direction(self, campaign: str, target: str, text: str, evidence: Sequence[str] = ()) -> Note:
+    def add_direction(
+        self, campaign: str, target: str, text: str, evidence: Sequence[str] = ()
+    ) -> Note:
         return self.add_note(
-            NoteIn(campaign=campaign, target=target, kind="direction", text=text, evidence=list(evidence))
+            NoteIn(
+                campaign=campaign,
+                target=target,
+                kind="direction",
+                text=text,
+                evidence=list(evidence),
+            )
         )
 
-    def add_lesson(self, campaign: str, target: str, draft: LessonDraft, evidence: Sequence[str] = ()) -> Note:
+    def add_lesson(
+        self, campaign: str, target: str, draft: LessonDraft, evidence: Sequence[str] = ()
+    ) -> Note:
         """A lesson that cites `draft.note_ids` (+ extra evidence) and supersedes those notes."""
         cited = [self.get(i) for i in draft.note_ids]
-        ev = [f"note:{n.id}" for n in cited] + [e for n in cited for e in n.evidence if not e.startswith("note:")]
+        ev = [f"note:{n.id}" for n in cited] + [
+            e for n in cited for e in n.evidence if not e.startswith("note:")
+        ]
         ev += list(evidence)
         lesson = self.add_note(
             NoteIn(
-                campaign=campaign, target=target, kind="lesson", text=draft.text, tags=draft.tags,
-                knob_move=draft.knob_move, effect=draft.effect, confidence=draft.confidence,
+                campaign=campaign,
+                target=target,
+                kind="lesson",
+                text=draft.text,
+                tags=draft.tags,
+                knob_move=draft.knob_move,
+                effect=draft.effect,
+                confidence=draft.confidence,
                 metric_delta=draft.metric_delta,
                 evidence=list(dict.fromkeys(ev)),
             )
         )
         self.supersede([n.id for n in cited], lesson.id)
         return self.get(lesson.id)
+
+    def add_rejection(
+        self, campaign: str, target: str, text: str, matching: Note | None = None
+    ) -> Note:
+        """A proposal turned away before any run (duplicate gate, reviewer), citing the note it
+        repeated, so the proposer can be shown both."""
+        evidence = [f"note:{matching.id}"] if matching else []
+        return self.add_note(
+            NoteIn(campaign=campaign, target=target, kind="rejection", text=text, evidence=evidence)
+        )
 
     def supersede(self, ids: Iterable[int], by: int) -> None:
         ids = list(ids)
@@ -181,7 +234,9 @@ class NoteStore:
         """Mark a lesson refuted by a later note (kept, never deleted)."""
         lesson, by = self.get(lesson_id), self.get(by_note_id)
         if lesson.kind != "lesson":
-            raise HarnessError(f"note #{lesson_id} is a {lesson.kind}, not a lesson: cannot refute it")
+            raise HarnessError(
+                f"note #{lesson_id} is a {lesson.kind}, not a lesson: cannot refute it"
+            )
         with self.db.conn:
             self.db["notes"].update(lesson.id, {"refuted_by": by.id})
         refuted = self.get(lesson.id)
@@ -246,48 +301,23 @@ class NoteStore:
         kinds: Iterable[str] | None = None,
         current_only: bool = False,
     ) -> list[Note]:
-        """Hybrid search: Chroma (meaning) fused with FTS5 (exact words such as knob names) by
-        reciprocal rank. Deterministic for a given index, so a rebuild reproduces it."""
-        kinds = list(kinds) if kinds is not None else None
-        vec = self.index.query(text, 2 * k, target, kinds, current_only)
-        fts = self._fts(text, 2 * k, target, kinds, current_only)
-        score: dict[int, float] = {}
-        for ranked in ([i for i, _ in vec], fts):
-            for rank, i in enumerate(ranked):
-                score[i] = score.get(i, 0.0) + 1.0 / (_RRF_K + rank + 1)
-        best = sorted(score, key=lambda i: (-score[i], i))[:k]
-        return self._get_many(best)
+        """The k notes most related to `text` (meaning + identifiers), best first."""
+        from memory.retrieval import search
 
-    def _get_many(self, ids: Sequence[int]) -> list[Note]:
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = {r["id"]: r for r in self.db.query(f"select * from notes where id in ({marks})", list(ids))}
-        if len(rows) != len(ids):  # the index named a note SQLite lacks: it is stale, rebuild it
-            self.reindex()
-        return [Note.from_row(rows[i]) for i in ids if i in rows]
+        return search(self, text, k, target, kinds, current_only)
 
-    def _fts(
-        self, text: str, k: int, target: str | None, kinds: list[str] | None, current_only: bool
-    ) -> list[int]:
-        terms = list(dict.fromkeys(t for t in re.findall(r"\w+", text.lower()) if len(t) > 2))[:24]
-        if not terms:
-            return []
-        sql = (
-            "select notes.id from notes_fts join notes on notes.id = notes_fts.rowid "
-            "where notes_fts match ?"
-        )
-        args: list[Any] = [" OR ".join(f'"{t}"' for t in terms)]
-        if target is not None:
-            sql += " and notes.target = ?"
-            args.append(target)
-        if kinds is not None:
-            sql += f" and notes.kind in ({','.join('?' * len(kinds))})"
-            args += kinds
-        if current_only:
-            sql += " and notes.superseded_by is null and notes.refuted_by is null"
-        sql += " order by bm25(notes_fts), notes.id limit ?"
-        return [r[0] for r in self.db.execute(sql, [*args, k])]
+    def vector_hits(
+        self,
+        text: str,
+        k: int,
+        target: str | None = None,
+        kinds: Iterable[str] | None = None,
+        current_only: bool = False,
+    ) -> list[tuple[int, float]]:
+        """(note id, cosine similarity) from the vector index alone, best first."""
+        from memory.retrieval import vector_hits
+
+        return vector_hits(self, text, k, target, kinds, current_only)
 
     # ---- the campaign-loop API implemented in sibling modules ----
     def context_for(self, query: str, target: str, budget_tokens: int, k: int = 8) -> str:
@@ -295,7 +325,9 @@ class NoteStore:
 
         return context_for(self, query, target, budget_tokens, k=k)
 
-    def check_duplicate(self, target: str, knob_move: str | None, diff: str | None, text: str) -> Note | None:
+    def check_duplicate(
+        self, target: str, knob_move: str | None, diff: str | None, text: str
+    ) -> Note | None:
         from memory.duplicate import check_duplicate
 
         return check_duplicate(self, target, knob_move, diff, text)
@@ -313,8 +345,12 @@ class NoteStore:
         return {
             "notes": self.count(),
             "by_kind": by_kind,
-            "targets": [r[0] for r in self.db.execute("select distinct target from notes order by 1")],
-            "campaigns": self.db.execute("select count(distinct campaign) from notes").fetchone()[0],
+            "targets": [
+                r[0] for r in self.db.execute("select distinct target from notes order by 1")
+            ],
+            "campaigns": self.db.execute("select count(distinct campaign) from notes").fetchone()[
+                0
+            ],
             "superseded": self.db.execute(q + "superseded_by is not null").fetchone()[0],
             "refuted": self.db.execute(q + "refuted_by is not null").fetchone()[0],
             "indexed": self.index.count(),

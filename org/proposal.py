@@ -27,7 +27,9 @@ MOVES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "bool": ("toggle",),
     "str": (),  # string knobs are not movable in knob mode (edit mode can change them)
 }
+ZERO_FLOAT_MOVES = ("+0.1", "+0.01")  # scaling 0.0 does nothing; these switch a term on
 _FACTORS = {"x2": 2.0, "x0.5": 0.5, "x1.5": 1.5, "x0.67": 0.67}
+_STEPS = {"+1": 1, "-1": -1, "+0.1": 0.1, "+0.01": 0.01}
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
@@ -47,7 +49,10 @@ class Knob:
 
     @property
     def moves(self) -> tuple[str, ...]:
-        return MOVES_BY_TYPE[self.type]
+        """The moves that change this knob's value (a schema offers only these)."""
+        if self.type == "float" and self.value == 0:
+            return ZERO_FLOAT_MOVES
+        return tuple(m for m in MOVES_BY_TYPE[self.type] if _moved(self, m) != self.value)
 
 
 def _const(node: ast.AST) -> Any:
@@ -121,15 +126,20 @@ def move_value(knob: Knob, move: str) -> KnobValue:
     if move not in knob.moves:
         allowed = ", ".join(knob.moves) or "none"
         raise InputError(None, "move", f"move {move!r} does not apply to {knob.type} knob "
-                                       f"{knob.name} (allowed: {allowed})")
+                                       f"{knob.name} = {knob.expr} (allowed: {allowed})")
+    return _moved(knob, move)
+
+
+def _moved(knob: Knob, move: str) -> KnobValue:
     if move == "toggle":
         return not knob.value
-    if move in ("+1", "-1"):
-        return int(knob.value) + (1 if move == "+1" else -1)
+    if move in _STEPS:
+        new = knob.value + _STEPS[move]
+        return float(f"{new:.6g}") if knob.type == "float" else new
     scaled = float(knob.value) * _FACTORS[move]
     if knob.type == "float":
         return float(f"{scaled:.4g}")
-    new = int(round(scaled))
+    new = round(scaled)
     if new == 0 and knob.value != 0:  # multiplicative moves keep the sign and never reach 0
         new = 1 if knob.value > 0 else -1
     return new
@@ -171,15 +181,16 @@ class KnobProposalBase(BaseModel):
 
 def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]:
     """An enum-constrained model `{hypothesis, knob, move}`; its JSON schema is a union of one
-    branch per knob type so a grammar only ever allows moves that fit the chosen knob."""
+    branch per set of allowed moves, so a grammar only ever allows a move that changes
+    the chosen knob."""
     movable = [k for k in knobs if k.moves]
     if not movable:
         raise InputError(None, "knobs", "no movable knobs (int/float/bool constants with a comment)")
     names = tuple(k.name for k in movable)
     all_moves = tuple(dict.fromkeys(m for k in movable for m in k.moves))
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, ...], list[str]] = {}  # knobs grouped by the moves they allow
     for k in movable:
-        groups.setdefault(k.type, []).append(k.name)
+        groups.setdefault(k.moves, []).append(k.name)
     hypothesis = {"type": "string", "maxLength": max_hypothesis,
                   "description": "why this change should lower the metric, one sentence"}
 
@@ -188,8 +199,8 @@ def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]
             {"type": "object", "additionalProperties": False,
              "required": ["hypothesis", "knob", "move"],
              "properties": {"hypothesis": hypothesis, "knob": {"enum": group},
-                            "move": {"enum": list(MOVES_BY_TYPE[kind])}}}
-            for kind, group in groups.items()
+                            "move": {"enum": list(moves)}}}
+            for moves, group in groups.items()
         ]
         for key in ("properties", "required", "type", "additionalProperties"):
             schema.pop(key, None)

@@ -34,3 +34,19 @@ def ollama_host() -> str:
     if "://" not in raw:
         raw = f"http://{raw}"
     return raw.rstrip("/")
+
+
+def local_threads() -> int:
+    """CPU threads for the embedded llama.cpp model: `NIGHTLAB_LOCAL_THREADS`, default all cores.
+
+    On a machine shared with other busy processes, fewer threads than cores is often faster
+    (llama.cpp's threads spin at barriers)."""
+    raw = os.environ.get("NIGHTLAB_LOCAL_THREADS", "").strip()
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            from org.errors import InputError
+
+            raise InputError(None, "NIGHTLAB_LOCAL_THREADS", f"must be an integer, got {raw!r}") from None
+    return os.cpu_count() or 1

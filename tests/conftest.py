@@ -34,3 +34,17 @@ def isolated_state(tmp_path, session_cache, monkeypatch):
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OLLAMA_HOST"):
         monkeypatch.delenv(key, raising=False)
     return home
+
+
+@pytest.fixture
+def scripted_llm():
+    """A fresh `scripted/` provider (tests/fakes.py): push replies, read `.sent` afterwards.
+
+    Role files in tests can use `model: scripted/anything`. Outage memory is cleared so a
+    fallback test does not leak into the next test."""
+    from org.models import forget_outages
+    from tests.fakes import install_scripted
+
+    forget_outages()
+    yield install_scripted()
+    forget_outages()

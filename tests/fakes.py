@@ -18,7 +18,7 @@ from org.models.registry import litellm_module, register_provider
 
 # Through litellm_module(): it sets the offline cost map before litellm's first import.
 CustomLLM = litellm_module().CustomLLM
-from litellm.types.utils import Usage  # noqa: E402
+from litellm.types.utils import Usage
 
 
 @dataclass

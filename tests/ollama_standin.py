@@ -11,7 +11,7 @@ import json
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 class OllamaStandIn:
@@ -39,14 +39,14 @@ class OllamaStandIn:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 standin.requests.append(("GET", self.path, None))
                 if self.path == "/api/tags":
                     self._send(200, {"models": [standin.tag(m) for m in standin.models]})
                 else:
                     self._send(404, {"error": "not found"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self._body()
                 standin.requests.append(("POST", self.path, body))
                 if self.path == "/api/chat":
@@ -82,10 +82,10 @@ class OllamaStandIn:
                 "digest": "0" * 64, "details": {"format": "gguf", "family": "qwen2",
                                                 "parameter_size": "7B", "quantization_level": "Q4_K_M"}}
 
-    def __enter__(self) -> OllamaStandIn:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()

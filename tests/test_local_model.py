@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import BaseModel, Field
@@ -12,7 +13,7 @@ from org.errors import InputError
 from org.models import local
 from org.models.client import ModelClient
 from org.models.registry import litellm_module
-from org.proposal import parse_knobs, knob_schema
+from org.proposal import knob_schema, parse_knobs
 from org.roles import load_role
 
 TRAIN = """DEPTH = 4  # transformer blocks
@@ -87,6 +88,8 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
         assert result.record.model_used == "local/gemma3-270m" and result.record.cost_usd == 0.0
         assert result.record.prompt_tokens > 50 and result.record.completion_tokens > 5
     assert len(local._llamas) == 1  # loaded once, shared
+    sampler = next(iter(local._llamas.values())).last_sampler
+    assert sampler is not None  # grammar went through the lazy sampler
 
 
 class Note(BaseModel):
@@ -117,3 +120,22 @@ def test_astructured_with_real_model(tmp_path: Path) -> None:
     msgs = [{"role": "user", "content": role.render(knobs=TRAIN)}]
     result = asyncio.run(ModelClient().astructured(role, msgs, schema))
     assert result.value is not None and result.record.ok
+
+
+class Odd(BaseModel):
+    word: Literal["zyxqv", "plorbk_77", "Ünïcødé"]
+    count: int
+    flag: bool
+
+
+@pytest.mark.slow
+def test_lazy_grammar_forces_unlikely_tokens() -> None:
+    """Values the model would never write unprompted: only the grammar's masking gets them out."""
+    lt = litellm_module()
+    rf = {"type": "json_schema", "json_schema": {"name": "Odd", "schema": Odd.model_json_schema()}}
+    for _ in range(3):
+        resp = lt.completion(model="local/gemma3-270m", messages=[{"role": "user", "content": "Say hello."}],
+                             response_format=rf, max_tokens=60, temperature=1.0)
+        Odd.model_validate_json(resp.choices[0].message.content)
+    sampler = next(iter(local._llamas.values())).last_sampler
+    assert sampler.top_masks + sampler.full_masks > 0

@@ -26,8 +26,15 @@ def test_registered_lazily() -> None:
 def test_search_show_stats_reindex(isolated_state: Path) -> None:
     store = NoteStore()  # NIGHTLAB_HOME from the autouse fixture
     assert store.home == isolated_state
-    store.add_experiment("night-1", "nano", hypothesis="more capacity", change="DEPTH 4 -> 5",
-                         status="keep", metric_delta=-0.01, knob_move="DEPTH 4->5")
+    store.add_experiment(
+        "night-1",
+        "nano",
+        hypothesis="more capacity",
+        change="DEPTH 4 -> 5",
+        status="keep",
+        metric_delta=-0.01,
+        knob_move="DEPTH 4->5",
+    )
     store.add_direction("night-2", "nano", "Look at the optimizer next.")
     store.close()
     runner = CliRunner()
@@ -35,7 +42,9 @@ def test_search_show_stats_reindex(isolated_state: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "DEPTH 4 -> 5" in res.output and "night-1" in res.output
     res = runner.invoke(memory, ["show", "night-2"])
-    assert res.exit_code == 0 and "Look at the optimizer" in res.output and "DEPTH" not in res.output
+    assert (
+        res.exit_code == 0 and "Look at the optimizer" in res.output and "DEPTH" not in res.output
+    )
     res = runner.invoke(memory, ["stats", "--json"])
     data = json.loads(res.output)
     assert data["notes"] == 2 and data["indexed"] == 2 and data["in_sync"] is True
@@ -43,7 +52,9 @@ def test_search_show_stats_reindex(isolated_state: Path) -> None:
     assert res.exit_code == 0 and "reindexed 2 notes" in res.output
 
 
-def test_corrupt_db_is_a_clear_cli_error(isolated_state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_db_is_a_clear_cli_error(
+    isolated_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (isolated_state / "memory.db").write_bytes(b"\x00garbage" * 64)
     with pytest.raises(SystemExit) as e:
         main(["memory", "stats"])
@@ -56,7 +67,7 @@ class _FakeOllama(BaseHTTPRequestHandler):
     """Speaks just enough of Ollama: /api/tags and /api/embed with deterministic bag-of-words
     vectors, so similar texts get similar embeddings."""
 
-    calls: list[dict] = []
+    calls: list[dict] = []  # noqa: RUF012 - shared record of what the stand-in was sent
 
     def log_message(self, *args: object) -> None:
         pass
@@ -101,6 +112,7 @@ def test_ollama_embedding_is_selectable(tmp_path: Path, fake_ollama: str) -> Non
     for text in ("warmup steps waste budget", "depth adds capacity", "learning rate too high"):
         store.add_note(NoteIn(campaign="c", target="nano", kind="insight", text=text))
     assert store.search("capacity from depth", 1)[0].text == "depth adds capacity"
-    assert _FakeOllama.calls and all(c["path"] == "/api/embed" and c["model"] == "fake-embed"
-                                     for c in _FakeOllama.calls)
+    assert _FakeOllama.calls and all(
+        c["path"] == "/api/embed" and c["model"] == "fake-embed" for c in _FakeOllama.calls
+    )
     assert store.index.name == "notes-ollama-fake-embed"

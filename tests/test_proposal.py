@@ -7,7 +7,12 @@ from pydantic import ValidationError
 
 from org.errors import InputError
 from org.proposal import (
-    EditProposal, SearchReplace, apply_edits, apply_knob_move, knob_schema, parse_knobs,
+    EditProposal,
+    SearchReplace,
+    apply_edits,
+    apply_knob_move,
+    knob_schema,
+    parse_knobs,
 )
 
 TRAIN = '''"""Editable target."""
@@ -83,12 +88,12 @@ def test_bad_moves_name_file_and_field() -> None:
     with pytest.raises(InputError) as e:
         apply_knob_move(TRAIN, "DEPTHS", "x2", path="trainer/train.py")
     assert e.value.path == "trainer/train.py" and e.value.field == "knob" and "DEPTH" in e.value.message
-    with pytest.raises(InputError, match="move: move 'toggle' does not apply to int knob DEPTH"):
+    with pytest.raises(InputError, match="move: move 'toggle' does not apply to int knob DEPTH = 4"):
         apply_knob_move(TRAIN, "DEPTH", "toggle")
     with pytest.raises(InputError, match="allowed: none"):
         apply_knob_move(TRAIN, "OPTIM", "x2")
-    with pytest.raises(InputError, match="leaves the value"):
-        apply_knob_move("N = 1  # n\n", "N", "x0.67")
+    with pytest.raises(InputError, match="allowed: x2, x1.5, \\+1, -1"):
+        apply_knob_move("N = 1  # n\n", "N", "x0.67")  # would round back to 1
     with pytest.raises(InputError) as e:
         parse_knobs("X = (\n", path="t.py")
     assert e.value.field == "source" and "syntax error" in e.value.message
@@ -97,9 +102,19 @@ def test_bad_moves_name_file_and_field() -> None:
 def test_multiplicative_moves_never_reach_zero() -> None:
     assert apply_knob_move("N = 2  # n\n", "N", "x0.5")[0] == "N = 1  # n\n"
     assert apply_knob_move("N = -2  # n\n", "N", "x0.5")[0] == "N = -1  # n\n"
-    # 1 x0.5 would round to 0: clamped to 1, which is no change -> an error the model sees
-    with pytest.raises(InputError, match="leaves the value"):
+    # 1 x0.5 would round to 0: clamped to 1, which is no change -> not offered, an error if chosen
+    assert "x0.5" not in parse_knobs("N = 1  # n\n")[0].moves
+    with pytest.raises(InputError, match="does not apply"):
         apply_knob_move("N = 1  # n\n", "N", "x0.5")
+
+
+def test_zero_floats_get_additive_moves() -> None:
+    knob = parse_knobs("WD = 0.0  # weight decay\n")[0]
+    assert knob.moves == ("+0.1", "+0.01")
+    assert apply_knob_move("WD = 0.0  # weight decay\n", "WD", "+0.01") == (
+        "WD = 0.01  # weight decay\n", "WD +0.01: 0.0 -> 0.01")
+    with pytest.raises(InputError, match="does not apply"):
+        apply_knob_move("WD = 0.0  # weight decay\n", "WD", "x2")
 
 
 def test_knob_schema_is_enum_constrained_per_type() -> None:
@@ -114,9 +129,12 @@ def test_knob_schema_is_enum_constrained_per_type() -> None:
         model(hypothesis="x" * 500, knob="DEPTH", move="x2")
     schema = model.model_json_schema()
     branches = {tuple(b["properties"]["move"]["enum"]): b["properties"]["knob"]["enum"] for b in schema["anyOf"]}
-    assert branches[("toggle",)] == ["USE_VALUE_EMBEDS"]
-    assert branches[("x2", "x0.5", "x1.5", "x0.67", "+1", "-1")] == ["DEPTH", "TOTAL_BATCH_TOKENS", "WARMDOWN", "WINDOW"]
-    assert branches[("x2", "x0.5", "x1.5", "x0.67")] == ["MATRIX_LR", "EMBED_LR"]
+    assert branches == {
+        ("toggle",): ["USE_VALUE_EMBEDS"],
+        ("x2", "x0.5", "x1.5", "x0.67", "+1", "-1"): ["DEPTH", "TOTAL_BATCH_TOKENS", "WARMDOWN"],
+        ("x2", "x0.5", "x1.5", "x0.67"): ["MATRIX_LR", "EMBED_LR"],
+        ("x2", "x1.5", "+1", "-1"): ["WINDOW"],  # -1 x0.5 / x0.67 would round back to -1
+    }
     with pytest.raises(InputError, match="no movable knobs"):
         knob_schema(parse_knobs('A = "s"  # only a string\n'))
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from org import settings
 from org.errors import ModelError
 from org.models.names import API_KEY_ENV, parse_model
 from org.models.records import CallRecord, StructuredResult, T
 from org.models.registry import litellm_module
-from org import settings
 
 if TYPE_CHECKING:
     from org.roles import Role
@@ -33,14 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("nightlab.models")
 
 OUTAGE_COOLDOWN_S = 300.0  # a model that failed is skipped (fallback used) for this long
-_down_until: dict[str, float] = {}  # model string -> monotonic time it may be tried again
+_down: dict[str, tuple[float, str]] = {}  # model -> (monotonic time it may be tried again, why)
 _warned: set[str] = set()  # "warn once per process"
 NATIVE_SCHEMA_PROVIDERS = {"local", "scripted", "ollama", "ollama_chat"}
 
 
 def forget_outages() -> None:
     """Clear the per-process outage memory and warnings (tests, or a user's `resume`)."""
-    _down_until.clear()
+    _down.clear()
     _warned.clear()
 
 
@@ -124,7 +124,9 @@ class _Call:
             key = missing_key(model)
             if key:
                 self._note_down(model, f"{key} is not set")
-            elif _down_until.get(model, 0.0) <= time.monotonic():
+            elif model in _down and _down[model][0] > time.monotonic():
+                self.error = f"{model}: {_down[model][1]} (recently)"
+            else:
                 usable.append(model)
         if not usable:
             raise ModelError(f"{self.role.path}: model: no usable model ({self.error})")
@@ -132,7 +134,7 @@ class _Call:
 
     def _note_down(self, model: str, reason: str) -> None:
         self.error = f"{model}: {reason}"
-        _down_until[model] = time.monotonic() + OUTAGE_COOLDOWN_S
+        _down[model] = (time.monotonic() + OUTAGE_COOLDOWN_S, reason)
         fb = self.role.spec.fallback
         nxt = f"; using fallback {fb}" if fb and fb != model else ""
         _warn_once(model, f"{self.role.path}: model {model} unavailable ({reason}){nxt}")
@@ -146,17 +148,18 @@ class _Call:
         if not native:
             try:
                 native = bool(lt.supports_response_schema(model=model))
-            except Exception:  # unknown model in the cost map: assume no native support
+            except Exception:  # noqa: BLE001 - litellm raises bare Exception for unmapped models
                 native = False
         if not native:  # tell the model the schema in words as well
             hint = "Reply with only a JSON object matching this JSON schema:\n" + json.dumps(
                 self.schema.model_json_schema())
             messages = messages + [{"role": "system", "content": hint}]
-        kw: dict[str, Any] = dict(
-            model=model, messages=messages, temperature=spec.temperature,
-            max_tokens=spec.max_tokens, timeout=spec.timeout_s, num_retries=0,
-            response_format=self.response_format,
-        )
+        kw: dict[str, Any] = {
+            "model": model, "messages": messages, "temperature": spec.temperature,
+            "max_tokens": spec.max_tokens, "timeout": spec.timeout_s, "num_retries": 0,
+            "response_format": self.response_format,
+            "drop_params": not native,  # providers without response_format get the hint only
+        }
         if name.is_ollama:
             kw["api_base"] = settings.ollama_host()
         return kw
@@ -168,7 +171,7 @@ class _Call:
         if not parse_model(model).is_local:
             try:
                 self.cost += float(litellm_module().completion_cost(completion_response=response))
-            except Exception as e:  # model missing from the offline cost map: cost unknown
+            except Exception as e:  # noqa: BLE001 - bare Exception when the model has no price
                 _warn_once(f"cost:{model}", f"no cost data for {model} ({e}); counted as $0")
         self.model_used = model
 
@@ -208,7 +211,7 @@ class ModelClient:
         backoff_s: float = 1.0,
     ):
         self.on_record = on_record
-        self.transport_attempts = transport_attempts
+        self.transport_attempts = max(1, transport_attempts)
         self.backoff_s = backoff_s
 
     def _emit(self, call: _Call, value: BaseModel | None) -> StructuredResult:
@@ -217,7 +220,7 @@ class ModelClient:
             self.on_record(result.record)
         return result
 
-    def _give_up(self, call: _Call, exc: Exception) -> ModelError:
+    def _give_up(self, call: _Call) -> ModelError:
         self._emit(call, None)
         return ModelError(f"{call.role.path}: model: {call.error}")
 
@@ -228,7 +231,7 @@ class ModelClient:
             try:
                 response, model = self._complete(call)
             except ModelError as e:
-                raise self._give_up(call, e) from e
+                raise self._give_up(call) from e
             call.account(response, model)
             value = call.validate(response)
             if value is not None:
@@ -244,11 +247,12 @@ class ModelClient:
                 except Exception as e:
                     if not _transport_error(e):
                         raise
-                    call.error = f"{model}: {type(e).__name__}: {e}".splitlines()[0]
+                    reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+                    call.error = f"{model}: {reason}"
                     if not _transient(e) or attempt + 1 == self.transport_attempts:
                         break
                     time.sleep(self.backoff_s * 2**attempt)
-            call._note_down(model, call.error or "failed")
+            call._note_down(model, reason)
         raise ModelError(call.error or "no model answered")
 
     async def astructured(
@@ -260,7 +264,7 @@ class ModelClient:
             try:
                 response, model = await self._acomplete(call)
             except ModelError as e:
-                raise self._give_up(call, e) from e
+                raise self._give_up(call) from e
             call.account(response, model)
             value = call.validate(response)
             if value is not None:
@@ -276,9 +280,10 @@ class ModelClient:
                 except Exception as e:
                     if not _transport_error(e):
                         raise
-                    call.error = f"{model}: {type(e).__name__}: {e}".splitlines()[0]
+                    reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+                    call.error = f"{model}: {reason}"
                     if not _transient(e) or attempt + 1 == self.transport_attempts:
                         break
                     await asyncio.sleep(self.backoff_s * 2**attempt)
-            call._note_down(model, call.error or "failed")
+            call._note_down(model, reason)
         raise ModelError(call.error or "no model answered")

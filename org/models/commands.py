@@ -27,10 +27,12 @@ def check(org_path: Path, strict: bool) -> None:
     org = load_org(org_path)
     checks = check_org(org)
     table = Table(title=f"models for org {org.spec.name!r}")
-    for col in ("role", "file", "field", "model", "status", "detail", "structured output"):
-        table.add_column(col)
+    for col in ("role", "file", "field", "model", "status", "detail", "structured"):
+        table.add_column(col, overflow="fold")
+    usable = {c.path for c in checks if c.ok}
     for c in checks:
-        status = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+        # a failed model whose role still has a working one is a warning: the fallback answers
+        status = "[green]ok[/]" if c.ok else "[yellow]fallback[/]" if c.path in usable else "[red]FAIL[/]"
         table.add_row(c.kind, c.path.name, c.field, c.model, status, c.detail, c.structured)
     Console().print(table)
     problem = first_blocking_problem(checks, strict=strict)

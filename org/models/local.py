@@ -19,11 +19,11 @@ from typing import Any
 from org.models.registry import offline_env
 
 offline_env()  # before litellm's first import
-from litellm import CustomLLM  # noqa: E402
-from litellm.types.utils import Usage  # noqa: E402
+from litellm import CustomLLM
+from litellm.types.utils import Usage
 
-from org import settings  # noqa: E402
-from org.errors import HarnessError, InputError  # noqa: E402
+from org import settings
+from org.errors import HarnessError, InputError
 
 N_CTX = 4096  # a ~1k-token prompt plus a few validation retries
 _lock = threading.Lock()  # guards _llamas and every generation
@@ -84,10 +84,10 @@ def load_llama(name: str) -> Any:
     with _lock:  # also serialises assembly: the temp file name is per process
         path = model_path(name)
         if path not in _llamas:
-            from llama_cpp import Llama
+            from org.models.grammar import FastGrammarLlama
 
-            _llamas[path] = Llama(
-                model_path=str(path), n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
+            _llamas[path] = FastGrammarLlama(
+                model_path=str(path), n_ctx=N_CTX, n_threads=settings.local_threads(),
                 chat_format=CHAT_FORMATS.get(name, "gemma"), verbose=False,
             )
         return _llamas[path]

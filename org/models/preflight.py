@@ -10,6 +10,7 @@ warning (the campaign runs on the fallback), a role with no usable model is an e
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,21 @@ def ollama_client(host: str | None = None) -> Any:
 
 
 def _same_model(wanted: str, have: str) -> bool:
-    with_tag = lambda n: n if ":" in n else f"{n}:latest"  # noqa: E731
+    with_tag = lambda n: n if ":" in n else f"{n}:latest"
     return with_tag(wanted) == with_tag(have)
 
 
 def ollama_problem(name: ModelName) -> str | None:
     """None when the Ollama server is up and has the model; else a one-line reason."""
     import httpx
+    from ollama import ResponseError
 
     host = settings.ollama_host()
     try:
         listing = ollama_client(host).list()
-    except (httpx.HTTPError, ConnectionError, OSError) as e:
-        return f"Ollama server not reachable at {host} (set OLLAMA_HOST or start `ollama serve`): {e}"
-    except Exception as e:  # ollama.ResponseError and friends: a server, but not a healthy one
+    except (httpx.HTTPError, ConnectionError, OSError):
+        return f"Ollama server not reachable at {host} (start `ollama serve` or set OLLAMA_HOST)"
+    except ResponseError as e:  # a server, but not a healthy one
         return f"Ollama server at {host} answered with an error: {e}"
     have = [m.model or "" for m in listing.models]
     if not any(_same_model(name.model, h) for h in have):
@@ -73,7 +75,7 @@ def structured_support(name: ModelName) -> str:
 
     try:
         native = litellm_module().supports_response_schema(model=str(name))
-    except Exception:
+    except Exception:  # noqa: BLE001 - litellm raises bare Exception for unmapped models
         native = False
     return "json schema (native)" if native else "prompted + validated"
 
@@ -86,6 +88,8 @@ def check_model(kind: str, path: Path, field: str, model: str) -> ModelCheck:
 
         if name.model not in LOCAL_MODELS and not name.model.endswith(".gguf"):
             problem = f"unknown local model {name.model!r} (known: {', '.join(LOCAL_MODELS)})"
+        elif importlib.util.find_spec("llama_cpp") is None:
+            problem = "llama-cpp-python is not installed (pip install 'llama-cpp-python>=0.3.16,<0.4')"
         detail = "embedded, offline"
     elif name.is_ollama:
         problem = ollama_problem(name)
@@ -125,6 +129,7 @@ def first_blocking_problem(checks: list[ModelCheck], strict: bool = False) -> In
 def pull(model: str, echo: Any = print) -> None:
     """Pull an Ollama model (`ollama_chat/qwen2.5-coder:7b` or just `qwen2.5-coder:7b`)."""
     import httpx
+    from ollama import ResponseError
 
     name = parse_model(model if "/" in model else f"ollama_chat/{model}")
     if not name.is_ollama:
@@ -138,6 +143,6 @@ def pull(model: str, echo: Any = print) -> None:
                 last = progress.status
     except (httpx.HTTPError, ConnectionError, OSError) as e:
         raise InputError(None, "model", f"Ollama server not reachable at {host}: {e}") from e
-    except Exception as e:  # ollama.ResponseError: unknown model name, disk full, ...
+    except ResponseError as e:  # unknown model name, disk full, ...
         raise InputError(None, "model", f"Ollama could not pull {name.model!r}: {e}") from e
 
