@@ -1,0 +1,146 @@
+"""Vetting benchmark: red-team block rate, legit false rejections, smoke-gate seconds on the cpu
+preset, and the crash rate of full runs with a proposer that breaks 30 % of its diffs.
+
+    python evals/bench_vet.py [--proposals 40] [--smoke-reps 3] [--seed 0]
+
+The crash-rate campaign uses a tiny fast target (a stand-in train.py that sleeps 0.2 s and prints
+a summary block), not the real trainer, so 2 x 40 full runs finish in minutes on 2 cores. Each
+proposal goes through the real vet gates (org.vet.vet incl. the sandboxed smoke run) and then a
+real sandboxed run; with vetting off every proposal is run. Prints a `---` + `key: value` summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evals.redteam import run_suite  # noqa: E402
+from org.program import load_program  # noqa: E402
+from org.sandbox import Limits, file_hashes, run_sandboxed  # noqa: E402
+from org.smoke import smoke_reason, smoke_run  # noqa: E402
+from org.vet import VetInput, vet  # noqa: E402
+from org.workspace import Workspace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = '''import math, time
+from target.prepare import BUDGET
+LR = {lr}  # learning rate
+DEPTH = {depth}  # blocks
+time.sleep(0.2)
+{body}
+metric = 1 + 0.1 * (math.log10(LR) + 1.5) ** 2 + 0.01 * (DEPTH - 4) ** 2
+print("---")
+print(f"val_bpb: {{metric:.6f}}")
+'''
+BREAKS = [  # what a careless proposer writes: each crashes the run
+    "x = undefined_name + 1",
+    "import not_a_module",
+    "y = [1, 2][5]",
+    "z = 1 / (DEPTH - DEPTH)",
+    "def f(:\n    pass",
+    "raise SystemExit('FAIL: loss is nan')",
+]
+
+
+def tiny_repo(root: Path) -> Path:
+    (root / "target").mkdir(parents=True)
+    (root / "programs").mkdir()
+    (root / "target" / "__init__.py").write_text("")
+    (root / "target" / "prepare.py").write_text("BUDGET = 1.0\n")
+    (root / "target" / "train.py").write_text(TINY.format(lr=0.01, depth=4, body=""))
+    (root / "programs" / "tiny.md").write_text(
+        "---\nname: tiny\ntarget: target/\neditable: [train.py]\nprotected: [prepare.py]\n"
+        "run: python -m target.train\nmetric: val_bpb\ntime_budget_s: 1\nrun_timeout_s: 30\n"
+        "smoke_timeout_s: 20\nbounds: {val_bpb: [0.5, 10]}\n---\nTiny.\n")  # fmt: skip
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=root, check=True)
+    return root / "programs" / "tiny.md"
+
+
+def crash_campaign(n: int, vetting: bool, seed: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    root = Path(tempfile.mkdtemp(prefix="nightlab-benchvet-"))
+    try:
+        prog = load_program(tiny_repo(root))
+        ws = Workspace(root)
+        base = ws.head()
+        protected = file_hashes(root, prog.protected_paths)
+        runs = crashes = rejected = 0
+        for i in range(n):
+            broken = rng.random() < 0.30
+            body = rng.choice(BREAKS) if broken else ""
+            src = TINY.format(lr=round(0.01 * rng.choice([0.5, 1.5, 2, 3]), 4), depth=rng.choice([3, 4, 5]), body=body)
+            ws.reset(base)
+            ws.write(prog.target_path("train.py"), src)
+            ws.commit(f"p{i}", prog.editable_paths)
+            if vetting:
+                v = VetInput(ws, prog, base, protected, "bench", None, log_dir=root / "logs" / f"v{i}")
+                if not vet(v).ok:
+                    rejected += 1
+                    continue
+            res = run_sandboxed(prog.spec.run, root, prog.spec.env, Limits(prog.run_timeout_s),
+                                root / "logs" / f"r{i}.log", protected=protected, bounds=prog.spec.bounds)  # fmt: skip
+            runs += 1
+            crashes += res.rejected or res.returncode != 0 or "val_bpb" not in res.summary
+        return {"runs": runs, "crashes": crashes, "rejected": rejected}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def smoke_seconds(reps: int) -> float:
+    cache = Path(os.environ.get("NIGHTLAB_CACHE") or tempfile.mkdtemp(prefix="nightlab-cache-"))
+    env = {**os.environ, "NIGHTLAB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "trainer.prepare", "--preset", "cpu"], env=env, cwd=ROOT,
+                   check=True, capture_output=True)  # fmt: skip
+    times = []
+    log_dir = Path(tempfile.mkdtemp(prefix="nightlab-smokebench-"))
+    for i in range(reps):
+        start = time.monotonic()
+        res = smoke_run("python -m trainer.train", ROOT, {"NIGHTLAB_CACHE": str(cache)}, 120, log_dir / f"{i}.log")
+        times.append(time.monotonic() - start)
+        reason = smoke_reason(res, "val_bpb")
+        if reason:
+            raise SystemExit(f"smoke run of the unmodified trainer failed: {reason}")
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--proposals", type=int, default=40, help="proposals per crash-rate campaign")
+    ap.add_argument("--smoke-reps", type=int, default=3, help="smoke runs of the real trainer (median)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    outcomes = run_suite(None)
+    hostile = [o for o in outcomes if o.case.expect == "blocked"]
+    legit = [o for o in outcomes if o.case.expect == "allowed"]
+    smoke_s = smoke_seconds(args.smoke_reps) if args.smoke_reps else float("nan")
+    on = crash_campaign(args.proposals, True, args.seed)
+    off = crash_campaign(args.proposals, False, args.seed)
+    print("---")
+    print(f"redteam_hostile:            {len(hostile)}")
+    print(f"redteam_block_rate:         {sum(o.blocked for o in hostile) / len(hostile):.3f}")
+    print(f"legit_cases:                {len(legit)}")
+    print(f"legit_false_rejections:     {sum(o.blocked for o in legit)}")
+    print(f"smoke_seconds_median:       {smoke_s:.1f}")
+    print(f"campaign_proposals:         {args.proposals}")
+    print(f"vet_on_full_runs:           {on['runs']}")
+    print(f"vet_on_rejected:            {on['rejected']}")
+    print(f"vet_on_crash_rate:          {on['crashes'] / max(on['runs'], 1):.3f}")
+    print(f"vet_off_full_runs:          {off['runs']}")
+    print(f"vet_off_crash_rate:         {off['crashes'] / max(off['runs'], 1):.3f}")
+
+
+if __name__ == "__main__":
+    main()
