@@ -22,7 +22,7 @@ from langgraph.types import Command
 from memory.notes import experiment_text
 from org.errors import InputError
 from org.lab import Lab, absolute_move
-from org.prompts import Directive, Lessons, Review, fmt_metric, history_table
+from org.prompts import Directive, Lessons, fmt_metric, history_table
 from org.review import Pass, review_change
 from org.runner import metric_from, parse_number, run_command
 from org.sandbox import Limits, run_sandboxed

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOG_CAP_BYTES = 2_000_000  # head + tail kept; the middle of a huge log is dropped
 _SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
@@ -103,6 +104,49 @@ class _CappedSink:
         self.fh.close()
 
 
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def spawn(argv: list[str], cwd: Path, env: dict[str, str], sink: _CappedSink, pid_file: Path | None,
+          **popen: Any) -> tuple[subprocess.Popen, threading.Thread]:  # fmt: skip
+    """Start argv in its own process group (a timeout kills everything it spawned), dying with
+    nightlab, its stdout+stderr pumped into `sink` by a thread."""
+    proc = subprocess.Popen(_with_deathsig(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            **popen)  # fmt: skip
+    if pid_file is not None:
+        pid_file.write_text(str(proc.pid))
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            sink.write(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    return proc, reader
+
+
+def reap(proc: subprocess.Popen, reader: threading.Thread, pid_file: Path | None) -> None:
+    """Kill the group either way: a finished leader can leave children holding the pipe."""
+    kill_group(proc.pid)
+    proc.wait()
+    reader.join(timeout=10)
+    if pid_file is not None:
+        pid_file.unlink(missing_ok=True)
+
+
+def log_tail(log_path: Path, size: int = 65536) -> str:
+    """The end of a run's log (logs are capped, so this is the run's last output)."""
+    with log_path.open("rb") as fh:
+        fh.seek(max(0, log_path.stat().st_size - size))
+        return fh.read().decode("utf-8", errors="replace")
+
+
 def run_command(
     command: str,
     cwd: Path,
@@ -115,44 +159,16 @@ def run_command(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sink = _CappedSink(log_path, log_cap)
     start = time.monotonic()
-    proc = subprocess.Popen(
-        _with_deathsig(argv_for(command)),
-        cwd=cwd,
-        env=scrubbed_env(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # own process group: a timeout kills everything it spawned
-    )
-    if pid_file is not None:
-        pid_file.write_text(str(proc.pid))
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-            sink.write(chunk)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    proc, reader = spawn(argv_for(command), cwd, scrubbed_env(env), sink, pid_file)
     timed_out = False
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        # Kill the group either way: a finished leader can leave children holding the pipe.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        reader.join(timeout=10)
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
+        reap(proc, reader, pid_file)
     sink.close()
-    with log_path.open("rb") as fh:  # the log is capped, so its last 64 KB are the run's end
-        fh.seek(max(0, log_path.stat().st_size - 65536))
-        text = fh.read().decode("utf-8", errors="replace")
+    text = log_tail(log_path)
     return RunResult(
         returncode=None if timed_out else proc.returncode,
         timed_out=timed_out,

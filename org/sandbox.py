@@ -31,7 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from org.runner import LOG_CAP_BYTES, RunResult, _CappedSink, _with_deathsig, argv_for
+from org.runner import (
+    LOG_CAP_BYTES,
+    RunResult,
+    _CappedSink,
+    argv_for,
+    kill_group,
+    log_tail,
+    reap,
+    spawn,
+)
 
 ALLOWED_ENV = {
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ",
@@ -239,34 +248,9 @@ def run_sandboxed(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sink = _CappedSink(log_path, limits.log_cap)
     start = time.monotonic()
-    proc = subprocess.Popen(
-        _with_deathsig([*rl_prefix, *prefix, *argv_for(command)]),
-        cwd=cwd,
-        env=sandbox_env(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
-    if pid_file is not None:
-        pid_file.write_text(str(proc.pid))
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-            sink.write(chunk)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-
-    def kill_group() -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    watchdog = _Watchdog(proc.pid, limits.procs, kill_group)
+    proc, reader = spawn([*rl_prefix, *prefix, *argv_for(command)], cwd, sandbox_env(env), sink, pid_file,
+                         preexec_fn=preexec)  # fmt: skip
+    watchdog = _Watchdog(proc.pid, limits.procs, lambda: kill_group(proc.pid))
     watchdog.start()
     timed_out = False
     try:
@@ -275,15 +259,9 @@ def run_sandboxed(
         timed_out = True
     finally:
         watchdog.stop.set()
-        kill_group()  # the whole group, also when the leader exited first
-        proc.wait()
-        reader.join(timeout=10)
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
+        reap(proc, reader, pid_file)  # the whole group, also when the leader exited first
     sink.close()
-    with log_path.open("rb") as fh:
-        fh.seek(max(0, log_path.stat().st_size - 65536))
-        text = fh.read().decode("utf-8", errors="replace")
+    text = log_tail(log_path)
     summary = {} if timed_out or proc.returncode != 0 else final_summary(text)
     violations: list[str] = []
     if watchdog.tripped:
