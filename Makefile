@@ -1,6 +1,7 @@
 # nightlab's user interface. Every target bootstraps .venv itself on a fresh machine.
 #   make campaign PROGRAM=programs/quickstart.md ORG=roles/tiered
 #   make test
+#   make resume TAG=<tag> | make status [TAG=<tag>] | make log TAG=<tag>
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,13 +14,14 @@ ORG ?= roles/tiered
 PRESET ?= cpu
 PYTEST_ARGS ?=
 EXPERIMENTS ?=
+TAG ?=
 
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test campaign data baseline bench redteam lint clean
+.PHONY: venv test campaign resume status log data baseline bench redteam lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +42,18 @@ baseline: data
 	NIGHTLAB_PRESET=$(PRESET) $(BIN)/python -m trainer.train
 
 campaign: venv
-	$(BIN)/nightlab campaign --program $(PROGRAM) --org $(ORG) $(if $(EXPERIMENTS),--max-experiments $(EXPERIMENTS))
+	$(BIN)/nightlab campaign --program $(PROGRAM) --org $(ORG) $(if $(TAG),--tag $(TAG)) $(if $(EXPERIMENTS),--max-experiments $(EXPERIMENTS))
+
+resume: venv
+	$(if $(TAG),,$(error make resume needs TAG=<campaign tag>; `make status` lists them))
+	$(BIN)/nightlab resume $(TAG) $(if $(EXPERIMENTS),--max-experiments $(EXPERIMENTS))
+
+status: venv
+	$(BIN)/nightlab status $(TAG)
+
+log: venv
+	$(if $(TAG),,$(error make log needs TAG=<campaign tag>; `make status` lists them))
+	$(BIN)/nightlab log $(TAG)
 
 bench: venv
 	$(BIN)/python -m evals.bench_trainer

@@ -3,8 +3,9 @@ preset, and the crash rate of full runs with a proposer that breaks 30 % of its 
 
     python evals/bench_vet.py [--proposals 40] [--smoke-reps 3] [--seed 0]
 
-The crash-rate campaign uses a tiny fast target (a stand-in train.py that sleeps 0.2 s and prints
-a summary block), not the real trainer, so 2 x 40 full runs finish in minutes on 2 cores. Each
+The crash-rate campaign uses a tiny fast target (a stand-in train.py that "trains" 50 steps in
+0.2 s, 20 in the smoke run, and prints a summary block), not the real trainer, so 2 x 40 full runs
+finish in minutes on 2 cores. One break in seven diverges only after the smoke run's steps. Each
 proposal goes through the real vet gates (org.vet.vet incl. the sandboxed smoke run) and then a
 real sandboxed run; with vetting off every proposal is run. Prints a `---` + `key: value` summary.
 """
@@ -35,19 +36,23 @@ TINY = '''import math, time
 from target.prepare import BUDGET
 LR = {lr}  # learning rate
 DEPTH = {depth}  # blocks
-time.sleep(0.2)
+steps = int(BUDGET * 50)  # the smoke run's budget is shorter, so it sees fewer steps
+time.sleep(BUDGET / 5)
 {body}
 metric = 1 + 0.1 * (math.log10(LR) + 1.5) ** 2 + 0.01 * (DEPTH - 4) ** 2
 print("---")
 print(f"val_bpb: {{metric:.6f}}")
 '''
-BREAKS = [  # what a careless proposer writes: each crashes the run
+BREAKS = [  # what a careless proposer writes: each crashes the full run
     "x = undefined_name + 1",
     "import not_a_module",
     "y = [1, 2][5]",
     "z = 1 / (DEPTH - DEPTH)",
     "def f(:\n    pass",
     "raise SystemExit('FAIL: loss is nan')",
+    # diverges late (a learning rate that only blows up after warm-up): the smoke run, a few steps
+    # long, cannot see it. Kept in so the vetted crash rate is an honest number, not 0 by design.
+    "if steps > 20:\n    raise SystemExit(f'FAIL: loss is nan at step {steps}')",
 ]
 
 
@@ -55,7 +60,9 @@ def tiny_repo(root: Path) -> Path:
     (root / "target").mkdir(parents=True)
     (root / "programs").mkdir()
     (root / "target" / "__init__.py").write_text("")
-    (root / "target" / "prepare.py").write_text("BUDGET = 1.0\n")
+    (root / "target" / "prepare.py").write_text(
+        "import os\nBUDGET = float(os.environ['NIGHTLAB_SMOKE_SECONDS']) / 5 if os.environ.get('NIGHTLAB_SMOKE') "
+        "== '1' else 1.0\n")  # smoke: 2 s / 5 = 0.4 (20 steps); full: 1.0 (50 steps)
     (root / "target" / "train.py").write_text(TINY.format(lr=0.01, depth=4, body=""))
     (root / "programs" / "tiny.md").write_text(
         "---\nname: tiny\ntarget: target/\neditable: [train.py]\nprotected: [prepare.py]\n"

@@ -7,6 +7,7 @@ counts and probes the newest ids (cheap at 100k notes); `verify()` compares ever
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -159,11 +160,23 @@ class NoteStore:
         experiment_id: str | None = None,
         tags: Sequence[str] = (),
     ) -> Note:
-        """One note per experiment: the change in one line, the hypothesis, the result."""
+        """One note per experiment: the change in one line, the hypothesis, the result.
+
+        Idempotent per `experiment_id`: a campaign killed between writing the note and marking it
+        noted writes it again on resume, and gets the first note back instead of a twin."""
         from memory.duplicate import diff_hash
 
         evidence = [f"commit:{commit}"] if commit else []
-        evidence += [f"exp:{experiment_id}"] if experiment_id else []
+        if experiment_id:
+            tag = f"exp:{experiment_id}"
+            evidence.append(tag)
+            same = self.db.execute(
+                "select id from notes where kind='experiment' and campaign=? and evidence like ? "
+                "order by id limit 1",
+                [campaign, "%" + json.dumps(tag) + "%"],
+            ).fetchone()
+            if same:
+                return self.get(same[0])
         return self.add_note(
             NoteIn(
                 campaign=campaign,
@@ -250,15 +263,18 @@ class NoteStore:
         return refuted
 
     def _auto_refute(self, exp: Note) -> list[Note]:
-        """The refutation rule: a current lesson claiming knob move X hurts (or does nothing) is
-        refuted by a later *keep* of the same move on the same target. Nothing subtler: deltas
-        near noise are the statistics module's call, not memory's."""
-        if exp.status != "keep" or not exp.knob_move:
+        """The refutation rule, both ways: a current lesson claiming knob move X hurts (or does
+        nothing) is refuted by a later *keep* of the same move on the same target, and one claiming
+        X helps by a later *discard* of it. A crash says nothing about the move's effect. Nothing
+        subtler: deltas near noise are the statistics module's call, not memory's."""
+        contradicts = {"keep": ("hurts", "no_effect"), "discard": ("helps",)}.get(exp.status or "")
+        if not contradicts or not exp.knob_move:
             return []
+        marks = ",".join("?" * len(contradicts))
         rows = self.db.query(
             "select id from notes where kind='lesson' and target=? and knob_move=? and effect in "
-            "('hurts','no_effect') and superseded_by is null and refuted_by is null and id < ?",
-            [exp.target, exp.knob_move, exp.id],
+            f"({marks}) and superseded_by is null and refuted_by is null and id < ?",
+            [exp.target, exp.knob_move, *contradicts, exp.id],
         )
         return [self.refute(r["id"], exp.id) for r in list(rows)]
 

@@ -13,18 +13,20 @@ Everything is validated before anything is written, so bad input never touches e
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from org.errors import InputError
 from org.lab import Lab, Limits
@@ -66,7 +68,35 @@ def load_record(tag: str) -> CampaignRecord:
     path = campaign_dir(tag) / "campaign.json"
     if not path.is_file():
         raise InputError(None, "tag", f"no campaign named {tag!r} in {campaigns_dir()}")
-    return CampaignRecord.model_validate_json(path.read_text())
+    try:
+        return CampaignRecord.model_validate_json(path.read_text())
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "campaign.json"
+        raise InputError(path, field, f"{err['msg']} (the campaign record is damaged; its ledger.db "
+                         "and results.tsv are untouched)") from None
+
+
+@contextmanager
+def _locked(directory: Path, tag: str) -> Iterator[None]:
+    """One live process per campaign: a second `resume` would otherwise kill the first one's run.
+    flock is released by the kernel when its holder dies, so `kill -9` never leaves it stuck."""
+    fh = (directory / "lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise InputError(None, "tag", f"campaign {tag!r} is already running (pid {holder}); "
+                         f"wait for it or stop it before resuming") from None  # fmt: skip
+    try:
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
 
 
 def _save_record(directory: Path, record: CampaignRecord) -> None:
@@ -89,6 +119,16 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
             raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
                              "knob constants, but the proposer works in knob mode")  # fmt: skip
     return program, org
+
+
+def preflight(org: Org) -> None:
+    """Every role needs a usable model (its own or its fallback) before anything is written: a
+    missing key, an unreachable Ollama host or an unpulled model is bad input, not a 3 am crash."""
+    from org.models.preflight import check_org, first_blocking_problem
+
+    problem = first_blocking_problem(check_org(org))
+    if problem is not None:
+        raise problem
 
 
 def _event_log(directory: Path, tag: str) -> Any:
@@ -158,6 +198,8 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
           progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Create a campaign, run its baseline, then loop until a stop condition."""
     program, org = validate_inputs(program_path, org_path)
+    if models is None:  # the real client (tests inject a scripted one)
+        preflight(org)
     tag = tag or default_tag(program)
     if not _TAG.match(tag):
         raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
@@ -170,6 +212,12 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
            check=False):  # fmt: skip
         raise InputError(None, "tag", f"branch {branch_name(tag)} already exists in {program.repo}")
     directory.mkdir(parents=True)
+    with _locked(directory, tag):
+        return _start_locked(program, org, tag, directory, max_experiments, models, memory, progress)
+
+
+def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_experiments: int | None,
+                  models: Any, memory: Any, progress: Callable[..., None] | None) -> dict[str, Any]:  # fmt: skip
     ws = Workspace.create(program.repo, directory / "worktree", tag)
     record = CampaignRecord(
         tag=tag, program=str(program.path), org=str(org.path.resolve()), repo=str(program.repo),
@@ -207,6 +255,15 @@ def resume(tag: str, max_experiments: int | None = None, models: Any = None, mem
         if now != then:
             raise InputError(program.path, field, f"changed since the campaign started "
                              f"({then!r} -> {now!r}); start a new campaign instead")  # fmt: skip
+    if models is None:
+        preflight(org)
+    with _locked(campaign_dir(tag), tag):
+        return _resume_locked(record, program, org, max_experiments, models, memory, progress)
+
+
+def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_experiments: int | None,
+                   models: Any, memory: Any, progress: Callable[..., None] | None) -> dict[str, Any]:  # fmt: skip
+    tag = record.tag
     if max_experiments is not None:
         record = record.model_copy(update={"max_experiments": max_experiments})
         _save_record(campaign_dir(tag), record)

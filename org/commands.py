@@ -20,7 +20,8 @@ def campaign(program: str, org: str, tag: str | None, max_experiments: int | Non
     from org import campaign as c
     from org.progress import Dashboard
 
-    prog, _ = c.validate_inputs(program, org)  # fail fast, before any output
+    prog, org_ = c.validate_inputs(program, org)  # fail fast, before any output
+    c.preflight(org_)
     tag = tag or c.default_tag(prog)
     click.echo(f"campaign {tag}: {c.campaign_dir(tag)}", err=True)
     with Dashboard(tag, prog.spec.metric) as dash:

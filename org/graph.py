@@ -55,10 +55,16 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
         lab.log.info("stop", reason=reason)
         return Command(goto=END, update={**update, "stopped": reason})
     if "director" in lab.org.roles:
-        plateau = merged["since_keep"] >= spec.plateau_after and merged["since_direct"] >= spec.plateau_after
-        if merged["since_direct"] >= spec.director_every or plateau:
+        if merged["since_direct"] >= spec.director_every or on_plateau(merged, spec.plateau_after):
             return Command(goto="direct", update=update)
     return Command(goto="propose", update=update)
+
+
+def on_plateau(state: CampaignState | dict[str, Any], plateau_after: int) -> bool:
+    """Every `plateau_after`-th experiment in a row without a keep calls the director, whatever its
+    cadence, unless it has spoken since that experiment (so a failed proposal does not re-call it)."""
+    streak = state["since_keep"]
+    return streak > 0 and streak % plateau_after == 0 and state["since_direct"] > 0
 
 
 def _failed(state: CampaignState, lab: Lab, stage: str, reason: str,
@@ -261,7 +267,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]
     mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
     outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
                       metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
-                      tail=res.tail[-1500:], violations=res.violations)  # fmt: skip
+                      tail=res.tail[-1500:], violations=res.violations, network=res.network)  # fmt: skip
     lab.log.info("run_done", exp=state["n"], returncode=res.returncode, timed_out=res.timed_out,
                  metric=metric, seconds=round(res.seconds, 2), network=res.network,
                  violations=res.violations)  # fmt: skip
@@ -302,6 +308,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         status=o["status"], description=p["description"], hypothesis=p["hypothesis"],
         role=p["role"], model=p["model"], cost_usd=lab.ledger.cycle_cost(n),
         seconds=o["seconds"], knob_move=p["knob_move"] or "", log=o["log"],
+        network=o.get("network", ""),  # .get: an outcome checkpointed before this field existed
     )  # fmt: skip
     lab.ledger.record_experiment(row)
     kept = o["status"] == "keep"
@@ -346,7 +353,7 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
             from memory.compaction import fallback_drafts
 
             return fallback_drafts(lab.memory, lab.target, notes)
-        return list(res.value.lessons)
+        return [lesson.draft() for lesson in res.value.lessons]
 
     lessons = lab.memory.compact(lab.target, summarize)
     lab.log.info("compact", exp=n, lessons=len(lessons))

@@ -57,9 +57,15 @@ def _m002_vet_gates(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
 
 
+def _m003_run_network(db: sqlite_utils.Database) -> None:
+    # how the run was isolated: "isolated (netns)" or "not isolated: <why>"; '' for older rows
+    db["experiments"].add_column("network", str, not_null_default="")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_vet_gates", _m002_vet_gates),
+    ("003_run_network", _m003_run_network),
 ]
 
 

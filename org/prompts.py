@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memory.notes import LessonDraft
+from memory.notes import Effect, LessonDraft
 from org.errors import InputError
 
 # Every name a role template may use. Checked against each role's template before a campaign
@@ -66,12 +66,34 @@ class Review(BaseModel):
     reason: str = Field(description="one sentence: why approve or reject")
 
 
-class Lessons(BaseModel):
-    """Compactor output: lesson drafts citing the note ids they merge (memory.LessonDraft)."""
+def ascii_line(max_chars: int) -> str:
+    """A JSON-schema pattern for one line of printable ASCII without quotes or backslashes. For a
+    grammar-bound small model it bounds the tokens a string can take (no six-character `\\uXXXX`
+    escapes), so the answer closes inside `max_tokens` instead of being cut off mid-string."""
+    return "^[ -!#-\\[\\]-~]{1,%d}$" % max_chars
+
+
+class LessonOut(BaseModel):
+    """One lesson as a model writes it: memory.LessonDraft's fields a model can judge, bounded."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lessons: list[LessonDraft] = Field(max_length=8)
+    text: str = Field(pattern=ascii_line(240), description="the lesson in one or two sentences")
+    note_ids: list[int] = Field(min_length=1, max_length=12, description="ids of the notes it merges")
+    knob_move: str | None = Field(default=None, pattern=ascii_line(60), description="the knob move, if any")
+    effect: Effect = "unclear"
+    confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    def draft(self) -> LessonDraft:
+        return LessonDraft(**self.model_dump())
+
+
+class Lessons(BaseModel):
+    """Compactor output: lessons citing the note ids they merge."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lessons: list[LessonOut] = Field(max_length=4)
 
 
 def check_role_variables(roles: dict[str, Any]) -> None:

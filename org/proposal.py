@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from org.errors import InputError
+from org.prompts import ascii_line
 
 KnobValue = int | float | bool | str
 NUMBER_MOVES = ("x2", "x0.5", "x1.5", "x0.67")
@@ -191,7 +192,8 @@ def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]
     groups: dict[tuple[str, ...], list[str]] = {}  # knobs grouped by the moves they allow
     for k in movable:
         groups.setdefault(k.moves, []).append(k.name)
-    hypothesis = {"type": "string", "maxLength": max_hypothesis,
+    pattern = ascii_line(max_hypothesis)
+    hypothesis = {"type": "string", "pattern": pattern,
                   "description": "why this change should lower the metric, one sentence"}
 
     def union_schema(schema: dict[str, Any]) -> None:
@@ -209,7 +211,7 @@ def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]
     model = create_model(
         "KnobProposal",
         __base__=KnobProposalBase,
-        hypothesis=(str, Field(max_length=max_hypothesis)),
+        hypothesis=(str, Field(pattern=pattern)),
         knob=(Literal[names], ...),  # type: ignore[valid-type]
         move=(Literal[all_moves], ...),  # type: ignore[valid-type]
     )

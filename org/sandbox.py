@@ -83,7 +83,9 @@ class SandboxResult(RunResult):
 def sandbox_env(extra: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
     """Allow-listed variables from `base` (default: os.environ) plus `extra`, minus secrets."""
     base = os.environ if base is None else base
-    env = {k: v for k, v in base.items() if k in ALLOWED_ENV or k.startswith("NIGHTLAB_SMOKE")}
+    # NIGHTLAB_SMOKE* is not passed through: a stray one in the user's shell would turn every full
+    # run into a 2-second smoke run. The smoke gate sets it itself, through `extra`.
+    env = {k: v for k, v in base.items() if k in ALLOWED_ENV}
     env.update(extra)
     env = {k: v for k, v in env.items() if k.endswith("_OFFLINE") or not SECRET_ENV.search(k)}
     env.setdefault("PYTHONUNBUFFERED", "1")

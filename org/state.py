@@ -42,6 +42,7 @@ class Outcome(TypedDict):
     log: str  # path of the run log
     tail: str  # last lines of output, for the proposer's feedback on a crash
     violations: list[str]  # sandbox findings; any => status "rejected"
+    network: str  # "isolated (netns)" or "not isolated: <why>" (recorded in the ledger)
 
 
 class CampaignState(TypedDict, total=False):

@@ -80,6 +80,7 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
     client = ModelClient()
     msgs = [{"role": "system", "content": role.render(knobs=TRAIN)},
             {"role": "user", "content": "Propose the next experiment."}]
+    shared = local.load_llama("gemma3-270m")
     for _ in range(5):
         result = client.structured(role, msgs, schema)
         assert result.record.ok and result.record.attempts == 1, result.record.error
@@ -87,8 +88,9 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
         assert value is not None and value.move in {k.name: k.moves for k in knobs}[value.knob]
         assert result.record.model_used == "local/gemma3-270m" and result.record.cost_usd == 0.0
         assert result.record.prompt_tokens > 50 and result.record.completion_tokens > 5
-    assert len(local._llamas) == 1  # loaded once, shared
-    sampler = next(iter(local._llamas.values())).last_sampler
+    assert list(local._llamas.values()) == [shared]  # loaded once, shared by every call
+    assert local.load_llama("gemma3-270m") is shared
+    sampler = shared.last_sampler
     assert sampler is not None  # grammar went through the lazy sampler
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def test_keep_discard_crash_and_failures(tmp_path):
     assert rows[0]["metric"] > rows[1]["metric"] > rows[4]["metric"]
     assert rows[2]["metric"] > rows[1]["metric"]
     assert rows[3]["metric"] is None and rows[2]["memory_gb"] == 5 * 512 / 1024
+    assert all(r["network"].startswith(("isolated", "not isolated: ")) for r in rows)  # stated per run
     failures = {f["stage"] for f in ledger.failures()}
     assert failures == {"propose", "vet:duplicate", "vet:review"}
 
@@ -147,3 +149,25 @@ def test_proposals_per_round_tries_the_next_candidate_without_asking_again(tmp_p
     rows = Ledger(c.campaign_dir("ppr") / "ledger.db").experiments()
     assert rows[1]["description"] == "LR x2: 0.01 -> 0.02"
     assert [s["role"] for s in client.sent] == ["director", "proposer", "proposer", "reviewer", "reviewer"]
+
+
+def test_director_is_called_on_a_plateau_whatever_its_cadence(tmp_path):
+    """plateau_after=2, director_every=100: the director speaks at the start, then after every 2nd
+    experiment in a row without a keep, and not again on the failed proposal in between."""
+    org = tmp_path / "org"
+    shutil.copytree(ROLES / "tiered", org)
+    text = (org / "org.md").read_text()
+    (org / "org.md").write_text(text.replace("director_every: 5", "director_every: 100")
+                                .replace("plateau_after: 8", "plateau_after: 2"))  # fmt: skip
+    program = make_repo(tmp_path / "repo")
+    moves = [knob("DEPTH", "+1"), knob("DEPTH", "-1"), None, knob("LR", "x0.5"), knob("LR", "x0.67"),
+             knob("DEPTH", "x2")]  # all worse than the baseline; None is an invalid answer
+    client = ScriptedClient(script={"proposer": moves}, default={"director": DIRECTIVE, "reviewer": APPROVE})
+    state = c.start(program, org, tag="plateau", max_experiments=5, models=client)
+
+    rows = Ledger(c.campaign_dir("plateau") / "ledger.db").experiments()
+    assert [r["status"] for r in rows[1:]] == ["discard"] * 5 and state["since_keep"] == 5
+    calls = [s["role"] for s in client.sent if s["role"] in ("director", "proposer")]
+    # D, exp 1, exp 2, D (plateau of 2), invalid answer, exp 3, exp 4, D (plateau of 4), exp 5
+    assert calls == ["director", "proposer", "proposer", "director", "proposer", "proposer", "proposer",
+                     "director", "proposer"]

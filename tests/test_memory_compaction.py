@@ -152,3 +152,33 @@ def test_later_keep_with_same_move_refutes_hurts_lesson(tmp_path: Path) -> None:
     assert store.get(lesson.id).refuted_by == keep.id
     assert "Doubling" not in store.context_for("learning rate", "nano", 500)
     assert f"lesson #{lesson.id}" not in store.context_for("learning rate", "nano", 500)
+
+
+def test_later_discard_of_same_move_refutes_helps_lesson(tmp_path: Path) -> None:
+    store = NoteStore(tmp_path)
+    runs = [
+        store.add_experiment("c1", "nano", hypothesis="deeper", change="DEPTH 4 -> 5", status="keep",
+                             metric_delta=d, knob_move="DEPTH 4->5", commit=f"k{i}")  # fmt: skip
+        for i, d in enumerate([-0.01, -0.012])
+    ]
+    lesson = store.compact("nano")[0]
+    assert lesson.effect == "helps" and all(not store.get(r.id).current for r in runs)
+    crash = store.add_experiment("c2", "nano", hypothesis="deeper again", change="DEPTH 4 -> 5",
+                                 status="crash", knob_move="DEPTH 4->5")  # fmt: skip
+    assert store.get(lesson.id).current  # a crash is about the code, not the move's effect
+    discard = store.add_experiment("c2", "nano", hypothesis="deeper, new base", change="DEPTH 4 -> 5",
+                                   status="discard", metric_delta=0.004, knob_move="DEPTH 4->5")  # fmt: skip
+    assert crash.id < discard.id
+    assert store.get(lesson.id).refuted_by == discard.id
+
+
+def test_experiment_note_is_written_once_per_experiment_id(tmp_path: Path) -> None:
+    """A campaign killed between writing a note and marking it noted writes it again on resume."""
+    store = NoteStore(tmp_path)
+    kw = dict(hypothesis="h", change="DEPTH 4 -> 5", status="discard", knob_move="DEPTH 4->5")
+    first = store.add_experiment("c1", "nano", experiment_id="c1:3", **kw)
+    again = store.add_experiment("c1", "nano", experiment_id="c1:3", **kw)
+    other = store.add_experiment("c1", "nano", experiment_id="c1:31", **kw)
+    elsewhere = store.add_experiment("c2", "nano", experiment_id="c1:3", **kw)
+    assert again.id == first.id and len({first.id, other.id, elsewhere.id}) == 3
+    assert store.count() == 3 and store.verify()

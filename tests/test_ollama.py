@@ -134,3 +134,25 @@ def test_pull_adds_model(ollama: OllamaStandIn) -> None:
     assert result.exit_code == 0 and "pulled phi3:mini" in result.output
     with pytest.raises(InputError, match="not an Ollama model"):
         pull("openai/gpt-4o")
+
+
+@pytest.mark.parametrize("proposer, director, field, words", [
+    (f"ollama_chat/{MODEL}", "local/gemma3-270m", "proposer.md: model", "not reachable"),
+    ("local/gemma3-270m", "anthropic/claude-sonnet-4-5", "director.md: model", "ANTHROPIC_API_KEY is not set"),
+])
+def test_campaign_preflight_refuses_before_writing(tmp_path: Path, monkeypatch, capsys,
+                                                   proposer, director, field, words) -> None:  # fmt: skip
+    """`nightlab campaign` preflights every role: no usable model is bad input (exit 2), found
+    before a campaign directory, a worktree or a branch exists."""
+    from org import campaign as c
+    from tests.tiny import make_repo
+
+    monkeypatch.setenv("OLLAMA_HOST", dead_host())
+    program = make_repo(tmp_path / "repo")
+    org_dir = write_org(tmp_path, proposer, director, None)
+    with pytest.raises(SystemExit) as e:
+        main(["campaign", "--program", str(program), "--org", str(org_dir), "--tag", "pf"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0] and words in err[0] and "no fallback" in err[0]
+    assert not c.campaign_dir("pf").exists()

@@ -82,6 +82,9 @@ def test_evaluate_bpb_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corp
     counted = int((tb[ys] > 0).sum())
     expected = counted * math.log(V) / (math.log(2) * int(tb[ys].sum()))
     assert bpb == pytest.approx(expected, rel=1e-5)
+    # the batch size is train.py's knob: it must not change which tokens are scored (4 rows here)
+    for batch_size in (1, 3, 4, 64):
+        assert P.evaluate_bpb(Uniform(), tok, batch_size=batch_size) == pytest.approx(bpb, rel=1e-6)
 
 
 # ---- splits ----

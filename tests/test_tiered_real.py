@@ -40,6 +40,8 @@ def test_tiered_org_one_cycle_real_model(tmp_path):
     for role in ("proposer", "director", "reviewer", "compactor"):
         assert (role, "local/gemma3-270m") in used, (role, used, state.get("stopped"))
     assert all(r["cost_usd"] == 0 for r in calls)
+    # the grammar makes every answer schema-valid: no role may have needed the failure path
+    assert [(r["role"], r["error"]) for r in calls if not r["ok"]] == []
     rows = ledger.experiments()
     assert rows[0]["description"] == "baseline" and len(rows) == 2
     assert rows[1]["model"] == "local/gemma3-270m"

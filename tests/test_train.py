@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_mem_mb", "mfu_percent",
@@ -48,7 +50,8 @@ def test_smoke_run_prints_the_exact_summary_block(prepared_cpu):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     s = parse_summary(out.stdout)
     assert math.isfinite(s["val_bpb"]) and 0.5 < s["val_bpb"] < 8.0
-    assert s["num_steps"] >= 2 and s["depth"] == 4 and s["mfu_percent"] == 0.0  # no GPU here
+    assert s["num_steps"] >= 2 and s["depth"] == 4
+    assert (s["mfu_percent"] > 0) if torch.cuda.is_available() else (s["mfu_percent"] == 0.0)
     assert 1.0 <= s["num_params_M"] <= 2.5  # the cpu preset is ~1-2M params
     assert s["training_seconds"] >= 2.0 and s["total_seconds"] >= s["training_seconds"]
 
@@ -70,6 +73,20 @@ def test_bad_knob_combination_fails_fast(prepared_cpu, tmp_path):
     broken.write_text(source.replace("TOTAL_BATCH_TOKENS = 2**13", "TOTAL_BATCH_TOKENS = 1000"))
     out = run_train(broken, prepared_cpu, timeout=120)
     assert out.returncode == 1 and "FAIL: TOTAL_BATCH_TOKENS=1000" in out.stdout
+
+
+def test_missing_or_torn_cache_is_one_fail_line(prepared_cpu, tmp_path):
+    empty = tmp_path / "no-cache"
+    out = run_train(REPO / "trainer" / "train.py", empty, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1].startswith(f"FAIL: {empty}") and "run: python -m trainer.prepare" in out.stdout
+    torn = tmp_path / "torn"
+    shutil.copytree(prepared_cpu / "data", torn / "data")
+    meta = torn / "data" / "cpu" / "meta.json"
+    meta.write_text(meta.read_text()[:20])  # a write cut short
+    out = run_train(REPO / "trainer" / "train.py", torn, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert f"FAIL: {meta}: unreadable cache metadata" in out.stdout
 
 
 @pytest.mark.slow

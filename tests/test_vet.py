@@ -77,6 +77,9 @@ def test_secrets_are_not_in_the_child_env(tmp_path, monkeypatch):
         assert k not in res.tail
     assert "NIGHTLAB_PRESET" in res.tail
     assert "GITHUB_TOKEN" not in sandbox_env({"GITHUB_TOKEN": "x"}, base={})
+    # a stray smoke flag in the user's shell must not shorten full runs; the smoke gate passes its own
+    assert "NIGHTLAB_SMOKE" not in sandbox_env({}, base={"NIGHTLAB_SMOKE": "1", "PATH": "/bin"})
+    assert sandbox_env({"NIGHTLAB_SMOKE": "1"}, base={})["NIGHTLAB_SMOKE"] == "1"
 
 
 def test_socket_is_blocked_or_recorded(tmp_path):

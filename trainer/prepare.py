@@ -195,8 +195,13 @@ def check_cache(path: Path) -> dict:
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise DataError(path, f"no prepared data here; run: python -m trainer.prepare --preset {path.name}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("harness_version") != HARNESS_VERSION:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:  # a torn or foreign file: say which, not a traceback
+        raise DataError(meta_path, f"unreadable cache metadata ({e}); re-run python -m trainer.prepare "
+                                   f"--preset {path.name} --force") from e
+    if not isinstance(meta, dict) or meta.get("harness_version") != HARNESS_VERSION:
+        meta = meta if isinstance(meta, dict) else {}
         raise DataError(path, f"cache built by harness version {meta.get('harness_version')}, this harness is "
                               f"version {HARNESS_VERSION}; re-run python -m trainer.prepare --preset {path.name}")
     return meta
@@ -293,13 +298,17 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
 
 @torch.no_grad()
 def _score(model, loader, batch_size: int, token_bytes: torch.Tensor) -> float:
-    steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
+    # Exactly EVAL_TOKENS // MAX_SEQ_LEN rows whatever the batch size (the last batch is cut), so
+    # EVAL_BATCH_SIZE in train.py changes speed only, never which tokens are scored.
+    rows_left = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
     total_nats, total_bytes = 0.0, 0
-    for _ in range(steps):
+    while rows_left > 0:
         x, y, _ = next(loader)
+        x, y = x[:rows_left], y[:rows_left]
         nats, nbytes = bits_per_byte(model(x, y, reduction="none"), y, token_bytes)
         total_nats += nats
         total_bytes += nbytes
+        rows_left -= len(y)
     return total_nats / (math.log(2) * total_bytes)
 
 
@@ -326,8 +335,11 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
     key = hashlib.sha256(json.dumps([HARNESS_VERSION, preset, manifest], sort_keys=True).encode()).hexdigest()[:16]
     out, held = data_dir(preset), _heldout_dir(preset)
     if not force and (out / "meta.json").exists() and (held / "meta.json").exists():
-        meta = json.loads((out / "meta.json").read_text())
-        if meta.get("key") == key and meta.get("harness_version") == HARNESS_VERSION:
+        try:
+            meta = json.loads((out / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}  # unreadable: rebuilt below, renamed over it
+        if isinstance(meta, dict) and meta.get("key") == key and meta.get("harness_version") == HARNESS_VERSION:
             log(f"prepare: {out} is up to date ({meta['tokens']['train']:,} train tokens)")
             return meta
 

@@ -7,7 +7,8 @@
 ==============================================================================================
 
     python -m trainer.prepare --preset cpu && python -m trainer.train      # ~1-2M params, ~60 s
-    NIGHTLAB_PRESET=gpu python -m trainer.train                            # ~50M params, 300 s
+    NIGHTLAB_PRESET=gpu python -m trainer.train    # 300 s; the knobs below are the cpu model: the
+                                                   # ~50M gpu model is programs/h100.md's `knobs:`
 
 The run ends with `---` and `key: value` lines; a NaN or exploding loss prints FAIL and exits 1.
 """
@@ -23,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+from trainer.prepare import MAX_SEQ_LEN, TIME_BUDGET, DataError, Tokenizer, evaluate_bpb, make_dataloader
 
 # ---- Knobs: model ----
 DEPTH = 4  # transformer blocks
@@ -257,7 +258,10 @@ def main() -> None:
         torch.optim._muon._zeropower_via_newtonschulz = newton_schulz_fp32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
-    tokenizer = Tokenizer.from_directory()
+    try:
+        tokenizer = Tokenizer.from_directory()
+    except DataError as e:  # no cache, or one from another harness version: one line, not a traceback
+        fail(str(e))
     model_dim = math.ceil(DEPTH * ASPECT_RATIO / HEAD_DIM) * HEAD_DIM
     cfg = GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=tokenizer.get_vocab_size(), n_layer=DEPTH,
                     n_head=model_dim // HEAD_DIM, n_embd=model_dim, mlp_ratio=MLP_RATIO,
@@ -271,7 +275,8 @@ def main() -> None:
 
     tokens_per_micro = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     if TOTAL_BATCH_TOKENS % tokens_per_micro:
-        fail(f"TOTAL_BATCH_TOKENS={TOTAL_BATCH_TOKENS} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN={tokens_per_micro}")
+        fail(f"TOTAL_BATCH_TOKENS={TOTAL_BATCH_TOKENS} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN="
+             f"{tokens_per_micro} (for the gpu preset, start from programs/h100.md's knobs)")
     grad_accum = TOTAL_BATCH_TOKENS // tokens_per_micro
     loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device, seed=SEED)
     print(f"device {device.type} | params {num_params / 1e6:.2f}M | dim {model_dim} x {DEPTH} layers | "
