@@ -111,10 +111,14 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
     org = load_org(org_path)
     check_role_variables(org.roles)
     proposer = org.roles["proposer"]
+    source = (program.repo / program.knob_path).read_text(encoding="utf-8")
+    if program.spec.knobs:  # the program's starting knobs must exist: checked now, applied at setup
+        from org.knobs import set_knobs
+
+        set_knobs(source, program.spec.knobs, program.path)
     if (proposer.spec.mode or "knob") == "knob":
         from org.proposal import parse_knobs
 
-        source = (program.repo / program.knob_path).read_text(encoding="utf-8")
         if not parse_knobs(source):
             raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
                              "knob constants, but the proposer works in knob mode")  # fmt: skip

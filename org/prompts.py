@@ -47,14 +47,22 @@ USER_TURN = {
 }
 
 
+def one_line(max_chars: int, min_chars: int = 1) -> str:
+    """A JSON-schema pattern for one line of text: no control characters, quotes or backslashes.
+    For a grammar-bound small model it keeps strings short in tokens (no six-character `\\uXXXX`
+    escapes, no raw newlines llama.cpp's string rule would let through), so the answer closes
+    inside `max_tokens` instead of being cut off mid-string."""
+    return '^[^"\\\\\\x00-\\x1f]{%d,%d}$' % (min_chars, max_chars)
+
+
 class Directive(BaseModel):
     """Director output: an assessment and the guidance proposers get until the next review."""
 
     model_config = ConfigDict(extra="forbid")
 
-    assessment: str = Field(description="one or two sentences on what the results show")
-    focus: str = Field(description="what proposers should try next, concretely")
-    avoid: str = Field(default="", description="directions that have been exhausted")
+    assessment: str = Field(pattern=one_line(400), description="one or two sentences on what the results show")
+    focus: str = Field(pattern=one_line(400), description="what proposers should try next, concretely")
+    avoid: str = Field(default="", pattern=one_line(300, 0), description="directions that have been exhausted")
 
 
 class Review(BaseModel):
@@ -63,14 +71,7 @@ class Review(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     approve: bool
-    reason: str = Field(description="one sentence: why approve or reject")
-
-
-def ascii_line(max_chars: int) -> str:
-    """A JSON-schema pattern for one line of printable ASCII without quotes or backslashes. For a
-    grammar-bound small model it bounds the tokens a string can take (no six-character `\\uXXXX`
-    escapes), so the answer closes inside `max_tokens` instead of being cut off mid-string."""
-    return "^[ -!#-\\[\\]-~]{1,%d}$" % max_chars
+    reason: str = Field(pattern=one_line(300), description="one sentence: why approve or reject")
 
 
 class LessonOut(BaseModel):
@@ -78,9 +79,9 @@ class LessonOut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(pattern=ascii_line(240), description="the lesson in one or two sentences")
+    text: str = Field(pattern=one_line(240), description="the lesson in one or two sentences")
     note_ids: list[int] = Field(min_length=1, max_length=12, description="ids of the notes it merges")
-    knob_move: str | None = Field(default=None, pattern=ascii_line(60), description="the knob move, if any")
+    knob_move: str | None = Field(default=None, pattern=one_line(60), description="the knob move, if any")
     effect: Effect = "unclear"
     confidence: float = Field(default=0.5, ge=0.0, le=1.0)
 

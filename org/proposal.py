@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from org.errors import InputError
-from org.prompts import ascii_line
+from org.prompts import one_line
 
 KnobValue = int | float | bool | str
 NUMBER_MOVES = ("x2", "x0.5", "x1.5", "x0.67")
@@ -192,7 +192,7 @@ def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]
     groups: dict[tuple[str, ...], list[str]] = {}  # knobs grouped by the moves they allow
     for k in movable:
         groups.setdefault(k.moves, []).append(k.name)
-    pattern = ascii_line(max_hypothesis)
+    pattern = one_line(max_hypothesis)
     hypothesis = {"type": "string", "pattern": pattern,
                   "description": "why this change should lower the metric, one sentence"}
 
