@@ -36,7 +36,7 @@ def evaluate_test_bpb(model, tokenizer: prepare.Tokenizer, batch_size: int) -> f
     loader = prepare._packed_batches(*prepare._load_split(held, "test"), tokenizer.get_bos_token_id(),
                                      batch_size, prepare.MAX_SEQ_LEN, shuffle=False, buffer_size=1000,
                                      device=device, seed=0)
-    return prepare._score(model, loader, batch_size, prepare.get_token_bytes(device))
+    return prepare._score(model, loader, prepare.get_token_bytes(device))
 
 
 def run(script: Path, out: Path) -> int:

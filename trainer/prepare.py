@@ -200,9 +200,9 @@ def check_cache(path: Path) -> dict:
     except (OSError, ValueError) as e:  # a torn or foreign file: say which, not a traceback
         raise DataError(meta_path, f"unreadable cache metadata ({e}); re-run python -m trainer.prepare "
                                    f"--preset {path.name} --force") from e
-    if not isinstance(meta, dict) or meta.get("harness_version") != HARNESS_VERSION:
-        meta = meta if isinstance(meta, dict) else {}
-        raise DataError(path, f"cache built by harness version {meta.get('harness_version')}, this harness is "
+    version = meta.get("harness_version") if isinstance(meta, dict) else None
+    if version != HARNESS_VERSION:
+        raise DataError(path, f"cache built by harness version {version}, this harness is "
                               f"version {HARNESS_VERSION}; re-run python -m trainer.prepare --preset {path.name}")
     return meta
 
@@ -293,11 +293,11 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     device = next(model.parameters()).device
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
-    return _score(model, loader, batch_size, get_token_bytes(device))
+    return _score(model, loader, get_token_bytes(device))
 
 
 @torch.no_grad()
-def _score(model, loader, batch_size: int, token_bytes: torch.Tensor) -> float:
+def _score(model, loader, token_bytes: torch.Tensor) -> float:
     # Exactly EVAL_TOKENS // MAX_SEQ_LEN rows whatever the batch size (the last batch is cut), so
     # EVAL_BATCH_SIZE in train.py changes speed only, never which tokens are scored.
     rows_left = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
