@@ -9,6 +9,7 @@ experiment twice.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +73,9 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
-        self.db = sqlite_utils.Database(path)
+        # LangGraph may run a node on its executor thread (it does after some resumes), so the
+        # connection must not be tied to the thread that opened it. Nodes run one at a time.
+        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a keep must survive a power cut
         self._migrate()

@@ -171,3 +171,18 @@ def test_director_is_called_on_a_plateau_whatever_its_cadence(tmp_path):
     # D, exp 1, exp 2, D (plateau of 2), invalid answer, exp 3, exp 4, D (plateau of 4), exp 5
     assert calls == ["director", "proposer", "proposer", "director", "proposer", "proposer", "proposer",
                      "director", "proposer"]
+
+
+def test_ledger_is_usable_from_langgraphs_worker_thread(tmp_path):
+    """LangGraph runs a node on its executor thread after some resumes (CI saw it in propose):
+    the ledger opened on the main thread must still answer there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    row = dict(n=0, commit="abc", parent="", metric=1.0, memory_gb=0.0, status="keep",
+               description="baseline", hypothesis="h", role="baseline", model="", cost_usd=0.0,
+               seconds=1.0, knob_move="", log="", network="")  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(ledger.record_experiment, row).result()
+        assert [r["n"] for r in pool.submit(ledger.experiments).result()] == [0]
+    ledger.close()

@@ -96,15 +96,28 @@ def test_kill_at_phase_then_resume(tmp_path, point):
     tag = f"k-{point}"
     proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX))
     run_pid = c.campaign_dir(tag) / "run.pid"
+    running: list[int] = []
+
+    def mid_run(k: int) -> bool:
+        """The k-th run is done and a later one is going: read its pid now (a short run removes
+        its pid file as soon as it ends, so reading it after the kill would race)."""
+        if _count(tag, "run_done") < k:
+            return False
+        try:
+            running.append(int(run_pid.read_text()))
+        except (FileNotFoundError, ValueError):  # not started yet, or written half-way
+            return False
+        return True
+
     for k in (1, 3):
         if point == "run":  # mid-run: the target is sleeping in its own process group
-            seen = _wait_for(lambda k=k: run_pid.exists() and _count(tag, "run_done") >= k, proc)
+            seen = _wait_for(lambda k=k: mid_run(k), proc)
         else:
             seen = _wait_for(lambda k=k: _count(tag, point) >= k, proc)
         _kill(proc)
         assert seen, proc.stderr.read().decode()
         if point == "run":
-            stale = int(run_pid.read_text())
+            stale = running[-1]
         proc = _spawn("resume", tag, str(MAX))
         if point == "run":  # resume kills what the dead campaign left running
             _wait_for(lambda k=k: _count(tag, "campaign_resume") >= k, proc)
