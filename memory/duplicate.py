@@ -97,3 +97,19 @@ def check_duplicate(
             continue
         return note
     return None
+
+
+def tried_knob_moves(store: NoteStore, target: str, moves: list[str]) -> dict[str, Note]:
+    """For each absolute knob move ("DEPTH 4->8") already noted on `target`: its newest experiment
+    note, keyed by the normalized move. One query, so the proposer can be offered only new moves."""
+    wanted = {m for m in (normalize_knob_move(x) for x in moves) if m}
+    if not wanted:
+        return {}
+    marks = ", ".join("?" for _ in wanted)
+    rows = store.db.query(
+        f"select * from notes where kind='experiment' and target=? and knob_move in ({marks}) "
+        "order by id",
+        [target, *sorted(wanted)],
+    )
+    return {row["knob_move"]: Note.from_row(row) for row in rows}  # newest wins
+

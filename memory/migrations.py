@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from org.database import atomic
 from org.errors import HarnessError
 
 MIGRATIONS_TABLE = "nightlab_migrations"
@@ -91,7 +92,7 @@ def migrate(db: sqlite_utils.Database, path: Path) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in done:
             continue
-        with db.conn:  # one transaction per migration
+        with atomic(db.conn):  # all of it or none of it, DDL included
             fn(db)
             table.insert({"name": name, "applied": datetime.now(UTC).isoformat()})
         applied.append(name)

@@ -8,7 +8,6 @@ counts and probes the newest ids (cheap at 100k notes); `verify()` compares ever
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,16 +18,14 @@ import sqlite_utils
 from memory.embedding import DEFAULT_EMBEDDING
 from memory.migrations import migrate
 from memory.notes import LessonDraft, Note, NoteIn, Status, experiment_text, now_iso
+from org.database import connect
 from org.errors import HarnessError
 
 SYNC_PROBE = 256  # newest ids checked at open
 
 
 def _open_db(path: Path) -> sqlite_utils.Database:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # LangGraph may run a node on a worker thread other than the one that built the store. Nodes
-    # run one at a time, so the connection is never used concurrently, only handed over.
-    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
+    db = connect(path, "the memory database")
     migrate(db, path)  # reads first and refuses foreign or corrupt files before any write
     db.execute("PRAGMA journal_mode=WAL")
     return db
@@ -353,6 +350,11 @@ class NoteStore:
         from memory.duplicate import check_duplicate
 
         return check_duplicate(self, target, knob_move, diff, text)
+
+    def tried_knob_moves(self, target: str, moves: list[str]) -> dict[str, Note]:
+        from memory.duplicate import tried_knob_moves
+
+        return tried_knob_moves(self, target, moves)
 
     def compact(
         self, target: str, summarize: Callable[[list[Note]], list[LessonDraft]] | None = None

@@ -146,7 +146,7 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
 
 def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
     """The proposer picks one change: a knob move (closed choices) or search/replace edits."""
-    from org.proposal import EditProposal, knob_schema, parse_knobs
+    from org.proposal import EditProposal, knob_schema, offered_moves, parse_knobs
 
     lab = runtime.context
     lab.progress(phase="propose", n=state["n"])
@@ -154,12 +154,16 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     mode = role.spec.mode or "knob"
     source = lab.workspace.read(lab.program.knob_path)
     knobs = parse_knobs(source)
+    # knob mode offers only moves memory has not seen from the current values: with a base model
+    # the grammar, not the prompt, is what keeps it from proposing a known result again
+    tried = lab.tried_moves(source, knobs) if mode == "knob" else set()
+    offered = offered_moves(knobs, tried)
     variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
         experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
         baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=_keep_rate(lab),
         history=history_table(lab.ledger.experiments(), 15), directive=state["directive"],
-        feedback=list(state["feedback"]), knobs=knob_listing(knobs),
-        moves=", ".join(dict.fromkeys(m for k in knobs for m in k.moves)),
+        feedback=list(state["feedback"]), knobs=knob_listing(knobs, offered),
+        moves=", ".join(dict.fromkeys(m for moves in offered.values() for m in moves)),
         memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 800),
     )  # fmt: skip
     if mode == "edit":
@@ -169,7 +173,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     else:
         if not knobs:
             raise InputError(lab.program.knob_path, "knobs", "no UPPER_CASE knob constants found")
-        schema = knob_schema(knobs)
+        schema = knob_schema(knobs, tried=tried)
     proposals: list[Proposal] = []
     failures: list[str] = []
     for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
@@ -363,11 +367,17 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
 # ---- helpers used by the nodes above -----------------------------------------------------------
 
 
-def knob_listing(knobs: list[Any]) -> str:
-    """One knob per line: `NAME = value  # comment  [moves: ...]` (string knobs are not movable)."""
+def knob_listing(knobs: list[Any], offered: dict[str, tuple[str, ...]] | None = None) -> str:
+    """One knob per line: `NAME = value  # comment  [moves: ...]`. `offered` (knob -> moves) marks
+    knobs whose every move was tried from here; string knobs are not movable."""
     lines = []
     for k in knobs:
-        moves = ", ".join(k.moves) or "fixed"
+        if not k.moves:
+            moves = "fixed"
+        elif offered is not None and k.name not in offered:
+            moves = "all tried from this value"
+        else:
+            moves = ", ".join(offered[k.name] if offered is not None else k.moves)
         lines.append(f"{k.name} = {k.expr}  # {k.comment}  [moves: {moves}]")
     return "\n".join(lines)
 

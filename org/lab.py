@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from memory.notes import normalize_knob_move
 from org.ledger import Ledger, write_tsv
 from org.program import Program
 from org.prompts import VARIABLES, messages
@@ -118,6 +119,23 @@ class Lab:
         if note is None or (note.status == "keep" and note.campaign != self.tag):
             return None
         return f"repeats an earlier experiment: {note.to_prompt()}"
+
+    def tried_moves(self, source: str, knobs: list[Any]) -> set[tuple[str, str]]:
+        """(knob, move) pairs that would reach a value memory already holds from this value: the
+        duplicate gate would reject them, so the proposer is not offered them."""
+        from org.proposal import apply_knob_move
+
+        absolute = {}
+        for k in knobs:
+            for m in k.moves:
+                absolute[(k.name, m)] = absolute_move(apply_knob_move(source, k.name, m)[1])
+        notes = self.memory.tried_knob_moves(self.target, list(absolute.values()))
+        tried = set()
+        for pair, move in absolute.items():
+            note = notes.get(normalize_knob_move(move))
+            if note is not None and not (note.status == "keep" and note.campaign != self.tag):
+                tried.add(pair)
+        return tried
 
     def remember(self, row: dict[str, Any], baseline: float | None, diff: str | None) -> None:
         """One experiment note per run (not the baseline), at most once per experiment."""

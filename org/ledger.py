@@ -9,13 +9,14 @@ experiment twice.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
+from org.database import atomic, connect
 
 STATUSES = ("keep", "discard", "crash", "rejected")  # rejected: the sandbox found a violation
 TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
@@ -73,9 +74,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
-        # LangGraph may run a node on its executor thread (it does after some resumes), so the
-        # connection must not be tied to the thread that opened it. Nodes run one at a time.
-        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
+        self.db = connect(path, "the campaign ledger")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a keep must survive a power cut
         self._migrate()
@@ -87,7 +86,7 @@ class Ledger:
         done = {row["name"] for row in table.rows}
         for name, fn in MIGRATIONS:
             if name not in done:
-                with self.db.conn:
+                with atomic(self.db.conn):  # all of it or none of it, DDL included
                     fn(self.db)
                     table.insert({"name": name, "applied_at": time.time()})
 

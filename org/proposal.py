@@ -180,18 +180,27 @@ class KnobProposalBase(BaseModel):
         return self
 
 
-def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]:
+def offered_moves(knobs: list[Knob], tried: set[tuple[str, str]] = frozenset()) -> dict[str, tuple[str, ...]]:
+    """knob -> the moves to offer: those that change it, minus `tried` (knob, move) pairs. When
+    every move has been tried, all are offered again (the duplicate gate then says why not)."""
+    offered = {k.name: tuple(m for m in k.moves if (k.name, m) not in tried) for k in knobs}
+    offered = {name: moves for name, moves in offered.items() if moves}
+    return offered or {k.name: k.moves for k in knobs if k.moves}
+
+
+def knob_schema(knobs: list[Knob], max_hypothesis: int = 160,
+                tried: set[tuple[str, str]] = frozenset()) -> type[BaseModel]:  # fmt: skip
     """An enum-constrained model `{hypothesis, knob, move}`; its JSON schema is a union of one
     branch per set of allowed moves, so a grammar only ever allows a move that changes
-    the chosen knob."""
-    movable = [k for k in knobs if k.moves]
-    if not movable:
+    the chosen knob and has not been `tried` from its current value."""
+    offered = offered_moves(knobs, tried)
+    if not offered:
         raise InputError(None, "knobs", "no movable knobs (int/float/bool constants with a comment)")
-    names = tuple(k.name for k in movable)
-    all_moves = tuple(dict.fromkeys(m for k in movable for m in k.moves))
+    names = tuple(offered)
+    all_moves = tuple(dict.fromkeys(m for moves in offered.values() for m in moves))
     groups: dict[tuple[str, ...], list[str]] = {}  # knobs grouped by the moves they allow
-    for k in movable:
-        groups.setdefault(k.moves, []).append(k.name)
+    for name, moves in offered.items():
+        groups.setdefault(moves, []).append(name)
     pattern = one_line(max_hypothesis)
     hypothesis = {"type": "string", "pattern": pattern,
                   "description": "why this change should lower the metric, one sentence"}
@@ -217,7 +226,7 @@ def knob_schema(knobs: list[Knob], max_hypothesis: int = 160) -> type[BaseModel]
     )
     model.model_config["json_schema_extra"] = union_schema
     model.model_rebuild(force=True)
-    model.knob_moves = {k.name: k.moves for k in movable}
+    model.knob_moves = offered
     return model
 
 

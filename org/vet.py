@@ -1,6 +1,6 @@
 """Vet a committed change before it may spend a run. Cheapest gate first; the first rejection wins.
 
-    scope -> syntax -> rules (static AST) -> smoke (sandboxed CPU run) -> duplicate -> review (LLM)
+    scope -> syntax -> rules (static AST) -> duplicate (memory) -> smoke (sandboxed CPU run) -> review (LLM)
 
 A gate is a function `(VetInput) -> str | None` returning a rejection reason (a `review.Pass`
 string means passed with a recorded warning). The static gates are listed in `GATES`; the smoke
@@ -137,11 +137,12 @@ def vet(
 ) -> Verdict:
     """Run the gates in order, cheapest first; `duplicate` and `review` are campaign-supplied."""
     gates = list(GATES)
-    if smoke:
-        gates.append(("smoke", smoke_gate))
-    # The duplicate check (one memory lookup) runs before the LLM review: it is the cheaper gate.
+    # The duplicate check is one memory lookup (~50 ms): before the smoke run (seconds of the
+    # target) and the LLM review, so a repeat costs neither.
     if duplicate is not None:
         gates.append(("duplicate", duplicate))
+    if smoke:
+        gates.append(("smoke", smoke_gate))
     if review is not None:
         gates.append(("review", review))
     passed: list[str] = []

@@ -67,6 +67,27 @@ def test_migrations_from_empty(tmp_path: Path) -> None:
     assert db[MIGRATIONS_TABLE].count == len(MIGRATIONS)
 
 
+def test_a_migration_killed_half_way_leaves_nothing_and_reapplies(tmp_path: Path, monkeypatch) -> None:
+    """All of a migration or none of it: DDL and sqlite-utils' FTS setup included."""
+    from memory import migrations
+
+    def half(db: sqlite_utils.Database) -> None:
+        db["half"].create({"id": int, "text": str}, pk="id")
+        db["half"].enable_fts(["text"], create_triggers=True)  # an executescript
+        raise KeyboardInterrupt  # the kill, between two statements of one migration
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, ("m900_half", half)])
+    with pytest.raises(KeyboardInterrupt):
+        NoteStore(tmp_path)
+    db = sqlite_utils.Database(tmp_path / "memory.db")
+    assert not any(t.startswith("half") for t in db.table_names())
+    assert "m900_half" not in {r["name"] for r in db[MIGRATIONS_TABLE].rows}
+    db.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, ("m900_half", lambda d: d["half"].create({"id": int}))])
+    NoteStore(tmp_path).close()  # the next start applies it cleanly
+    assert "half" in sqlite_utils.Database(tmp_path / "memory.db").table_names()
+
+
 def test_foreign_sqlite_file_is_refused_and_untouched(tmp_path: Path) -> None:
     path = tmp_path / "memory.db"
     conn = sqlite3.connect(path)
@@ -88,6 +109,28 @@ def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="not a readable SQLite database"):
         NoteStore(tmp_path)
     assert path.read_bytes() == before
+
+
+def test_damaged_page_is_refused_by_name_and_untouched(tmp_path: Path) -> None:
+    """A file that opens but has a broken b-tree page: quick_check refuses it at open, naming the
+    file, instead of a bare "malformed" from some later query (and nothing is written to it)."""
+    db = sqlite_utils.Database(tmp_path / "memory.db")
+    NoteStore(tmp_path).close()
+    db["notes"].insert_all(
+        {"campaign": "c", "target": "t", "kind": "insight", "text": f"note {i} " * 40,
+         "created": "2026"} for i in range(300)
+    )  # fmt: skip
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    path = tmp_path / "memory.db"
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 8 * page
+    data[3 * page : 5 * page] = b"\xff" * (2 * page)  # two interior pages of garbage
+    path.write_bytes(bytes(data))
+    with pytest.raises(HarnessError, match=f"{path}: the memory database is (damaged|not a readable)"):
+        NoteStore(tmp_path)
+    assert path.read_bytes() == bytes(data)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from org.proposal import (
     apply_edits,
     apply_knob_move,
     knob_schema,
+    offered_moves,
     parse_knobs,
 )
 
@@ -169,3 +170,17 @@ def test_edit_proposal_description_is_one_line() -> None:
     assert "\n" not in d and d.endswith("... [train.py]") and len(d) <= 100 + len(" [train.py]")
     with pytest.raises(ValidationError):
         EditProposal(hypothesis="h", edits=[])
+
+
+def test_tried_moves_leave_the_schema_until_none_are_left():
+    knobs = parse_knobs("DEPTH = 4  # blocks\nLR = 0.01  # learning rate\n")
+    depth = {k.name: k for k in knobs}["DEPTH"]
+    tried = {("DEPTH", m) for m in depth.moves} | {("LR", "x2")}
+    schema = knob_schema(knobs, tried=tried)
+    assert set(schema.knob_moves) == {"LR"} and "x2" not in schema.knob_moves["LR"]
+    with pytest.raises(ValidationError):
+        schema.model_validate({"hypothesis": "deeper", "knob": "DEPTH", "move": "+1"})
+    with pytest.raises(ValidationError, match="does not apply"):
+        schema.model_validate({"hypothesis": "faster", "knob": "LR", "move": "x2"})
+    everything = {(k.name, m) for k in knobs for m in k.moves}
+    assert offered_moves(knobs, everything) == {k.name: k.moves for k in knobs}  # all tried: all again

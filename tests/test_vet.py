@@ -223,7 +223,8 @@ def test_campaign_smoke_gate_rejects_a_crashing_change_and_records_every_gate(tm
     assert fail["stage"] == "vet:smoke" and "smoke run failed: exited 1" in fail["reason"]
     assert "untrusted data" in fail["reason"]  # the log tail is fenced before the proposer sees it
     gates = [(g["gate"], g["ok"]) for g in ledger.gates()]
-    assert gates[:4] == [("scope", 1), ("syntax", 1), ("rules", 1), ("smoke", 0)]
-    assert ("review", 1) in gates[4:]
+    # cheapest first: the memory lookup before the seconds-long smoke run
+    assert gates[:5] == [("scope", 1), ("syntax", 1), ("rules", 1), ("duplicate", 1), ("smoke", 0)]
+    assert ("review", 1) in gates[5:]
     proposer = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
     assert "vet:smoke" in proposer[1]
