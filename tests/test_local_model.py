@@ -80,7 +80,7 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
     client = ModelClient()
     msgs = [{"role": "system", "content": role.render(knobs=TRAIN)},
             {"role": "user", "content": "Propose the next experiment."}]
-    shared = local.load_llama("gemma3-270m")
+    shared = local.load_llama("gemma3-270m", local.slot_of(local.fold_system(msgs)))
     for _ in range(5):
         result = client.structured(role, msgs, schema)
         assert result.record.ok and result.record.attempts == 1, result.record.error
@@ -88,8 +88,8 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
         assert value is not None and value.move in {k.name: k.moves for k in knobs}[value.knob]
         assert result.record.model_used == "local/gemma3-270m" and result.record.cost_usd == 0.0
         assert result.record.prompt_tokens > 50 and result.record.completion_tokens > 5
-    assert list(local._llamas.values()) == [shared]  # loaded once, shared by every call
-    assert local.load_llama("gemma3-270m") is shared
+    assert shared in local._llamas.values()  # loaded once, shared by every call of this role
+    assert local.load_llama("gemma3-270m", local.slot_of(local.fold_system(msgs))) is shared
     sampler = shared.last_sampler
     assert sampler is not None  # grammar went through the lazy sampler
 
@@ -139,5 +139,37 @@ def test_lazy_grammar_forces_unlikely_tokens() -> None:
         resp = lt.completion(model="local/gemma3-270m", messages=[{"role": "user", "content": "Say hello."}],
                              response_format=rf, max_tokens=60, temperature=1.0)
         Odd.model_validate_json(resp.choices[0].message.content)
-    sampler = next(iter(local._llamas.values())).last_sampler
+    llama = local.load_llama("gemma3-270m", local.slot_of([{"role": "user", "content": "Say hello."}]))
+    sampler = llama.last_sampler
     assert sampler.top_masks + sampler.full_masks > 0
+
+
+@pytest.mark.slow
+def test_each_role_keeps_its_own_context_so_its_prompt_prefix_is_reused() -> None:
+    """Roles take turns; each prompt family has its own llama.cpp context, so the proposer's next
+    prompt finds its previous one still in the KV cache instead of the reviewer's."""
+    lt = litellm_module()
+    a = [{"role": "system", "content": "You are the proposer. " + TRAIN * 4}, {"role": "user", "content": "Go."}]
+    b = [{"role": "system", "content": "You are a peer reviewer. " + TRAIN * 4}, {"role": "user", "content": "Go."}]
+    for msgs in (a, b):
+        lt.completion(model="local/gemma3-270m", messages=msgs, max_tokens=8, temperature=0.0)
+    la = local.load_llama("gemma3-270m", local.slot_of(local.fold_system(a)))
+    lb = local.load_llama("gemma3-270m", local.slot_of(local.fold_system(b)))
+    assert la is not lb
+    prompt_a = la.tokenize(b"You are the proposer.", add_bos=False)
+    held = la.input_ids[: la.n_tokens].tolist()
+    assert len(held) > 50 and all(t in held for t in prompt_a)  # b's call did not overwrite a's
+    import llama_cpp
+
+    def evaluated(llama) -> int:  # tokens llama.cpp has run through the model in this context
+        perf = llama_cpp.llama_perf_context(llama._ctx.ctx)
+        return perf.n_p_eval + perf.n_eval
+
+    before = evaluated(la)
+    a2 = [a[0], {"role": "user", "content": "Go again."}]  # same family, new tail
+    lt.completion(model="local/gemma3-270m", messages=a2, max_tokens=8, temperature=0.0)
+    assert evaluated(la) - before < len(held) // 2  # only the new tail and the answer were run
+    for i in range(local.MAX_SLOTS + 1):  # more families than slots: the oldest context is dropped
+        local.load_llama("gemma3-270m", f"extra-{i}")
+    assert len(local._llamas) <= local.MAX_SLOTS
+
