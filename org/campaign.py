@@ -135,6 +135,20 @@ def preflight(org: Org) -> None:
         raise problem
 
 
+def check_embedding(org: Org) -> None:
+    """An org that embeds its memory with an Ollama model needs that server and model up front."""
+    if not org.spec.embedding.startswith("ollama:"):
+        return  # minilm ships with nightlab (a missing package is a HarnessError at first use)
+    from memory.embedding import ollama_parts
+    from org.models.names import parse_model
+    from org.models.preflight import ollama_problem
+
+    model, url = ollama_parts(org.spec.embedding)
+    why = ollama_problem(parse_model(f"ollama/{model}"), host=url)
+    if why is not None:
+        raise InputError(org.path / "org.md", "embedding", why)
+
+
 def _event_log(directory: Path, tag: str) -> Any:
     fh = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
     return structlog.wrap_logger(
@@ -158,7 +172,7 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
     if memory is None:
         from memory import NoteStore
 
-        memory = NoteStore(home_dir())
+        memory = NoteStore(home_dir(), embedding=org.spec.embedding)
     return Lab(
         tag=record.tag, dir=directory, program=program, org=org,
         workspace=Workspace(directory / "worktree"), ledger=Ledger(directory / "ledger.db"),
@@ -204,6 +218,8 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
     program, org = validate_inputs(program_path, org_path)
     if models is None:  # the real client (tests inject a scripted one)
         preflight(org)
+    if memory is None:
+        check_embedding(org)
     tag = tag or default_tag(program)
     if not _TAG.match(tag):
         raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
@@ -261,6 +277,8 @@ def resume(tag: str, max_experiments: int | None = None, models: Any = None, mem
                              f"({then!r} -> {now!r}); start a new campaign instead")  # fmt: skip
     if models is None:
         preflight(org)
+    if memory is None:
+        check_embedding(org)
     with _locked(campaign_dir(tag), tag):
         return _resume_locked(record, program, org, max_experiments, models, memory, progress)
 

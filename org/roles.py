@@ -36,6 +36,16 @@ class OrgSpec(BaseModel):
     review: bool = True
     proposals_per_round: int = Field(1, ge=1)
     plateau_after: int = Field(8, ge=1)
+    # the memory's embedding model: "minilm" (offline, shipped) or "ollama:<model>[@url]"
+    embedding: str = "minilm"
+
+    @field_validator("embedding")
+    @classmethod
+    def _embedding_spec(cls, value: str) -> str:
+        from memory.embedding import check_spec
+
+        check_spec(value)  # ValueError -> pydantic error on this field
+        return value
 
     @model_validator(mode="after")
     def _needs_proposer(self) -> OrgSpec:

@@ -116,3 +116,41 @@ def test_ollama_embedding_is_selectable(tmp_path: Path, fake_ollama: str) -> Non
         c["path"] == "/api/embed" and c["model"] == "fake-embed" for c in _FakeOllama.calls
     )
     assert store.index.name == "notes-ollama-fake-embed"
+
+
+def test_an_org_picks_its_memory_embedding(tmp_path: Path, fake_ollama: str, monkeypatch) -> None:
+    """`embedding:` in org.md reaches the campaign's memory; a model the server lacks is refused
+    (naming org.md and the field) before the campaign writes anything."""
+    import shutil
+
+    from org import campaign as c
+    from org.errors import InputError
+    from org.roles import load_org
+    from org.scripted import ScriptedClient
+    from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+    roles = Path(__file__).resolve().parents[1] / "roles"
+    org_dir = tmp_path / "org"
+    shutil.copytree(roles / "tiered", org_dir)
+    org_md = org_dir / "org.md"
+    text = org_md.read_text()
+    org_md.write_text(text.replace("---\n", f"---\nembedding: ollama:fake-embed@{fake_ollama}\n", 1))
+    assert load_org(org_dir).spec.embedding == f"ollama:fake-embed@{fake_ollama}"
+
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(default={"proposer": knob("LR", "x2"), "director": DIRECTIVE, "reviewer": APPROVE})
+    _FakeOllama.calls.clear()
+    c.start(program, org_dir, tag="emb", max_experiments=1, models=client)
+    assert any(call["path"] == "/api/embed" for call in _FakeOllama.calls)  # the note was embedded there
+    store = NoteStore(embedding=f"ollama:fake-embed@{fake_ollama}")
+    assert [n.kind for n in store.notes(campaign="emb")].count("experiment") == 1
+    assert store.index.name == "notes-ollama-fake-embed" and store.index.count() >= 1
+
+    org_md.write_text(text.replace("---\n", f"---\nembedding: ollama:not-pulled@{fake_ollama}\n", 1))
+    with pytest.raises(InputError, match="org.md: embedding: .*not-pulled.* is not pulled"):
+        c.start(program, org_dir, tag="emb2", max_experiments=1, models=client)
+    assert not c.campaign_dir("emb2").exists()
+
+    org_md.write_text(text.replace("---\n", "---\nembedding: word2vec\n", 1))
+    with pytest.raises(InputError, match="org.md: embedding"):
+        load_org(org_dir)

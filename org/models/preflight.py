@@ -45,12 +45,13 @@ def _same_model(wanted: str, have: str) -> bool:
     return with_tag(wanted) == with_tag(have)
 
 
-def ollama_problem(name: ModelName) -> str | None:
-    """None when the Ollama server is up and has the model; else a one-line reason."""
+def ollama_problem(name: ModelName, host: str | None = None) -> str | None:
+    """None when the Ollama server (OLLAMA_HOST unless `host`) is up and has the model; else a
+    one-line reason."""
     import httpx
     from ollama import ResponseError
 
-    host = settings.ollama_host()
+    host = host or settings.ollama_host()
     try:
         listing = ollama_client(host).list()
     except (httpx.HTTPError, ConnectionError, OSError):
