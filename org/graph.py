@@ -26,6 +26,7 @@ from org.prompts import Directive, Lessons, fmt_metric, history_table
 from org.review import Pass, review_change
 from org.runner import metric_from, parse_number, run_command
 from org.sandbox import Limits, run_sandboxed
+from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
 from org.untrusted import fence
 from org.vet import VetInput, vet
@@ -247,7 +248,8 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
         return reason
 
     use_review = lab.org.spec.review and "reviewer" in lab.org.roles
-    verdict = vet(v, duplicate=duplicate, review=review if use_review else None)
+    verdict = vet(v, duplicate=duplicate, review=review if use_review else None,
+                  smoke=lab.program.spec.smoke_inline_s is None)  # inline: `run` is the smoke run
     for g in verdict.records:  # every gate's verdict, passes (and fail-open warnings) included
         lab.ledger.record_gate(state["n"], state["attempt"], g.gate, g.ok, g.reason, g.seconds)
     lab.log.info("vet", exp=state["n"], ok=verdict.ok, gate=verdict.gate, reason=verdict.reason,
@@ -257,7 +259,7 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
     return Command(goto="run")
 
 
-def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]]:
+def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge", "apply", "direct", "propose", "__end__"]]:
     """Run the target at the experiment commit; metrics only from the final summary block."""
     lab = runtime.context
     lab.progress(phase="run", n=state["n"])
@@ -267,6 +269,18 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge"]
                         pid_file=lab.run_pid_file, protected=lab.protected_hashes,
                         bounds=prog.spec.bounds)  # fmt: skip
     lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
+    inline = prog.spec.smoke_inline_s
+    if inline is not None and state["n"] > 0 and not res.violations:
+        # the run was its own smoke test: failing in the window a smoke run covers is a vet
+        # rejection (the proposer hears why, no experiment number is spent), later it is a crash
+        early = res.seconds <= inline and (res.returncode != 0 or res.timed_out)
+        reason = smoke_reason(res, prog.spec.metric) if early else None
+        lab.ledger.record_gate(state["n"], state["attempt"], "smoke", not early,
+                               reason or f"inline: the run got past its first {inline:g} s", res.seconds)  # fmt: skip
+        if reason:
+            lab.log.info("vet", exp=state["n"], ok=False, gate="smoke", reason=reason,
+                         gates=[("smoke", False, round(res.seconds, 2))])  # fmt: skip
+            return _failed(state, lab, "vet:smoke", reason, state["proposal"])
     metric = None if res.rejected else metric_from(res, prog.spec.metric, prog.spec.parse.regex)
     mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
     outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,

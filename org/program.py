@@ -72,6 +72,11 @@ class ProgramSpec(BaseModel):
     min_improvement: float = Field(default=0.0, ge=0)  # a keep must beat the best by more than this
     # Vetting (issue 6): smoke-run limit (null: no smoke gate) and sanity bounds on summary values.
     smoke_timeout_s: float | None = Field(default=90, gt=0)
+    # No separate smoke run: the full run is its own smoke test, and one that fails within its
+    # first `smoke_inline_s` seconds is rejected at vet (not recorded as a crash), as a smoke run
+    # would have rejected it. For targets whose run starts as cheaply on the same device as a
+    # smoke run would (the cpu preset); a GPU target keeps the separate CPU smoke run.
+    smoke_inline_s: float | None = Field(default=None, gt=0)
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     stop: StopSpec = StopSpec()
     knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline

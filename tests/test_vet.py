@@ -228,3 +228,35 @@ def test_campaign_smoke_gate_rejects_a_crashing_change_and_records_every_gate(tm
     assert ("review", 1) in gates[5:]
     proposer = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
     assert "vet:smoke" in proposer[1]
+
+
+def test_inline_smoke_the_run_is_its_own_smoke_test(tmp_path):
+    """smoke_inline_s: no separate smoke run; a run failing inside the window is a vet rejection
+    (no experiment number, the proposer is told), a run failing after it is a crash."""
+    from org import campaign as c
+    from org.ledger import Ledger
+    from org.scripted import ScriptedClient
+    from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+    program = make_repo(tmp_path / "repo", smoke_inline_s="20", bounds="{val_bpb: [0.5, 10]}")
+    client = ScriptedClient(
+        script={"proposer": [knob("DEPTH", "x0.5"), knob("LR", "x2")]},  # DEPTH 2 crashes the target
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    c.start(program, ROOT / "roles" / "tiered", tag="inline", max_experiments=1, models=client)
+    ledger = Ledger(c.campaign_dir("inline") / "ledger.db")
+    assert [r["status"] for r in ledger.experiments()] == ["keep", "keep"]  # the crash is no experiment
+    (fail,) = ledger.failures()
+    assert fail["stage"] == "vet:smoke" and "smoke run failed: exited 1" in fail["reason"]
+    gates = [(g["gate"], g["ok"]) for g in ledger.gates()]
+    assert gates.count(("smoke", 0)) == 1 and gates.count(("smoke", 1)) == 1  # from the runs, not vet
+    assert not list((c.campaign_dir("inline") / "runs").glob("vet-*/smoke.log"))  # no separate smoke run
+    proposer = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
+    assert "vet:smoke" in proposer[1]
+
+    late = make_repo(tmp_path / "late", smoke_inline_s="0.01")  # every failure is after the window
+    client = ScriptedClient(script={"proposer": [knob("DEPTH", "x0.5")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
+    c.start(late, ROOT / "roles" / "tiered", tag="late", max_experiments=1, models=client)
+    rows = Ledger(c.campaign_dir("late") / "ledger.db").experiments()
+    assert [r["status"] for r in rows] == ["keep", "crash"]
