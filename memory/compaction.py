@@ -34,11 +34,35 @@ def _candidates(store: NoteStore, target: str) -> list[Note]:
     ]
 
 
+BATCH_TOKENS = 2000  # notes per model batch: the compactor's prompt must fit a 4k-context model
+
+
+def _batch(notes: list[Note], budget_tokens: int) -> list[Note]:
+    """The oldest notes whose prompt lines fit `budget_tokens` (at least one); the rest wait for
+    the next compaction. Memory shared across campaigns can hold thousands of current notes."""
+    from memory.tokens import count_tokens
+
+    out, used = [], 0
+    for note in sorted(notes, key=lambda n: n.id):
+        cost = count_tokens(note.to_prompt()) + 1  # +1: the newline between notes
+        if out and used + cost > budget_tokens:
+            break
+        out.append(note)
+        used += cost
+    return out
+
+
 def compact(
-    store: NoteStore, target: str, summarize: Callable[[list[Note]], list[LessonDraft]] | None
+    store: NoteStore,
+    target: str,
+    summarize: Callable[[list[Note]], list[LessonDraft]] | None,
+    budget_tokens: int = BATCH_TOKENS,
 ) -> list[Note]:
-    """Write lessons for `target`; returns the new lesson notes (possibly none)."""
+    """Write lessons for `target` from one batch of its current notes (the oldest that fit
+    `budget_tokens` when a model summarizes); returns the new lesson notes (possibly none)."""
     notes = _candidates(store, target)
+    if summarize is not None:
+        notes = _batch(notes, budget_tokens)
     # One new note can still fold into a previous lesson (fallback); a model needs a real batch.
     if not notes or (summarize is not None and len(notes) < MIN_GROUP):
         return []

@@ -41,29 +41,41 @@ def collection_name(spec: str) -> str:
     return "notes-" + re.sub(r"[^a-zA-Z0-9._-]+", "-", spec.split("@")[0]).strip("-")[:200]
 
 
-EMBED_THREADS = 1
+BULK = 64  # texts per call from which every usable core embeds (below: one thread)
 
 
-def _single_thread_st() -> type:
-    """chromadb's SentenceTransformerEmbeddingFunction, run with EMBED_THREADS torch threads.
+def embed_threads(n_texts: int) -> int:
+    """Torch threads for one embedding call of `n_texts`.
 
-    MiniLM is tiny: on the shared 2-core box (load ~4) one thread embedded a query in 31 ms and
-    500 notes in 4.9 s, two threads took 233 ms and 13.4 s (oversubscription). The thread count
-    is set around each call and restored, so other torch users in the process are unaffected.
+    MiniLM is tiny: a query or a single note is fastest on one thread (31 ms on the shared 2-core
+    box; two threads took 233 ms, spinning at barriers under load). A bulk insert or a reindex is
+    throughput work that does not share the machine with a run (campaign steps are sequential),
+    so it gets every core this process may use.
     """
+    if n_texts < BULK:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _threaded_st() -> type:
+    """chromadb's SentenceTransformerEmbeddingFunction with `embed_threads` torch threads per
+    call, set around the call and restored, so other torch users in the process are unaffected."""
     import torch
     from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
 
-    class SingleThreadST(SentenceTransformerEmbeddingFunction):
+    class ThreadedST(SentenceTransformerEmbeddingFunction):
         def __call__(self, input: Any) -> Any:
             before = torch.get_num_threads()
-            torch.set_num_threads(EMBED_THREADS)
+            torch.set_num_threads(embed_threads(len(input)))
             try:
                 return super().__call__(input)
             finally:
                 torch.set_num_threads(before)
 
-    return SingleThreadST
+    return ThreadedST
 
 
 def check_spec(spec: str) -> None:
@@ -86,7 +98,7 @@ def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
         return _CACHE[spec]
     if spec == "minilm":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local path, no hub
-        fn: Any = _single_thread_st()(
+        fn: Any = _threaded_st()(
             model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
         )
     else:

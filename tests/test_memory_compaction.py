@@ -182,3 +182,30 @@ def test_experiment_note_is_written_once_per_experiment_id(tmp_path: Path) -> No
     elsewhere = store.add_experiment("c2", "nano", experiment_id="c1:3", **kw)
     assert again.id == first.id and len({first.id, other.id, elsewhere.id}) == 3
     assert store.count() == 3 and store.verify()
+
+
+def test_a_model_gets_one_batch_that_fits_its_token_budget(tmp_path: Path) -> None:
+    """Thousands of current notes (memory shared across campaigns) must not overflow a 4k-context
+    compactor: it gets the oldest that fit the budget, the rest wait for the next compaction."""
+    from memory.compaction import compact
+    from memory.tokens import count_tokens
+
+    store = NoteStore(tmp_path)
+    notes = store.add_notes([
+        NoteIn(campaign="c", target="nano", kind="insight",
+               text=f"observation {i}: " + "the loss curve flattened early and stayed flat " * 6)
+        for i in range(60)
+    ])  # fmt: skip
+    seen: list[list[Note]] = []
+
+    def summarize(batch: list[Note]) -> list[LessonDraft]:
+        seen.append(batch)
+        return [LessonDraft(text="loss flattens early", note_ids=[n.id for n in batch])]
+
+    compact(store, "nano", summarize, budget_tokens=600)
+    first = seen[0]
+    assert 2 <= len(first) < len(notes)
+    assert sum(count_tokens(n.to_prompt()) + 1 for n in first) <= 600
+    assert [n.id for n in first] == [n.id for n in notes[: len(first)]]  # oldest first
+    compact(store, "nano", summarize, budget_tokens=600)
+    assert seen[1][0].id == notes[len(first)].id  # the next batch picks up where this one ended
