@@ -234,6 +234,8 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
                  knob_move=p["knob_move"], log_dir=lab.dir / "runs" / f"vet-{state['attempt']:04d}")  # fmt: skip
 
     def duplicate(v: VetInput) -> str | None:
+        if same := lab.same_as_run(lab.workspace.head()):
+            return same
         knob = absolute_move(p["description"]) if p["knob_move"] else None
         text = experiment_text(p["description"], p["hypothesis"])
         return lab.duplicate(knob, None if knob else v.diff, text)

@@ -6,6 +6,7 @@ the model client (injected: tests pass a scripted fake), memory, the event log a
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ def absolute_move(description: str) -> str:
     return f"{head.split()[0]} {values.replace(' -> ', '->')}" if values else head
 
 
+def _sha(text: str | None) -> str:
+    return "missing" if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 @dataclass
 class Limits:
     max_experiments: int | None
@@ -59,6 +64,7 @@ class Lab:
     log: Any  # structlog bound logger writing this campaign's events.jsonl
     progress: Callable[..., None] = lambda **_: None
     overhead: dict[str, float] = field(default_factory=dict)  # node -> seconds (bench_loop)
+    _file_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # commit -> files_key
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -120,17 +126,44 @@ class Lab:
             return None
         return f"repeats an earlier experiment: {note.to_prompt()}"
 
+    def files_key(self, commit: str) -> tuple[str, ...]:
+        """sha256 of each editable file at `commit`: two commits with the same key run the same code."""
+        if commit not in self._file_keys:
+            texts = [self.workspace.show(commit, rel) for rel in self.program.editable_paths]
+            self._file_keys[commit] = tuple(_sha(t) for t in texts)
+        return self._file_keys[commit]
+
+    def ran_configs(self) -> dict[tuple[str, ...], dict[str, Any]]:
+        """files_key -> the latest ledger row that ran exactly those files (the baseline included)."""
+        return {self.files_key(r["commit"]): r for r in self.ledger.experiments() if r["commit"]}
+
+    def same_as_run(self, commit: str) -> str | None:
+        """Rejection reason if `commit`'s editable files are exactly what an earlier experiment ran
+        (a move back to a value already measured, an edit undone): the result is in the ledger."""
+        row = self.ran_configs().get(self.files_key(commit))
+        if row is None:
+            return None
+        return (f"the same files already ran as experiment #{row['n']} ({row['description']}: "
+                f"{row['status']}, {self.program.spec.metric} {row['metric']})")  # fmt: skip
+
     def tried_moves(self, source: str, knobs: list[Any]) -> set[tuple[str, str]]:
-        """(knob, move) pairs that would reach a value memory already holds from this value: the
-        duplicate gate would reject them, so the proposer is not offered them."""
+        """(knob, move) pairs that would reach a value memory already holds from this value, or
+        files this campaign already ran: the duplicate gate would reject them, so the proposer is
+        not offered them. `source` is the knob file at the best commit (the workspace's state)."""
         from org.proposal import apply_knob_move
 
-        absolute = {}
+        paths = self.program.editable_paths
+        ran = self.ran_configs() if self.program.knob_path in paths else {}
+        here = [_sha(self.workspace.read(rel)) for rel in paths] if ran else []
+        slot = paths.index(self.program.knob_path) if ran else 0
+        absolute, tried = {}, set()
         for k in knobs:
             for m in k.moves:
-                absolute[(k.name, m)] = absolute_move(apply_knob_move(source, k.name, m)[1])
+                new_source, description = apply_knob_move(source, k.name, m)
+                absolute[(k.name, m)] = absolute_move(description)
+                if ran and tuple(here[:slot] + [_sha(new_source)] + here[slot + 1 :]) in ran:
+                    tried.add((k.name, m))
         notes = self.memory.tried_knob_moves(self.target, list(absolute.values()))
-        tried = set()
         for pair, move in absolute.items():
             note = notes.get(normalize_knob_move(move))
             if note is not None and not (note.status == "keep" and note.campaign != self.tag):

@@ -71,7 +71,7 @@ class Review(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     approve: bool
-    reason: str = Field(pattern=one_line(300), description="one sentence: why approve or reject")
+    reason: str = Field(pattern=one_line(160), description="one sentence: why approve or reject")
 
 
 class LessonOut(BaseModel):

@@ -10,7 +10,6 @@ campaign's clients, so those are passed in. Every gate's verdict and time is in 
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -95,16 +94,10 @@ def syntax_gate(v: VetInput) -> str | None:
     return None
 
 
-def _blob(repo: Path, commit: str, rel: str) -> str | None:
-    """File text at a commit (None if it did not exist there), byte-exact unlike `git()`."""
-    proc = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=repo, capture_output=True)
-    return proc.stdout.decode("utf-8", errors="replace") if proc.returncode == 0 else None
-
-
 def rules_gate(v: VetInput) -> str | None:
     """Static AST rules (org/rules.py) over each changed Python file, old version vs new."""
     changed = v.workspace.changed_files(v.best_commit)
-    before = {rel: _blob(v.workspace.path, v.best_commit, rel) for rel in changed}
+    before = {rel: v.workspace.show(v.best_commit, rel) for rel in changed}
     after = {rel: v.workspace.read(rel) for rel in changed}
     found = check_change({k: t for k, t in before.items() if t is not None}, after)
     if not found:

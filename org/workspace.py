@@ -58,6 +58,11 @@ class Workspace:
         p = self.path / rel
         return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "missing"
 
+    def show(self, commit: str, rel: str) -> str | None:
+        """File text at a commit (None if it did not exist there), byte-exact unlike `git()`."""
+        proc = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=self.path, capture_output=True)
+        return proc.stdout.decode("utf-8", errors="replace") if proc.returncode == 0 else None
+
     def changed_files(self, base: str, head: str = "HEAD") -> list[str]:
         out = git(self.path, "diff", "--name-only", "--no-renames", base, head)
         return [line for line in out.splitlines() if line]

@@ -191,3 +191,36 @@ def test_ledger_is_usable_from_langgraphs_worker_thread(tmp_path):
         pool.submit(ledger.record_experiment, row).result()
         assert [r["n"] for r in pool.submit(ledger.experiments).result()] == [0]
     ledger.close()
+
+
+def test_a_move_back_to_files_already_run_is_not_offered(tmp_path):
+    """LR 0.01 -> 0.02 kept; LR x0.5 from there would re-run the baseline's exact files: new to
+    memory as a move (0.02->0.01), but the ledger has the result, so it is not offered."""
+    program = make_repo(tmp_path / "repo", smoke_timeout_s="null")
+    client = ScriptedClient(
+        script={"proposer": [knob("LR", "x2"), knob("LR", "x0.5"), knob("DEPTH", "+1")]},
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    c.start(program, ROLES / "tiered", tag="back", max_experiments=2, models=client)
+    calls = [s for s in client.sent if s["role"] == "proposer"]
+    assert "x0.5" not in calls[1]["schema"].knob_moves["LR"]
+    assert "x1.5" in calls[1]["schema"].knob_moves["LR"]  # 0.03 was never run: still offered
+    rows = Ledger(c.campaign_dir("back") / "ledger.db").experiments()
+    assert [r["description"] for r in rows] == ["baseline", "LR x2: 0.01 -> 0.02", "DEPTH +1: 4 -> 5"]
+
+
+def test_an_edit_that_restores_files_already_run_is_a_duplicate(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    on = {"hypothesis": "gating helps", "edits": [
+        {"path": "train.py", "search": "USE_GATE = False", "replace": "USE_GATE = True"}]}
+    undo = {"hypothesis": "gating hurts after all", "edits": [
+        {"path": "train.py", "search": "USE_GATE = True", "replace": "USE_GATE = False"}]}
+    deeper = {"hypothesis": "capacity", "edits": [
+        {"path": "train.py", "search": "DEPTH = 4", "replace": "DEPTH = 5"}]}
+    client = ScriptedClient(script={"proposer": [on, undo, deeper]})
+    c.start(program, ROLES / "solo", tag="undo", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("undo") / "ledger.db")
+    assert [r["hypothesis"] for r in ledger.experiments()[1:]] == ["gating helps", "capacity"]
+    (fail,) = ledger.failures()
+    assert fail["stage"] == "vet:duplicate"
+    assert "the same files already ran as experiment #0 (baseline: keep" in fail["reason"]
