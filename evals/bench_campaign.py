@@ -55,7 +55,9 @@ def main() -> None:
     run_s = sum(s or 0.0 for _, s in rows)
     calls = db.execute("select role, count(*), sum(seconds), sum(prompt_tokens) from calls "
                        "group by role order by role").fetchall()  # fmt: skip
-    gates = db.execute("select gate, count(*), sum(seconds) from gates group by gate order by gate").fetchall()
+    # an inline smoke "gate" is the run itself (its seconds are in runs_s): listed apart
+    gates = db.execute("select case when reason like 'inline:%' then gate || '_inline' else gate end, "
+                       "count(*), sum(seconds) from gates group by 1 order by 1").fetchall()  # fmt: skip
     rejected = db.execute("select count(*) from failures").fetchone()[0]
     print("---")
     print(f"experiments: {len(rows) - 1}")
@@ -66,7 +68,7 @@ def main() -> None:
     for role, n, seconds, prompt in calls:
         print(f"calls_{role}: {n} calls, {seconds:.1f} s, {prompt} prompt tokens")
     model_s = sum(seconds for _, _, seconds, _ in calls)
-    vet_s = sum(seconds for gate, _, seconds in gates if gate != "review")  # review = a model call
+    vet_s = sum(seconds for gate, _, seconds in gates if gate not in ("review", "smoke_inline"))
     for gate, n, seconds in gates:
         print(f"gate_{gate}: {n} x, {seconds:.1f} s")
     print(f"other_s: {wall - run_s - model_s - vet_s:.1f}")
