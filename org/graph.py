@@ -24,6 +24,7 @@ from org.errors import InputError
 from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, fmt_metric, history_table
 from org.review import Pass, review_change
+from org.rules import SEED_NAMES
 from org.runner import metric_from, parse_number, run_command
 from org.sandbox import Limits, run_sandboxed
 from org.smoke import smoke_reason
@@ -158,6 +159,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     # knob mode offers only moves memory has not seen from the current values: with a base model
     # the grammar, not the prompt, is what keeps it from proposing a known result again
     tried = lab.tried_moves(source, knobs) if mode == "knob" else set()
+    tried |= {(k.name, m) for k in knobs if SEED_NAMES.search(k.name) for m in k.moves}  # rules: noise
     offered = offered_moves(knobs, tried)
     variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
         experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
@@ -388,7 +390,7 @@ def knob_listing(knobs: list[Any], offered: dict[str, tuple[str, ...]] | None = 
     knobs whose every move was tried from here; string knobs are not movable."""
     lines = []
     for k in knobs:
-        if not k.moves:
+        if not k.moves or SEED_NAMES.search(k.name):
             moves = "fixed"
         elif offered is not None and k.name not in offered:
             moves = "all tried from this value"

@@ -197,6 +197,9 @@ def test_a_move_back_to_files_already_run_is_not_offered(tmp_path):
     """LR 0.01 -> 0.02 kept; LR x0.5 from there would re-run the baseline's exact files: new to
     memory as a move (0.02->0.01), but the ledger has the result, so it is not offered."""
     program = make_repo(tmp_path / "repo", smoke_timeout_s="null")
+    train = tmp_path / "repo" / "target" / "train.py"
+    train.write_text(train.read_text().replace("LR = 0.01", "SEED = 42  # random seed\nLR = 0.01"))
+    _git(tmp_path / "repo", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "seed knob")
     client = ScriptedClient(
         script={"proposer": [knob("LR", "x2"), knob("LR", "x0.5"), knob("DEPTH", "+1")]},
         default={"director": DIRECTIVE, "reviewer": APPROVE},
@@ -205,6 +208,8 @@ def test_a_move_back_to_files_already_run_is_not_offered(tmp_path):
     calls = [s for s in client.sent if s["role"] == "proposer"]
     assert "x0.5" not in calls[1]["schema"].knob_moves["LR"]
     assert "x1.5" in calls[1]["schema"].knob_moves["LR"]  # 0.03 was never run: still offered
+    assert "SEED" not in calls[0]["schema"].knob_moves  # a seed move is noise: never offered
+    assert "SEED = 42  # random seed  [moves: fixed]" in calls[0]["messages"][0]["content"]
     rows = Ledger(c.campaign_dir("back") / "ledger.db").experiments()
     assert [r["description"] for r in rows] == ["baseline", "LR x2: 0.01 -> 0.02", "DEPTH +1: 4 -> 5"]
 
