@@ -6,7 +6,7 @@ provides the variables they may use (`VARIABLES`) and the pydantic models their 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,9 @@ class Review(BaseModel):
     reason: str = Field(pattern=one_line(160), description="one sentence: why approve or reject")
 
 
+CONFIDENCE = {"low": 0.25, "medium": 0.5, "high": 0.75}
+
+
 class LessonOut(BaseModel):
     """One lesson as a model writes it: memory.LessonDraft's fields a model can judge, bounded."""
 
@@ -83,10 +86,12 @@ class LessonOut(BaseModel):
     note_ids: list[int] = Field(min_length=1, max_length=12, description="ids of the notes it merges")
     knob_move: str | None = Field(default=None, pattern=one_line(60), description="the knob move, if any")
     effect: Effect = "unclear"
-    confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    # words, not a float: llama.cpp's JSON-schema grammar does not bound numbers, and a base model
+    # wrote confidence 5 (a closed choice is what a grammar can enforce)
+    confidence: Literal["low", "medium", "high"] = "medium"
 
     def draft(self) -> LessonDraft:
-        return LessonDraft(**self.model_dump())
+        return LessonDraft(**{**self.model_dump(), "confidence": CONFIDENCE[self.confidence]})
 
 
 class Lessons(BaseModel):

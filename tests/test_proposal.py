@@ -184,3 +184,16 @@ def test_tried_moves_leave_the_schema_until_none_are_left():
         schema.model_validate({"hypothesis": "faster", "knob": "LR", "move": "x2"})
     everything = {(k.name, m) for k in knobs for m in k.moves}
     assert offered_moves(knobs, everything) == {k.name: k.moves for k in knobs}  # all tried: all again
+
+
+def test_every_model_written_number_is_a_closed_choice():
+    """llama.cpp's JSON-schema grammar bounds strings and enums, not numbers: the compactor's
+    confidence is a word the grammar can enforce (a base model once wrote 5 for a 0..1 float)."""
+    from org.prompts import Lessons, LessonOut
+
+    schema = Lessons.model_json_schema()
+    assert schema["$defs"]["LessonOut"]["properties"]["confidence"]["enum"] == ["low", "medium", "high"]
+    out = LessonOut(text="deeper is slower", note_ids=[1, 2], confidence="high")
+    assert out.draft().confidence == 0.75
+    with pytest.raises(ValidationError):
+        LessonOut(text="x", note_ids=[1], confidence=5)
