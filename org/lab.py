@@ -122,9 +122,14 @@ class Lab:
     def duplicate(self, knob_move: str | None, diff: str | None, text: str) -> str | None:
         """Rejection reason if memory holds this change already (a keep elsewhere may be redone)."""
         note = self.memory.check_duplicate(self.target, knob_move, diff, text)
-        if note is None or (note.status == "keep" and note.campaign != self.tag):
+        if note is None or not self._blocks(note):
             return None
         return f"repeats an earlier experiment: {note.to_prompt()}"
+
+    def _blocks(self, note: Any) -> bool:
+        """A noted experiment blocks a repeat, except a keep from another campaign (one campaign's
+        keep may be redone in another)."""
+        return not (note.status == "keep" and note.campaign != self.tag)
 
     def files_key(self, commit: str) -> tuple[str, ...]:
         """sha256 of each editable file at `commit`: two commits with the same key run the same code."""
@@ -166,7 +171,7 @@ class Lab:
         notes = self.memory.tried_knob_moves(self.target, list(absolute.values()))
         for pair, move in absolute.items():
             note = notes.get(normalize_knob_move(move))
-            if note is not None and not (note.status == "keep" and note.campaign != self.tag):
+            if note is not None and self._blocks(note):
                 tried.add(pair)
         return tried
 
