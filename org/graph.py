@@ -227,7 +227,7 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
 
 
 def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "__end__"]]:
-    """Scope, syntax, static rules, smoke run, duplicate and peer review before any run is spent."""
+    """Scope, syntax, static rules, duplicate, smoke run and peer review before any run is spent."""
     lab = runtime.context
     lab.progress(phase="vet", n=state["n"])
     p = state["proposal"]

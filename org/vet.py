@@ -1,6 +1,6 @@
 """Vet a committed change before it may spend a run. Cheapest gate first; the first rejection wins.
 
-    scope -> syntax -> rules (static AST) -> duplicate (memory) -> smoke (sandboxed CPU run) -> review (LLM)
+    scope -> syntax -> rules (static AST) -> duplicate (ledger, memory) -> smoke (sandboxed CPU run) -> review (LLM)
 
 A gate is a function `(VetInput) -> str | None` returning a rejection reason (a `review.Pass`
 string means passed with a recorded warning). The static gates are listed in `GATES`; the smoke
