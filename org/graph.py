@@ -20,10 +20,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from memory.notes import experiment_text
-from org.errors import InputError
+from org.errors import InputError, ModelError
 from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, fmt_metric, history_table
-from org.review import Pass, review_change
+from org.review import Pass, advisory_only, review_change
 from org.rules import SEED_NAMES
 from org.runner import metric_from, parse_number, run_command
 from org.sandbox import Limits, run_sandboxed
@@ -243,9 +243,16 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
         return lab.duplicate(knob, None if knob else v.diff, text)
 
     def review(v: VetInput) -> str | None:
+        role = lab.org.roles["reviewer"]
+        try:
+            first = lab.models.first_choice(role)
+        except ModelError as e:
+            return Pass(f"reviewer unavailable, change not reviewed (fail-open): {e}")
+        if skipped := advisory_only(role.spec.model, first):
+            return skipped
         reason = review_change(lab.call, state["n"], p["hypothesis"], p["description"], v.diff,
                                fmt_metric(state["best_metric"]), lab.memory_context(p["hypothesis"], 600),
-                               primary_model=lab.org.roles["reviewer"].spec.model)  # fmt: skip
+                               primary_model=role.spec.model)  # fmt: skip
         if isinstance(reason, Pass) and reason.startswith("advisory"):
             model, _, why = reason.removeprefix("advisory rejection from fallback reviewer ").partition(": ")
             lab.log.info("review_advisory", exp=state["n"], model=model, reason=why)

@@ -28,6 +28,8 @@ class StructuredClient(Protocol):
 
     def structured(self, role: Any, messages: list[dict], schema: type[BaseModel]) -> Any: ...
 
+    def first_choice(self, role: Any) -> str: ...
+
 
 def absolute_move(description: str) -> str:
     """'DEPTH x2: 4 -> 8' -> 'DEPTH 4->8': memory compares absolute moves across keeps."""

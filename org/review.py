@@ -4,6 +4,8 @@ Policy: fail CLOSED when the reviewer answers but gives no valid verdict (the ch
 and the reason recorded), fail OPEN only when the reviewer model is unavailable (transport
 failure of primary and fallback, `ModelError`): the change proceeds and the gate records a
 warning. The other gates, the smoke run and the sandbox still stand between it and the run.
+The reviewer's fallback model only advises (its rejections are logged, not enforced), so it is
+not asked at all when the client knows in advance that the primary cannot answer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from org.untrusted import neutralise
 
 class Pass(str):
     """A gate result meaning: passed, with this warning recorded."""
+
+
+def advisory_only(primary_model: str, first_choice: str) -> Pass | None:
+    """A Pass when the client already knows the reviewer's fallback would answer (the primary has
+    no key or is cooling down after an outage): its verdict could only advise, so asking it is
+    seconds of a local model per proposal that cannot change the outcome."""
+    if first_choice == primary_model:
+        return None
+    return Pass(f"reviewer {primary_model} unavailable and fallback {first_choice} could only "
+                "advise, so the change was not reviewed (fail-open)")
 
 
 def review_change(call: Callable[..., Any], experiment: int, hypothesis: str, description: str,

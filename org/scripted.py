@@ -24,14 +24,21 @@ class ScriptedClient:
 
     def __init__(self, script: dict[str, Iterable[Answer]] | None = None,
                  default: dict[str, Answer] | None = None, cost_usd: float = 0.0,
-                 answered_by: dict[str, str] | None = None):  # fmt: skip
+                 answered_by: dict[str, str] | None = None, down: set[str] | None = None):  # fmt: skip
         self.queues = {kind: deque(items) for kind, items in (script or {}).items()}
         self.default = default or {}
         self.cost_usd = cost_usd
         self.answered_by = answered_by or {}  # role kind -> model to report (e.g. a fallback)
+        self.down = down or set()  # role kinds whose primary is known to be down before a call
         self.sent: list[dict[str, Any]] = []  # {"role", "messages", "schema"} per call
 
-    # The record says the role's primary model answered, as a real client would when it is up.
+    def first_choice(self, role: Any) -> str:
+        if role.name in self.down and role.spec.fallback:
+            return role.spec.fallback
+        return role.spec.model
+
+    # The record names the model first_choice gives (the primary unless the role is in `down`)
+    # unless `answered_by` overrides it (a primary that failed during the call).
     def structured(self, role: Any, messages: list[dict], schema: type[BaseModel]) -> StructuredResult:
         kind = role.name  # role files are named after their kind (proposer.md, ...)
         self.sent.append({"role": kind, "messages": messages, "schema": schema})
@@ -51,7 +58,7 @@ class ScriptedClient:
                 value, error = schema.model_validate(data), None
             except ValidationError as e:
                 error = f"scripted answer does not fit {schema.__name__}: {e.errors()[0]['msg']}"
-        record = CallRecord(role=kind, model_requested=role.spec.model, model_used=self.answered_by.get(kind, role.spec.model),
+        record = CallRecord(role=kind, model_requested=role.spec.model, model_used=self.answered_by.get(kind, self.first_choice(role)),
                             ok=value is not None, attempts=1, prompt_tokens=0, completion_tokens=0,
                             cost_usd=self.cost_usd, seconds=0.0, error=error)  # fmt: skip
         return StructuredResult(value=value, record=record)

@@ -123,6 +123,21 @@ def test_fallback_reviewer_only_advises(tmp_path):
     assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
 
 
+def test_reviewer_known_down_is_not_asked(tmp_path):
+    """When only the reviewer's fallback could answer, its verdict could only advise: the call is
+    skipped, and the gate records that the change went unreviewed."""
+    program = make_repo(tmp_path / "repo")
+    client = ScriptedClient(script={"proposer": [knob("LR", "x2")]},
+                            default={"director": DIRECTIVE, "reviewer": {"approve": False, "reason": "meh"}},
+                            down={"reviewer"})  # fmt: skip
+    c.start(program, ROLES / "tiered", tag="rd", max_experiments=1, models=client)
+    ledger = Ledger(c.campaign_dir("rd") / "ledger.db")
+    assert [r["status"] for r in ledger.experiments()] == ["keep", "keep"]
+    assert "reviewer" not in [s["role"] for s in client.sent]
+    review = [g for g in ledger.gates() if g["gate"] == "review"]
+    assert len(review) == 1 and review[0]["ok"] and "not reviewed (fail-open)" in review[0]["reason"]
+
+
 def test_resume_finished_campaign_extends_only_when_asked(tmp_path):
     program = make_repo(tmp_path / "repo")
     client = ScriptedClient(script={"proposer": [knob("LR", "x2"), knob("USE_GATE", "toggle")]},

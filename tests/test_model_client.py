@@ -116,6 +116,23 @@ def test_missing_key_uses_fallback_without_calling_primary(tmp_path: Path) -> No
     assert len(fake.sent) == 1
 
 
+def test_first_choice_is_the_fallback_only_when_the_primary_cannot_answer(tmp_path: Path, monkeypatch) -> None:
+    lt = litellm_module()
+    client = ModelClient(transport_attempts=1, backoff_s=0)
+    keyed = load_role(role_file(tmp_path, "anthropic/claude-haiku-4-5", "scripted/b"))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert client.first_choice(keyed) == "scripted/b"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert client.first_choice(keyed) == "anthropic/claude-haiku-4-5"
+    path = role_file(tmp_path, "scripted/p", "scripted/q")
+    assert client.first_choice(load_role(path)) == "scripted/p"
+    install_scripted(lt.APIConnectionError(message="refused", llm_provider="scripted", model="p"), GOOD)
+    ask(client, path)  # the primary fails, the fallback answers
+    assert client.first_choice(load_role(path)) == "scripted/q"  # cooling down
+    with pytest.raises(ModelError, match="OPENAI_API_KEY"):
+        client.first_choice(load_role(role_file(tmp_path, "openai/gpt-4o-mini")))
+
+
 def test_total_outage_raises_model_error_and_records(tmp_path: Path) -> None:
     lt = litellm_module()
     install_scripted(*[lt.APIConnectionError(message="down", llm_provider="s", model="x")] * 2)

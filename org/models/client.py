@@ -111,7 +111,11 @@ class _Call:
         self.cost = 0.0
         self.model_used = role.spec.model
         self.error: str | None = None
-        self.response_format = {
+
+    @property
+    def response_format(self) -> dict[str, Any]:
+        schema = self.schema
+        return {
             "type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
         }
@@ -122,8 +126,8 @@ class _Call:
         usable = []
         for model in models:
             key = missing_key(model)
-            if key:
-                self._note_down(model, f"{key} is not set")
+            if key:  # checked on every call, so setting the key later takes effect at once
+                self._warn_unavailable(model, f"{key} is not set")
             elif model in _down and _down[model][0] > time.monotonic():
                 self.error = f"{model}: {_down[model][1]} (recently)"
             else:
@@ -133,8 +137,11 @@ class _Call:
         return usable
 
     def _note_down(self, model: str, reason: str) -> None:
-        self.error = f"{model}: {reason}"
         _down[model] = (time.monotonic() + OUTAGE_COOLDOWN_S, reason)
+        self._warn_unavailable(model, reason)
+
+    def _warn_unavailable(self, model: str, reason: str) -> None:
+        self.error = f"{model}: {reason}"
         fb = self.role.spec.fallback
         nxt = f"; using fallback {fb}" if fb and fb != model else ""
         _warn_once(model, f"{self.role.path}: model {model} unavailable ({reason}){nxt}")
@@ -223,6 +230,11 @@ class ModelClient:
     def _give_up(self, call: _Call) -> ModelError:
         self._emit(call, None)
         return ModelError(f"{call.role.path}: model: {call.error}")
+
+    def first_choice(self, role: Role) -> str:
+        """The model a call for `role` would try first now: its primary, unless the primary's key
+        is missing or it is cooling down after an outage. Raises ModelError when none is usable."""
+        return _Call(role, [], BaseModel).candidates()[0]
 
     def structured(self, role: Role, messages: list[dict], schema: type[T]) -> StructuredResult[T]:
         call = _Call(role, messages, schema)
