@@ -116,12 +116,18 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
         from org.knobs import set_knobs
 
         set_knobs(source, program.spec.knobs, program.path)
-    if (proposer.spec.mode or "knob") == "knob":
-        from org.proposal import parse_knobs
+    knob_mode = (proposer.spec.mode or "knob") == "knob"
+    if not (knob_mode or program.spec.fixed_knobs or program.spec.knob_ranges):
+        return program, org  # edit mode on a target that need not have knobs at all
+    from org.proposal import parse_knobs
 
-        if not parse_knobs(source):
-            raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
-                             "knob constants, but the proposer works in knob mode")  # fmt: skip
+    names = {k.name for k in parse_knobs(source, program.knob_path)}
+    for field, named in (("fixed_knobs", program.spec.fixed_knobs), ("knob_ranges", program.spec.knob_ranges)):
+        if unknown := [n for n in named if n not in names]:
+            raise InputError(program.path, field, f"{', '.join(unknown)}: no such knob in {program.knob_path}")
+    if knob_mode and not names:
+        raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
+                         "knob constants, but the proposer works in knob mode")  # fmt: skip
     return program, org
 
 

@@ -24,7 +24,6 @@ from org.errors import InputError, ModelError
 from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, fmt_metric, history_table
 from org.review import Pass, advisory_only, review_change
-from org.rules import SEED_NAMES
 from org.runner import metric_from, parse_number, run_command
 from org.sandbox import Limits, run_sandboxed
 from org.smoke import smoke_reason
@@ -122,11 +121,9 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
     """The director reads the whole record and sets the proposers' direction."""
     lab = runtime.context
     lab.progress(phase="direct", n=state["n"])
-    from org.proposal import parse_knobs
-
     rows = lab.ledger.experiments()
     fails = [f"{f['stage']}: {f['reason']}" for f in lab.ledger.failures(limit=10)]
-    knobs = knob_listing(parse_knobs(lab.workspace.read(lab.program.knob_path)))
+    knobs = knob_listing(lab.knobs(lab.workspace.read(lab.program.knob_path)))
     res = lab.call(
         "director", state["n"], Directive, experiment=state["n"], history=history_table(rows, 40),
         knobs=knobs,
@@ -148,18 +145,17 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
 
 def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
     """The proposer picks one change: a knob move (closed choices) or search/replace edits."""
-    from org.proposal import EditProposal, knob_schema, offered_moves, parse_knobs
+    from org.proposal import EditProposal, knob_schema, offered_moves
 
     lab = runtime.context
     lab.progress(phase="propose", n=state["n"])
     role = lab.org.roles["proposer"]
     mode = role.spec.mode or "knob"
     source = lab.workspace.read(lab.program.knob_path)
-    knobs = parse_knobs(source)
+    knobs = lab.knobs(source)
     # knob mode offers only moves memory has not seen from the current values: with a base model
     # the grammar, not the prompt, is what keeps it from proposing a known result again
     tried = lab.tried_moves(source, knobs) if mode == "knob" else set()
-    tried |= {(k.name, m) for k in knobs if SEED_NAMES.search(k.name) for m in k.moves}  # rules: noise
     offered = offered_moves(knobs, tried)
     variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
         experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
@@ -397,7 +393,7 @@ def knob_listing(knobs: list[Any], offered: dict[str, tuple[str, ...]] | None = 
     knobs whose every move was tried from here; string knobs are not movable."""
     lines = []
     for k in knobs:
-        if not k.moves or SEED_NAMES.search(k.name):
+        if not k.moves:
             moves = "fixed"
         elif offered is not None and k.name not in offered:
             moves = "all tried from this value"

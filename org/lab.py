@@ -153,6 +153,16 @@ class Lab:
         return (f"the same files already ran as experiment #{row['n']} ({row['description']}: "
                 f"{row['status']}, {self.program.spec.metric} {row['metric']})")  # fmt: skip
 
+    def knobs(self, source: str) -> list[Any]:
+        """The knob file's knobs within the program's search space (seed knobs never move: a seed
+        change is noise, and the rules reject it anyway)."""
+        from org.proposal import parse_knobs, within
+        from org.rules import SEED_NAMES
+
+        spec = self.program.spec
+        fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name))
+        return within(parse_knobs(source, self.program.knob_path), fixed, spec.knob_ranges)
+
     def tried_moves(self, source: str, knobs: list[Any]) -> set[tuple[str, str]]:
         """(knob, move) pairs that would reach a value memory already holds from this value, or
         files this campaign already ran: the duplicate gate would reject them, so the proposer is

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import frontmatter
 import yaml
@@ -80,6 +80,10 @@ class ProgramSpec(BaseModel):
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     stop: StopSpec = StopSpec()
     knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline
+    # Knob mode's search space: knobs never moved (no effect on the metric, or not research), and
+    # [lo, hi] ranges a knob move may not leave. Seed knobs are never moved in any case.
+    fixed_knobs: list[str] = []
+    knob_ranges: dict[str, tuple[float, float]] = {}
 
     @field_validator("env")
     @classmethod
@@ -89,13 +93,21 @@ class ProgramSpec(BaseModel):
                 raise ValueError(f"env {key!r} looks like a secret; experiments never get secrets")
         return env
 
-    @field_validator("knobs")
+    @field_validator("knobs", "fixed_knobs", "knob_ranges")
     @classmethod
-    def _knob_names_upper(cls, knobs: dict[str, KnobValue]) -> dict[str, KnobValue]:
+    def _knob_names_upper(cls, knobs: Any) -> Any:
         for key in knobs:
             if not key.isupper():
                 raise ValueError(f"knob {key!r} must be an UPPER_CASE constant name")
         return knobs
+
+    @field_validator("knob_ranges")
+    @classmethod
+    def _ranges_ordered(cls, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for key, (lo, hi) in ranges.items():
+            if not lo < hi:
+                raise ValueError(f"knob_ranges {key}: [{lo}, {hi}] is empty; write [lo, hi] with lo < hi")
+        return ranges
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -47,13 +48,31 @@ class Knob:
     col: int  # byte offsets of the value expression on its line
     end_col: int
     expr: str  # the value as written (`2**19`, `3e-4`)
+    allowed: tuple[str, ...] | None = None  # set by `within`: the program's search space
 
     @property
     def moves(self) -> tuple[str, ...]:
         """The moves that change this knob's value (a schema offers only these)."""
+        if self.allowed is not None:
+            return self.allowed
         if self.type == "float" and self.value == 0:
             return ZERO_FLOAT_MOVES
         return tuple(m for m in MOVES_BY_TYPE[self.type] if _moved(self, m) != self.value)
+
+
+def within(knobs: list[Knob], fixed: Callable[[str], bool],
+           ranges: dict[str, tuple[float, float]]) -> list[Knob]:  # fmt: skip
+    """The knobs restricted to a program's search space: a `fixed` knob has no moves, and a move
+    whose new value leaves the knob's [lo, hi] range is not offered (a momentum of 1.9 is a
+    crash, not an experiment)."""
+    out = []
+    for k in knobs:
+        moves = () if fixed(k.name) else k.moves
+        if k.name in ranges and k.type in ("int", "float"):
+            lo, hi = ranges[k.name]
+            moves = tuple(m for m in moves if lo <= _moved(k, m) <= hi)
+        out.append(replace(k, allowed=moves))
+    return out
 
 
 def _const(node: ast.AST) -> Any:

@@ -76,6 +76,19 @@ def test_unknown_knob_override(tmp_path, existing, capsys):
     assert not c.campaign_dir("new").exists()  # nothing left behind: the tag is reusable
 
 
+@pytest.mark.parametrize("front, field, words", [
+    ({"fixed_knobs": "[WIDTH]"}, "fixed_knobs", "WIDTH: no such knob"),
+    ({"knob_ranges": "{LR: [0.1, 0.01]}"}, "knob_ranges", "is empty"),
+    ({"knob_ranges": "{depth: [1, 8]}"}, "knob_ranges", "UPPER_CASE"),
+])
+def test_bad_search_space(tmp_path, existing, capsys, front, field, words):
+    program = make_repo(tmp_path / "r", **front)
+    code, err = _cli(["campaign", "--program", str(program), "--org", str(ROLES / "tiered"),
+                      "--tag", "new"], capsys)
+    assert code == 2 and str(program) in err and field in err and words in err
+    assert _digest("old") == existing[1] and not c.campaign_dir("new").exists()
+
+
 def test_metric_never_printed(tmp_path, existing, capsys):
     program = make_repo(tmp_path / "r", metric="val_loss")
     code, err = _cli(["campaign", "--program", str(program), "--org", str(ROLES / "tiered"),

@@ -123,6 +123,19 @@ def test_fallback_reviewer_only_advises(tmp_path):
     assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
 
 
+def test_program_search_space_bounds_what_the_proposer_is_offered(tmp_path):
+    program = make_repo(tmp_path / "repo", fixed_knobs="[USE_GATE, SLEEP_S]", knob_ranges="{LR: [0.006, 0.015]}")
+    client = ScriptedClient(script={"proposer": [knob("DEPTH", "+1")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
+    c.start(program, ROLES / "tiered", tag="sp", max_experiments=1, models=client)
+    sent = next(s for s in client.sent if s["role"] == "proposer")
+    assert set(sent["schema"].knob_moves) == {"DEPTH", "LR"} and sent["schema"].knob_moves["LR"] == ("x1.5", "x0.67")
+    prompt = sent["messages"][0]["content"]
+    assert "USE_GATE = False  # gated units  [moves: fixed]" in prompt
+    director = next(s for s in client.sent if s["role"] == "director")["messages"][0]["content"]
+    assert "SLEEP_S = 0.0  # pretend to train this long  [moves: fixed]" in director
+
+
 def test_reviewer_known_down_is_not_asked(tmp_path):
     """When only the reviewer's fallback could answer, its verdict could only advise: the call is
     skipped, and the gate records that the change went unreviewed."""

@@ -14,6 +14,7 @@ from org.proposal import (
     knob_schema,
     offered_moves,
     parse_knobs,
+    within,
 )
 
 TRAIN = '''"""Editable target."""
@@ -184,6 +185,20 @@ def test_tried_moves_leave_the_schema_until_none_are_left():
         schema.model_validate({"hypothesis": "faster", "knob": "LR", "move": "x2"})
     everything = {(k.name, m) for k in knobs for m in k.moves}
     assert offered_moves(knobs, everything) == {k.name: k.moves for k in knobs}  # all tried: all again
+
+
+def test_search_space_fixes_knobs_and_keeps_moves_in_range():
+    knobs = parse_knobs("DEPTH = 4  # blocks\nMOM = 0.9  # momentum\nSEED = 1  # seed\nGATE = True  # gate\n")
+    space = {k.name: k for k in within(knobs, lambda n: n in {"SEED", "GATE"}, {"MOM": (0.5, 0.99), "DEPTH": (2, 6)})}
+    assert space["SEED"].moves == () and space["GATE"].moves == ()
+    assert space["MOM"].moves == ("x0.67",)  # 1.8, 0.45 and 1.35 leave [0.5, 0.99]
+    assert space["DEPTH"].moves == ("x0.5", "x1.5", "x0.67", "+1", "-1")  # x2 (8) leaves [2, 6]
+    schema = knob_schema(list(space.values()))
+    assert set(schema.knob_moves) == {"MOM", "DEPTH"}
+    with pytest.raises(ValidationError):
+        schema.model_validate({"hypothesis": "h", "knob": "MOM", "move": "x2"})
+    everything = {(k.name, m) for k in space.values() for m in k.moves}
+    assert offered_moves(list(space.values()), everything) == {"DEPTH": space["DEPTH"].moves, "MOM": ("x0.67",)}
 
 
 def test_every_model_written_number_is_a_closed_choice():
