@@ -204,7 +204,7 @@ def test_search_space_fixes_knobs_and_keeps_moves_in_range():
 def test_every_model_written_number_is_a_closed_choice():
     """llama.cpp's JSON-schema grammar bounds strings and enums, not numbers: the compactor's
     confidence is a word the grammar can enforce (a base model once wrote 5 for a 0..1 float)."""
-    from org.prompts import Lessons, LessonOut
+    from org.prompts import LessonOut, Lessons
 
     schema = Lessons.model_json_schema()
     assert schema["$defs"]["LessonOut"]["properties"]["confidence"]["enum"] == ["low", "medium", "high"]
