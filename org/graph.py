@@ -162,8 +162,9 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
         baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=_keep_rate(lab),
         history=history_table(lab.ledger.experiments(), 15), directive=state["directive"],
         feedback=list(state["feedback"]), knobs=knob_listing(knobs, offered),
+        knob_guide=knob_guide(knobs), knob_values=knob_values(knobs, offered),
         moves=", ".join(dict.fromkeys(m for moves in offered.values() for m in moves)),
-        memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 800),
+        memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 500),
     )  # fmt: skip
     if mode == "edit":
         variables["files"] = {p: lab.workspace.read(lab.program.target_path(p))
@@ -388,19 +389,32 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
 # ---- helpers used by the nodes above -----------------------------------------------------------
 
 
+def _moves(k: Any, offered: dict[str, tuple[str, ...]] | None) -> str:
+    if not k.moves:
+        return "fixed"
+    if offered is not None and k.name not in offered:
+        return "all tried from this value"
+    return ", ".join(offered[k.name] if offered is not None else k.moves)
+
+
 def knob_listing(knobs: list[Any], offered: dict[str, tuple[str, ...]] | None = None) -> str:
     """One knob per line: `NAME = value  # comment  [moves: ...]`. `offered` (knob -> moves) marks
     knobs whose every move was tried from here; string knobs are not movable."""
-    lines = []
-    for k in knobs:
-        if not k.moves:
-            moves = "fixed"
-        elif offered is not None and k.name not in offered:
-            moves = "all tried from this value"
-        else:
-            moves = ", ".join(offered[k.name] if offered is not None else k.moves)
-        lines.append(f"{k.name} = {k.expr}  # {k.comment}  [moves: {moves}]")
-    return "\n".join(lines)
+    return "\n".join(f"{k.name} = {k.expr}  # {k.comment}  [moves: {_moves(k, offered)}]" for k in knobs)
+
+
+# A local model re-reads only the part of a prompt after the first change since its last call
+# (llama.cpp reuses the KV cache of a shared prefix): the proposer's template puts what stays the
+# same (the knobs and their meaning, the append-only history) before what moves every experiment
+# (current values and offered moves, memory), so a proposal costs ~1k prompt tokens, not ~2k.
+def knob_guide(knobs: list[Any]) -> str:
+    """One knob per line: `NAME: comment`, `(fixed)` when it never moves. Stable within a campaign."""
+    return "\n".join(f"{k.name}: {k.comment}" + ("" if k.moves else "  (fixed)") for k in knobs)
+
+
+def knob_values(knobs: list[Any], offered: dict[str, tuple[str, ...]]) -> str:
+    """One movable knob per line: `NAME = value  [moves: ...]`, the moves offered from here."""
+    return "\n".join(f"{k.name} = {k.expr}  [moves: {_moves(k, offered)}]" for k in knobs if k.moves)
 
 
 def timed(name: str, fn: Any) -> Any:

@@ -30,6 +30,8 @@ VARIABLES: dict[str, str] = {
     "memory": "notes from memory relevant to this target (may be '')",
     "mode": "'knob' or 'edit'",
     "knobs": "the knob constants of the target file, one per line with comments",
+    "knob_guide": "each knob with its comment, one per line: stable, for a prompt's cached head",
+    "knob_values": "each movable knob's current value and the moves offered from it",
     "moves": "allowed knob moves, comma separated",
     "editable": "list of editable file paths",
     "files": "dict path -> current content of editable files (edit mode)",

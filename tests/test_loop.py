@@ -131,7 +131,8 @@ def test_program_search_space_bounds_what_the_proposer_is_offered(tmp_path):
     sent = next(s for s in client.sent if s["role"] == "proposer")
     assert set(sent["schema"].knob_moves) == {"DEPTH", "LR"} and sent["schema"].knob_moves["LR"] == ("x1.5", "x0.67")
     prompt = sent["messages"][0]["content"]
-    assert "USE_GATE = False  # gated units  [moves: fixed]" in prompt
+    assert "USE_GATE: gated units  (fixed)" in prompt and "LR = 0.01  [moves: x1.5, x0.67]" in prompt
+    assert "USE_GATE = " not in prompt  # only movable knobs get a value line
     director = next(s for s in client.sent if s["role"] == "director")["messages"][0]["content"]
     assert "SLEEP_S = 0.0  # pretend to train this long  [moves: fixed]" in director
 
@@ -237,7 +238,7 @@ def test_a_move_back_to_files_already_run_is_not_offered(tmp_path):
     assert "x0.5" not in calls[1]["schema"].knob_moves["LR"]
     assert "x1.5" in calls[1]["schema"].knob_moves["LR"]  # 0.03 was never run: still offered
     assert "SEED" not in calls[0]["schema"].knob_moves  # a seed move is noise: never offered
-    assert "SEED = 42  # random seed  [moves: fixed]" in calls[0]["messages"][0]["content"]
+    assert "SEED: random seed  (fixed)" in calls[0]["messages"][0]["content"]
     rows = Ledger(c.campaign_dir("back") / "ledger.db").experiments()
     assert [r["description"] for r in rows] == ["baseline", "LR x2: 0.01 -> 0.02", "DEPTH +1: 4 -> 5"]
 
