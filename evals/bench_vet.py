@@ -1,13 +1,16 @@
 """Vetting benchmark: red-team block rate, legit false rejections, smoke-gate seconds on the cpu
 preset, and the crash rate of full runs with a proposer that breaks 30 % of its diffs.
 
-    python evals/bench_vet.py [--proposals 40] [--smoke-reps 3] [--seed 0]
+    python evals/bench_vet.py [--proposals 200] [--late-share 0.05] [--smoke-reps 3] [--seed 0]
 
 The crash-rate campaign uses a tiny fast target (a stand-in train.py that "trains" 50 steps in
-0.2 s, 20 in the smoke run, and prints a summary block), not the real trainer, so 2 x 40 full runs
-finish in minutes on 2 cores. One break in seven diverges only after the smoke run's steps. Each
-proposal goes through the real vet gates (org.vet.vet incl. the sandboxed smoke run) and then a
-real sandboxed run; with vetting off every proposal is run. Prints a `---` + `key: value` summary.
+0.2 s, 20 in the smoke run, and prints a summary block), not the real trainer, so 2 x 200 full
+runs finish in minutes on 2 cores. 30 % of proposals are broken code (BREAKS); a further
+`--late-share` are sound experiments that diverge only after the smoke run's steps, which the vet
+must let through: the target (<= 2 %) is on crashes from broken diffs, and the crash rate with
+late divergence included is printed next to it. Each proposal goes through the real vet gates
+(org.vet.vet incl. the sandboxed smoke run) and then a real sandboxed run; with vetting off every
+proposal is run. Prints a `---` + `key: value` summary.
 """
 
 from __future__ import annotations
@@ -43,17 +46,21 @@ metric = 1 + 0.1 * (math.log10(LR) + 1.5) ** 2 + 0.01 * (DEPTH - 4) ** 2
 print("---")
 print(f"val_bpb: {{metric:.6f}}")
 '''
-BREAKS = [  # what a careless proposer writes: each crashes the full run
+BREAKS = [  # what a careless proposer writes: broken code, each crashes the full run
     "x = undefined_name + 1",
     "import not_a_module",
     "y = [1, 2][5]",
     "z = 1 / (DEPTH - DEPTH)",
     "def f(:\n    pass",
     "raise SystemExit('FAIL: loss is nan')",
-    # diverges late (a learning rate that only blows up after warm-up): the smoke run, a few steps
-    # long, cannot see it. Kept in so the vetted crash rate is an honest number, not 0 by design.
-    "if steps > 20:\n    raise SystemExit(f'FAIL: loss is nan at step {steps}')",
+    "w = {'depth': DEPTH}['width']",
+    "v = [1, 2] + DEPTH",
 ]
+# Not a broken diff: a legitimate experiment (say a learning rate that blows up only after
+# warm-up) that fails after more steps than the smoke run takes. The vet must let it through (a
+# gate that rejected it would reject legit changes too), so it crashes its full run. Measured
+# and reported separately; `--late-share` sets how many proposals are like this.
+LATE_DIVERGENCE = "if steps > 20:\n    raise SystemExit(f'FAIL: loss is nan at step {steps}')"
 
 
 def tiny_repo(root: Path) -> Path:
@@ -75,7 +82,8 @@ def tiny_repo(root: Path) -> Path:
     return root / "programs" / "tiny.md"
 
 
-def crash_campaign(n: int, vetting: bool, seed: int) -> dict[str, float]:
+def crash_campaign(n: int, vetting: bool, seed: int, late_share: float) -> dict[str, int]:
+    """`n` proposals: 30 % broken (BREAKS), `late_share` late-diverging, the rest sound."""
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="nightlab-benchvet-"))
     try:
@@ -83,10 +91,12 @@ def crash_campaign(n: int, vetting: bool, seed: int) -> dict[str, float]:
         ws = Workspace(root)
         base = ws.head()
         protected = file_hashes(root, prog.protected_paths)
-        runs = crashes = rejected = 0
+        out = dict.fromkeys(["runs", "crashes", "rejected", "broken_runs", "broken_crashes",
+                             "late_runs", "late_crashes", "sound_rejected"], 0)  # fmt: skip
         for i in range(n):
-            broken = rng.random() < 0.30
-            body = rng.choice(BREAKS) if broken else ""
+            roll = rng.random()
+            kind = "broken" if roll < 0.30 else "late" if roll < 0.30 + late_share else "sound"
+            body = rng.choice(BREAKS) if kind == "broken" else LATE_DIVERGENCE if kind == "late" else ""
             src = TINY.format(lr=round(0.01 * rng.choice([0.5, 1.5, 2, 3]), 4), depth=rng.choice([3, 4, 5]), body=body)
             ws.reset(base)
             ws.write(prog.target_path("train.py"), src)
@@ -94,13 +104,18 @@ def crash_campaign(n: int, vetting: bool, seed: int) -> dict[str, float]:
             if vetting:
                 v = VetInput(ws, prog, base, protected, "bench", None, log_dir=root / "logs" / f"v{i}")
                 if not vet(v).ok:
-                    rejected += 1
+                    out["rejected"] += 1
+                    out["sound_rejected"] += kind != "broken"
                     continue
             res = run_sandboxed(prog.spec.run, root, prog.spec.env, Limits(prog.run_timeout_s),
                                 root / "logs" / f"r{i}.log", protected=protected, bounds=prog.spec.bounds)  # fmt: skip
-            runs += 1
-            crashes += res.rejected or res.returncode != 0 or "val_bpb" not in res.summary
-        return {"runs": runs, "crashes": crashes, "rejected": rejected}
+            crashed = res.rejected or res.returncode != 0 or "val_bpb" not in res.summary
+            out["runs"] += 1
+            out["crashes"] += crashed
+            if kind != "sound":
+                out[f"{kind}_runs"] += 1
+                out[f"{kind}_crashes"] += crashed
+        return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -124,7 +139,9 @@ def smoke_seconds(reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--proposals", type=int, default=40, help="proposals per crash-rate campaign")
+    ap.add_argument("--proposals", type=int, default=200, help="proposals per crash-rate campaign")
+    ap.add_argument("--late-share", type=float, default=0.05,
+                    help="share of proposals that are sound but diverge after the smoke window")
     ap.add_argument("--smoke-reps", type=int, default=3, help="smoke runs of the real trainer (median)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -133,8 +150,9 @@ def main() -> None:
     hostile = [o for o in outcomes if o.case.expect == "blocked"]
     legit = [o for o in outcomes if o.case.expect == "allowed"]
     smoke_s = smoke_seconds(args.smoke_reps) if args.smoke_reps else float("nan")
-    on = crash_campaign(args.proposals, True, args.seed)
-    off = crash_campaign(args.proposals, False, args.seed)
+    on = crash_campaign(args.proposals, True, args.seed, args.late_share)
+    off = crash_campaign(args.proposals, False, args.seed, args.late_share)
+    rate = lambda crashes, runs: crashes / max(runs, 1)  # noqa: E731
     print("---")
     print(f"redteam_hostile:            {len(hostile)}")
     print(f"redteam_block_rate:         {sum(o.blocked for o in hostile) / len(hostile):.3f}")
@@ -143,10 +161,15 @@ def main() -> None:
     print(f"smoke_seconds_median:       {smoke_s:.1f}")
     print(f"campaign_proposals:         {args.proposals}")
     print(f"vet_on_full_runs:           {on['runs']}")
-    print(f"vet_on_rejected:            {on['rejected']}")
-    print(f"vet_on_crash_rate:          {on['crashes'] / max(on['runs'], 1):.3f}")
+    print(f"vet_on_rejected:            {on['rejected']} (sound or late: {on['sound_rejected']})")
+    print(f"vet_on_crashes_not_late:    {on['crashes'] - on['late_crashes']} of {on['runs'] - on['late_runs']} runs "
+          f"({on['broken_runs']} of them broken diffs the vet let through)")
+    print(f"vet_on_crash_rate:          {rate(on['crashes'] - on['late_crashes'], on['runs'] - on['late_runs']):.3f}")
+    print(f"vet_on_late_crashes:        {on['late_crashes']} of {on['late_runs']} late-diverging runs")
+    print(f"vet_on_crash_rate_all:      {rate(on['crashes'], on['runs']):.3f}")
     print(f"vet_off_full_runs:          {off['runs']}")
-    print(f"vet_off_crash_rate:         {off['crashes'] / max(off['runs'], 1):.3f}")
+    print(f"vet_off_crash_rate:         {rate(off['crashes'] - off['late_crashes'], off['runs'] - off['late_runs']):.3f}")
+    print(f"vet_off_crash_rate_all:     {rate(off['crashes'], off['runs']):.3f}")
 
 
 if __name__ == "__main__":

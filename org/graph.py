@@ -28,7 +28,7 @@ from org.runner import metric_from, parse_number, run_command
 from org.sandbox import Limits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
-from org.untrusted import fence
+from org.untrusted import fence, quote_file
 from org.vet import VetInput, vet
 
 Next = Literal["compact", "direct", "propose", "__end__"]
@@ -167,7 +167,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
         memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 500),
     )  # fmt: skip
     if mode == "edit":
-        variables["files"] = {p: lab.workspace.read(lab.program.target_path(p))
+        variables["files"] = {p: quote_file(lab.workspace.read(lab.program.target_path(p)))
                               for p in lab.program.spec.editable}  # fmt: skip
         schema: Any = EditProposal
     else:

@@ -8,6 +8,10 @@
   if allowed (the program's own env is validated to hold no secrets).
 - rlimits (via prlimit(1)) on the data segment (memory), file size, process count (plus a
   watchdog on the run's task count, which binds root too), no core dumps.
+- a disk quota: the watchdog also reads the free space of the filesystems the run can write to
+  (the worktree's, the temp dir's) and kills the group once it has used more than
+  `Limits.disk_bytes` of it, so many files under the file-size limit cannot fill the disk that
+  holds the campaign's records either.
 - output captured to a capped log; metrics come only from a final `---` block that ends the
   output (a block followed by other lines, or a FAIL line, is no result); metric values must be
   finite and inside the program's bounds; protected-file hashes are re-checked afterwards.
@@ -25,6 +29,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +70,7 @@ class Limits:
     timeout_s: float
     memory_bytes: int | None = None  # RLIMIT_DATA; None: 80 % of physical memory
     file_bytes: int = 8 * 2**30  # RLIMIT_FSIZE: no single file over this
+    disk_bytes: int = 16 * 2**30  # free space a run may use up, per filesystem (all files)
     procs: int = PROCS_HEADROOM
     log_cap: int = LOG_CAP_BYTES
 
@@ -123,17 +129,33 @@ def _user_tasks() -> int:
     return n
 
 
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 class _Watchdog(threading.Thread):
     """Counts the run's tasks (its session, plus anything in its PID namespace) a few times a
     second and kills the group over the cap. RLIMIT_NPROC alone does not bind root, and it
-    counts the whole user's processes, so this is the check that always holds."""
+    counts the whole user's processes, so this is the check that always holds. It also watches
+    the free space of `disk_paths`' filesystems and kills the group once the run has used more
+    than `disk_cap` bytes of any of them (free space, not per-process counters: a writer that
+    exits or forks still shows up)."""
 
-    def __init__(self, leader: int, cap: int, kill: Callable[[], None]):
+    def __init__(self, leader: int, cap: int, kill: Callable[[], None],
+                 disk_paths: list[Path] = (), disk_cap: int | None = None):  # fmt: skip
         super().__init__(daemon=True)
         self.leader, self.cap, self.kill = leader, cap, kill
         self.peak, self.tripped = 0, False
+        self.disk_cap, self.disk_used, self.disk_tripped = disk_cap, 0, False
+        fs = {os.stat(p).st_dev: p for p in disk_paths if p.exists()}  # one path per filesystem
+        self.free_at_start = {p: _free_bytes(p) for p in fs.values()} if disk_cap else {}
         self.stop = threading.Event()
         self.own_ns = _pid_ns(os.getpid())
+
+    def disk(self) -> int:
+        """Most free space the run has used up on one watched filesystem, in bytes."""
+        return max((start - _free_bytes(p) for p, start in self.free_at_start.items()), default=0)
 
     def count(self) -> int:
         n, ns = 0, None
@@ -160,8 +182,12 @@ class _Watchdog(threading.Thread):
         while not self.stop.wait(0.2):
             n = self.count()
             self.peak = max(self.peak, n)
+            self.disk_used = max(self.disk_used, self.disk())
             if n > self.cap:
                 self.tripped = True
+            if self.disk_cap is not None and self.disk_used > self.disk_cap:
+                self.disk_tripped = True
+            if self.tripped or self.disk_tripped:
                 self.kill()
                 return
 
@@ -252,7 +278,8 @@ def run_sandboxed(
     start = time.monotonic()
     proc, reader = spawn([*rl_prefix, *prefix, *argv_for(command)], cwd, sandbox_env(env), sink, pid_file,
                          preexec_fn=preexec)  # fmt: skip
-    watchdog = _Watchdog(proc.pid, limits.procs, lambda: kill_group(proc.pid))
+    disk_paths = [cwd, Path(tempfile.gettempdir())]
+    watchdog = _Watchdog(proc.pid, limits.procs, lambda: kill_group(proc.pid), disk_paths, limits.disk_bytes)
     watchdog.start()
     timed_out = False
     try:
@@ -268,6 +295,9 @@ def run_sandboxed(
     violations: list[str] = []
     if watchdog.tripped:
         violations.append(f"spawned more than {limits.procs} processes/threads (fork bomb?)")
+    if watchdog.disk_tripped:
+        violations.append(f"used more than {limits.disk_bytes / 2**30:.3g} GiB of free disk space "
+                          f"({watchdog.disk_used / 2**30:.3g} GiB when stopped)")  # fmt: skip
     if timed_out:
         violations.append(f"killed at the hard timeout ({limits.timeout_s:.0f} s)")
     if proc.returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in text:
@@ -288,5 +318,5 @@ def run_sandboxed(
         network=network,
         violations=violations,
         limits={"timeout_s": limits.timeout_s, "memory_bytes": mem, "file_bytes": limits.file_bytes,
-                "nproc": nproc},  # fmt: skip
+                "disk_bytes": limits.disk_bytes, "nproc": nproc},  # fmt: skip
     )
