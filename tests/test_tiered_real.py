@@ -1,6 +1,7 @@
 """Every role of the shipped `tiered` org, through the REAL embedded model, for one cycle.
 
-No API key is set, so the frontier director and reviewer fall back to `local/gemma3-270m`.
+No API key is set, so the frontier director falls back to `local/gemma3-270m`; the reviewer is
+pointed at it directly (see below).
 The org is copied with director/compaction cadence 1 so one experiment exercises all four roles.
 """
 
@@ -27,6 +28,11 @@ def test_tiered_org_one_cycle_real_model(tmp_path):
     text = (org / "org.md").read_text()
     (org / "org.md").write_text(text.replace("director_every: 5", "director_every: 1")
                                 .replace("compact_every: 10", "compact_every: 1"))
+    # Offline, the reviewer's fallback is not asked (its verdict could only advise), so the copy
+    # makes the embedded model the reviewer's own model: its verdict then counts.
+    reviewer = (org / "reviewer.md").read_text()
+    (org / "reviewer.md").write_text(reviewer.replace("model: anthropic/claude-haiku-4-5\nfallback: local/gemma3-270m\n",
+                                                      "model: local/gemma3-270m\n"))
     program = make_repo(tmp_path / "repo", stop="{max_failures_in_row: 12}")
     # compaction needs two notes on the target: one from an earlier campaign, one from this one
     store = NoteStore(home_dir())
