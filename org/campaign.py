@@ -155,8 +155,7 @@ def check_embedding(org: Org) -> None:
         raise InputError(org.path / "org.md", "embedding", why)
 
 
-def _event_log(directory: Path, tag: str) -> Any:
-    fh = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
+def _event_log(fh: Any, tag: str) -> Any:
     return structlog.wrap_logger(
         structlog.WriteLogger(fh),
         processors=[
@@ -179,6 +178,7 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
         from memory import NoteStore
 
         memory = NoteStore(home_dir(), embedding=org.spec.embedding)
+    events = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
     return Lab(
         tag=record.tag, dir=directory, program=program, org=org,
         workspace=Workspace(directory / "worktree"), ledger=Ledger(directory / "ledger.db"),
@@ -187,7 +187,7 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
                       else stop.max_experiments, max_hours=stop.max_hours, max_usd=stop.max_usd,
                       max_failures_in_row=stop.max_failures_in_row),
         started_at=record.created_at, base_commit=record.base_commit,
-        protected_hashes=record.protected_hashes, log=_event_log(directory, record.tag),
+        protected_hashes=record.protected_hashes, log=_event_log(events, record.tag), event_file=events,
         progress=progress or (lambda **_: None),
     )  # fmt: skip
 
@@ -210,7 +210,7 @@ def _drive(lab: Lab, graph_input: Any) -> dict[str, Any]:
         return graph.invoke(graph_input, config, context=lab, durability="sync")
     finally:
         conn.close()
-        lab.ledger.close()
+        lab.close()
 
 
 def default_tag(program: Program) -> str:
@@ -311,7 +311,7 @@ def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_exper
             from langgraph.types import Command
 
             if lab.stop_reason(snapshot.values["n"] - 1, 0):
-                lab.ledger.close()
+                lab.close()
                 return dict(snapshot.values)
             graph_input = Command(goto="propose", update={"stopped": None})
     return _drive(lab, graph_input)

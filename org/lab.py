@@ -66,6 +66,7 @@ class Lab:
     log: Any  # structlog bound logger writing this campaign's events.jsonl
     progress: Callable[..., None] = lambda **_: None
     overhead: dict[str, float] = field(default_factory=dict)  # node -> seconds (bench_loop)
+    event_file: Any = None  # the open events.jsonl behind `log`
     _file_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # commit -> files_key
 
     # ---- paths -------------------------------------------------------------------------------
@@ -88,6 +89,12 @@ class Lab:
 
     def write_tsv(self) -> None:
         write_tsv(self.results_tsv, self.ledger, self.program.spec.metric)
+
+    def close(self) -> None:
+        """Close the ledger and the event log (the campaign's process may go on: tests, compare)."""
+        self.ledger.close()
+        if self.event_file is not None:
+            self.event_file.close()
 
     # ---- model calls -------------------------------------------------------------------------
 
