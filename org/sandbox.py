@@ -142,14 +142,13 @@ class _Watchdog(threading.Thread):
     than `disk_cap` bytes of any of them (free space, not per-process counters: a writer that
     exits or forks still shows up)."""
 
-    def __init__(self, leader: int, cap: int, kill: Callable[[], None],
-                 disk_paths: list[Path] = (), disk_cap: int | None = None):  # fmt: skip
+    def __init__(self, leader: int, cap: int, kill: Callable[[], None], disk_paths: list[Path], disk_cap: int):
         super().__init__(daemon=True)
         self.leader, self.cap, self.kill = leader, cap, kill
         self.peak, self.tripped = 0, False
         self.disk_cap, self.disk_used, self.disk_tripped = disk_cap, 0, False
         fs = {os.stat(p).st_dev: p for p in disk_paths if p.exists()}  # one path per filesystem
-        self.free_at_start = {p: _free_bytes(p) for p in fs.values()} if disk_cap else {}
+        self.free_at_start = {p: _free_bytes(p) for p in fs.values()}
         self.stop = threading.Event()
         self.own_ns = _pid_ns(os.getpid())
 
@@ -185,7 +184,7 @@ class _Watchdog(threading.Thread):
             self.disk_used = max(self.disk_used, self.disk())
             if n > self.cap:
                 self.tripped = True
-            if self.disk_cap is not None and self.disk_used > self.disk_cap:
+            if self.disk_used > self.disk_cap:
                 self.disk_tripped = True
             if self.tripped or self.disk_tripped:
                 self.kill()
