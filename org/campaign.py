@@ -304,7 +304,9 @@ def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_exper
     snapshot = graph.get_state(config)
     conn.close()
     graph_input: Any = None
-    if not snapshot.next:
+    # `snapshot.next` leaves out a task whose writes were saved before the kill cut off the next
+    # checkpoint: such a step is unfinished, not the end. Only no task at all means the graph ended.
+    if not snapshot.tasks:
         if not snapshot.values:  # killed before the first checkpoint: start over cleanly
             graph_input = initial_state()
         else:  # finished earlier; continue only if a stop limit was raised

@@ -227,6 +227,7 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
     """Scope, syntax, static rules, duplicate, smoke run and peer review before any run is spent."""
     lab = runtime.context
     lab.progress(phase="vet", n=state["n"])
+    lab.workspace.reset(state["commit"])  # idempotent: a kill mid-rejection may have moved HEAD
     p = state["proposal"]
     v = VetInput(workspace=lab.workspace, program=lab.program, best_commit=state["best_commit"],
                  protected_hashes=lab.protected_hashes, hypothesis=p["hypothesis"],
@@ -271,6 +272,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     """Run the target at the experiment commit; metrics only from the final summary block."""
     lab = runtime.context
     lab.progress(phase="run", n=state["n"])
+    lab.workspace.reset(state["commit"])  # idempotent: drop what a killed run left behind
     prog = lab.program
     res = run_sandboxed(prog.spec.run, lab.workspace.path, prog.spec.env,
                         Limits(timeout_s=prog.run_timeout_s), lab.run_log(state["n"]),

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX = 6
 
 
-def _spawn(*args: str) -> subprocess.Popen:
+def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.campaign_proc", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def _events(tag: str) -> list[dict]:
@@ -124,6 +125,21 @@ def test_kill_at_phase_then_resume(tmp_path, point):
             time.sleep(0.2)
             assert not _alive(stale)
     _kill(proc)
+    _finish(tag)
+    _check(tag)
+
+
+@pytest.mark.parametrize("point", ["vet:1", "run:2", "judge:2", "record:2", "propose:2"])
+def test_killed_between_saved_writes_and_checkpoint(tmp_path, point):
+    """The narrowest window: a step's writes are on disk, the checkpoint after it is not. The graph
+    then reports no `next` node although the step is unfinished; resume must finish that step,
+    not take the campaign for ended (and start a second branch of the loop beside it)."""
+    program = make_repo(tmp_path / "repo")
+    tag = "k-window"
+    proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX),
+                  env={"NIGHTLAB_TEST_DIE_BEFORE": point})  # fmt: skip
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 137, err.decode()
     _finish(tag)
     _check(tag)
 
