@@ -9,6 +9,7 @@ response formats become a llama.cpp JSON-schema grammar, so output is always val
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import os
 import threading
@@ -36,6 +37,15 @@ SLOT_CHARS = 300  # how much of the prompt's head names its slot
 _lock = threading.Lock()  # guards _llamas and every generation
 _llamas: dict[tuple[Path, str], Any] = {}  # (model file, slot) -> loaded Llama, oldest first
 _verified: set[Path] = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free the models while llama.cpp's bindings still exist: left to `Llama.__del__` at
+    interpreter teardown, each one prints an ignored TypeError traceback."""
+    with _lock:
+        while _llamas:
+            _llamas.popitem()[1].close()
 
 
 def _sha256(path: Path) -> str:
