@@ -117,14 +117,21 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
 
         set_knobs(source, program.spec.knobs, program.path)
     knob_mode = (proposer.spec.mode or "knob") == "knob"
-    if not (knob_mode or program.spec.fixed_knobs or program.spec.knob_ranges):
+    space = {"fixed_knobs": program.spec.fixed_knobs, "knob_ranges": program.spec.knob_ranges,
+             "knob_moves": program.spec.knob_moves}
+    if not (knob_mode or any(space.values())):
         return program, org  # edit mode on a target that need not have knobs at all
-    from org.proposal import parse_knobs
+    from org.proposal import parse_knobs, type_moves
 
-    names = {k.name for k in parse_knobs(source, program.knob_path)}
-    for field, named in (("fixed_knobs", program.spec.fixed_knobs), ("knob_ranges", program.spec.knob_ranges)):
+    knobs = {k.name: k for k in parse_knobs(source, program.knob_path)}
+    names = set(knobs)
+    for field, named in space.items():
         if unknown := [n for n in named if n not in names]:
             raise InputError(program.path, field, f"{', '.join(unknown)}: no such knob in {program.knob_path}")
+    for name, moves in program.spec.knob_moves.items():
+        if wrong := [m for m in moves if m not in type_moves(knobs[name].type)]:
+            raise InputError(program.path, f"knob_moves.{name}", f"{', '.join(wrong)} does not apply "
+                             f"to {knobs[name].type} knob {name} = {knobs[name].expr}")  # fmt: skip
     if knob_mode and not names:
         raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
                          "knob constants, but the proposer works in knob mode")  # fmt: skip

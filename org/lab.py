@@ -168,7 +168,7 @@ class Lab:
 
         spec = self.program.spec
         fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name))
-        return within(parse_knobs(source, self.program.knob_path), fixed, spec.knob_ranges)
+        return within(parse_knobs(source, self.program.knob_path), fixed, spec.knob_ranges, spec.knob_moves)
 
     def tried_moves(self, source: str, knobs: list[Any]) -> set[tuple[str, str]]:
         """(knob, move) pairs that would reach a value memory already holds from this value, or

@@ -80,10 +80,12 @@ class ProgramSpec(BaseModel):
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     stop: StopSpec = StopSpec()
     knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline
-    # Knob mode's search space: knobs never moved (no effect on the metric, or not research), and
-    # [lo, hi] ranges a knob move may not leave. Seed knobs are never moved in any case.
+    # Knob mode's search space: knobs never moved (no effect on the metric, or not research),
+    # [lo, hi] ranges a knob move may not leave, and the only moves a knob may take (`[x2, x0.5]`
+    # keeps a head size or a batch a power of two). Seed knobs are never moved in any case.
     fixed_knobs: list[str] = []
     knob_ranges: dict[str, tuple[float, float]] = {}
+    knob_moves: dict[str, list[str]] = {}
 
     @field_validator("env")
     @classmethod
@@ -93,7 +95,7 @@ class ProgramSpec(BaseModel):
                 raise ValueError(f"env {key!r} looks like a secret; experiments never get secrets")
         return env
 
-    @field_validator("knobs", "fixed_knobs", "knob_ranges")
+    @field_validator("knobs", "fixed_knobs", "knob_ranges", "knob_moves")
     @classmethod
     def _knob_names_upper(cls, knobs: Any) -> Any:
         for key in knobs:
@@ -108,6 +110,19 @@ class ProgramSpec(BaseModel):
             if not lo < hi:
                 raise ValueError(f"knob_ranges {key}: [{lo}, {hi}] is empty; write [lo, hi] with lo < hi")
         return ranges
+
+    @field_validator("knob_moves")
+    @classmethod
+    def _moves_known(cls, moves: dict[str, list[str]]) -> dict[str, list[str]]:
+        from org.proposal import ALL_MOVES
+
+        for key, names in moves.items():
+            if not names:
+                raise ValueError(f"knob_moves {key}: no moves; list some, or put {key} in fixed_knobs")
+            if unknown := [m for m in names if m not in ALL_MOVES]:
+                raise ValueError(f"knob_moves {key}: unknown move {', '.join(map(repr, unknown))} "
+                                 f"(moves: {', '.join(ALL_MOVES)})")  # fmt: skip
+        return moves
 
 
 @dataclass(frozen=True)

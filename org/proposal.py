@@ -30,6 +30,12 @@ MOVES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "str": (),  # string knobs are not movable in knob mode (edit mode can change them)
 }
 ZERO_FLOAT_MOVES = ("+0.1", "+0.01")  # scaling 0.0 does nothing; these switch a term on
+ALL_MOVES = tuple(dict.fromkeys(m for ms in (*MOVES_BY_TYPE.values(), ZERO_FLOAT_MOVES) for m in ms))
+
+
+def type_moves(kind: str) -> tuple[str, ...]:
+    """Every move a knob of this type can take from some value."""
+    return MOVES_BY_TYPE[kind] + (ZERO_FLOAT_MOVES if kind == "float" else ())
 _FACTORS = {"x2": 2.0, "x0.5": 0.5, "x1.5": 1.5, "x0.67": 0.67}
 _STEPS = {"+1": 1, "-1": -1, "+0.1": 0.1, "+0.01": 0.01}
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -60,14 +66,16 @@ class Knob:
         return tuple(m for m in MOVES_BY_TYPE[self.type] if _moved(self, m) != self.value)
 
 
-def within(knobs: list[Knob], fixed: Callable[[str], bool],
-           ranges: dict[str, tuple[float, float]]) -> list[Knob]:  # fmt: skip
-    """The knobs restricted to a program's search space: a `fixed` knob has no moves, and a move
-    whose new value leaves the knob's [lo, hi] range is not offered (a momentum of 1.9 is a
-    crash, not an experiment)."""
+def within(knobs: list[Knob], fixed: Callable[[str], bool], ranges: dict[str, tuple[float, float]],
+           only: dict[str, list[str]] | None = None) -> list[Knob]:  # fmt: skip
+    """The knobs restricted to a program's search space: a `fixed` knob has no moves, a knob in
+    `only` takes only the moves listed there, and a move whose new value leaves the knob's
+    [lo, hi] range is not offered (a momentum of 1.9 is a crash, not an experiment)."""
     out = []
     for k in knobs:
         moves = () if fixed(k.name) else k.moves
+        if only and k.name in only:
+            moves = tuple(m for m in moves if m in only[k.name])
         if k.name in ranges and k.type in ("int", "float"):
             lo, hi = ranges[k.name]
             moves = tuple(m for m in moves if lo <= _moved(k, m) <= hi)

@@ -80,6 +80,10 @@ def test_unknown_knob_override(tmp_path, existing, capsys):
     ({"fixed_knobs": "[WIDTH]"}, "fixed_knobs", "WIDTH: no such knob"),
     ({"knob_ranges": "{LR: [0.1, 0.01]}"}, "knob_ranges", "is empty"),
     ({"knob_ranges": "{depth: [1, 8]}"}, "knob_ranges", "UPPER_CASE"),
+    ({"knob_moves": "{WIDTH: [x2]}"}, "knob_moves", "WIDTH: no such knob"),
+    ({"knob_moves": "{LR: [x3]}"}, "knob_moves", "unknown move 'x3'"),
+    ({"knob_moves": "{LR: []}"}, "knob_moves", "no moves"),
+    ({"knob_moves": "{USE_GATE: [x2]}"}, "knob_moves.USE_GATE", "x2 does not apply to bool knob"),
 ])
 def test_bad_search_space(tmp_path, existing, capsys, front, field, words):
     program = make_repo(tmp_path / "r", **front)

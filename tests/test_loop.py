@@ -124,12 +124,14 @@ def test_fallback_reviewer_only_advises(tmp_path):
 
 
 def test_program_search_space_bounds_what_the_proposer_is_offered(tmp_path):
-    program = make_repo(tmp_path / "repo", fixed_knobs="[USE_GATE, SLEEP_S]", knob_ranges="{LR: [0.006, 0.015]}")
-    client = ScriptedClient(script={"proposer": [knob("DEPTH", "+1")]},
+    program = make_repo(tmp_path / "repo", fixed_knobs="[USE_GATE, SLEEP_S]", knob_ranges="{LR: [0.006, 0.015]}",
+                        knob_moves="{DEPTH: [x2, x0.5]}")  # fmt: skip
+    client = ScriptedClient(script={"proposer": [knob("DEPTH", "x2")]},
                             default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
     c.start(program, ROLES / "tiered", tag="sp", max_experiments=1, models=client)
     sent = next(s for s in client.sent if s["role"] == "proposer")
-    assert set(sent["schema"].knob_moves) == {"DEPTH", "LR"} and sent["schema"].knob_moves["LR"] == ("x1.5", "x0.67")
+    moves = sent["schema"].knob_moves
+    assert set(moves) == {"DEPTH", "LR"} and moves["LR"] == ("x1.5", "x0.67") and moves["DEPTH"] == ("x2", "x0.5")
     prompt = sent["messages"][0]["content"]
     assert "USE_GATE: gated units  (fixed)" in prompt and "LR = 0.01  [moves: x1.5, x0.67]" in prompt
     assert "USE_GATE = " not in prompt  # only movable knobs get a value line

@@ -187,6 +187,18 @@ def test_tried_moves_leave_the_schema_until_none_are_left():
     assert offered_moves(knobs, everything) == {k.name: k.moves for k in knobs}  # all tried: all again
 
 
+def test_search_space_restricts_a_knob_to_listed_moves():
+    """`knob_moves` keeps a head size a power of two: x0.67 of 32 is 21, an odd head size."""
+    knobs = parse_knobs("HEAD_DIM = 32  # head size\nDEPTH = 4  # blocks\n")
+    space = {k.name: k for k in within(knobs, lambda n: False, {"HEAD_DIM": (20, 128)},
+                                       {"HEAD_DIM": ["x0.5", "x2"]})}  # fmt: skip
+    assert space["HEAD_DIM"].moves == ("x2",)  # x0.5 (16) leaves the range; x0.67 (21) not listed
+    assert space["DEPTH"].moves == ("x2", "x0.5", "x1.5", "x0.67", "+1", "-1")  # not restricted
+    schema = knob_schema(list(space.values()))
+    with pytest.raises(ValidationError):
+        schema.model_validate({"hypothesis": "h", "knob": "HEAD_DIM", "move": "+1"})
+
+
 def test_search_space_fixes_knobs_and_keeps_moves_in_range():
     knobs = parse_knobs("DEPTH = 4  # blocks\nMOM = 0.9  # momentum\nSEED = 1  # seed\nGATE = True  # gate\n")
     space = {k.name: k for k in within(knobs, lambda n: n in {"SEED", "GATE"}, {"MOM": (0.5, 0.99), "DEPTH": (2, 6)})}
