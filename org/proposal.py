@@ -31,17 +31,17 @@ MOVES_BY_TYPE: dict[str, tuple[str, ...]] = {
 }
 ZERO_FLOAT_MOVES = ("+0.1", "+0.01")  # scaling 0.0 does nothing; these switch a term on
 ALL_MOVES = tuple(dict.fromkeys(m for ms in (*MOVES_BY_TYPE.values(), ZERO_FLOAT_MOVES) for m in ms))
-
-
-def type_moves(kind: str) -> tuple[str, ...]:
-    """Every move a knob of this type can take from some value."""
-    return MOVES_BY_TYPE[kind] + (ZERO_FLOAT_MOVES if kind == "float" else ())
 _FACTORS = {"x2": 2.0, "x0.5": 0.5, "x1.5": 1.5, "x0.67": 0.67}
 _STEPS = {"+1": 1, "-1": -1, "+0.1": 0.1, "+0.01": 0.01}
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
            ast.Pow: operator.pow}
+
+
+def type_moves(kind: str) -> tuple[str, ...]:
+    """Every move a knob of this type can take from some value."""
+    return MOVES_BY_TYPE[kind] + (ZERO_FLOAT_MOVES if kind == "float" else ())
 
 
 @dataclass(frozen=True)
