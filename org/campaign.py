@@ -124,15 +124,14 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
     from org.proposal import parse_knobs, type_moves
 
     knobs = {k.name: k for k in parse_knobs(source, program.knob_path)}
-    names = set(knobs)
     for field, named in space.items():
-        if unknown := [n for n in named if n not in names]:
+        if unknown := [n for n in named if n not in knobs]:
             raise InputError(program.path, field, f"{', '.join(unknown)}: no such knob in {program.knob_path}")
     for name, moves in program.spec.knob_moves.items():
         if wrong := [m for m in moves if m not in type_moves(knobs[name].type)]:
             raise InputError(program.path, f"knob_moves.{name}", f"{', '.join(wrong)} does not apply "
                              f"to {knobs[name].type} knob {name} = {knobs[name].expr}")  # fmt: skip
-    if knob_mode and not names:
+    if knob_mode and not knobs:
         raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
                          "knob constants, but the proposer works in knob mode")  # fmt: skip
     return program, org
