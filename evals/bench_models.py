@@ -1,19 +1,21 @@
 """Benchmark the embedded model path: knob-mode proposal latency, schema validity, load time,
-and `nightlab --help` wall time. Prints a `---` block of `key: value` lines.
+`nightlab --help` wall time, and a grammar validity sweep. Prints a `---` block of `key: value` lines.
 
-Targets (issue 3): <= 5 s per knob-mode proposal with a ~1k-token prompt on 2 cores,
-50/50 schema-valid, warm model load <= 2 s, `nightlab --help` <= 1 s.
+Targets: <= 5 s per knob-mode proposal with a ~1k-token prompt on 2 cores, 50/50 schema-valid,
+warm model load <= 2 s, `nightlab --help` <= 1 s; sweep: every grammar-constrained generation
+valid JSON and schema-valid (100 %).
 
 The prompt's long prefix (role prompt, knobs, memory notes) is the same every call, as in a
 campaign; the last lines (recent results) change per call, so llama.cpp can only reuse the
 prefix. The first call pays for the whole prompt and is reported separately.
 
-    .venv/bin/python evals/bench_models.py --calls 50
+    .venv/bin/python evals/bench_models.py --calls 50 --sweep 500
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -78,12 +80,108 @@ def notes_block(n: int) -> str:
     )
 
 
+# ---- grammar validity sweep --------------------------------------------------------------------
+# Raw generations (no retries, no validation feedback) at temperature 0.8, one seed each, over
+# every schema the embedded model answers in a campaign, at its shipped role's max_tokens, plus
+# schemas with free-text strings and nested objects and lists (what a user's role may ask for).
+
+SWEEP_TEMPERATURE = 0.8
+
+
+def sweep_cases() -> list[tuple[str, type, int, str]]:
+    """(name, pydantic model, max_tokens, instruction) for each swept schema."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    from org.prompts import Directive, Lessons, Review
+    from org.proposal import knob_schema, parse_knobs
+
+    class Note(BaseModel):  # free-text strings (no pattern), a bounded list
+        title: str = Field(max_length=40)
+        score: int
+        tags: list[str] = Field(max_length=3)
+
+    class Setting(BaseModel):
+        knob: str = Field(max_length=30)
+        value: float
+
+    class Step(BaseModel):
+        name: str = Field(max_length=60)
+        settings: list[Setting] = Field(min_length=1, max_length=3)
+        kind: Literal["ablation", "sweep", "replicate"]
+        flags: list[Literal["confirm", "heldout"]] = Field(max_length=2)
+
+    class Plan(BaseModel):  # a list of nested objects holding lists and enums
+        goal: str = Field(max_length=120)
+        steps: list[Step] = Field(min_length=1, max_length=3)
+        notes: list[str] | None = Field(default=None, max_length=2)
+
+    return [
+        ("knob_proposal", knob_schema(parse_knobs(TRAIN)), 384,
+         "Propose one knob move for the training script:\n" + TRAIN),
+        ("directive", Directive, 800, "Direct the research: the last 10 experiments found nothing."),
+        ("lessons", Lessons, 1200, "Merge these notes into lessons: [1] DEPTH x2 helped. [2] LR x2 hurt."),
+        ("review", Review, 400, "Review this change: MATRIX_LR 0.02 -> 0.04."),
+        ("note", Note, 400, "Write a note about optimizers."),
+        ("plan_nested", Plan, 600, "Plan the next experiments."),
+    ]
+
+
+def sweep(n: int, verbose: bool) -> dict[str, str]:
+    """n generations spread over `sweep_cases()`; returns the summary lines."""
+    from pydantic import ValidationError
+
+    from org.models.registry import litellm_module
+
+    lt = litellm_module()
+    cases = sweep_cases()
+    stats = {name: {"n": 0, "json": 0, "schema": 0, "cut": 0, "s": 0.0} for name, *_ in cases}
+    failures: list[str] = []
+    for i in range(n):
+        name, model, max_tokens, instruction = cases[i % len(cases)]
+        rf = {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
+        t = time.perf_counter()
+        resp = lt.completion(model="local/gemma3-270m", messages=[{"role": "user", "content": instruction}],
+                             response_format=rf, temperature=SWEEP_TEMPERATURE, max_tokens=max_tokens, seed=i)
+        st = stats[name]
+        st["s"] += time.perf_counter() - t
+        st["n"] += 1
+        text = resp.choices[0].message.content or ""
+        st["cut"] += resp.choices[0].finish_reason == "length"
+        try:
+            json.loads(text)  # strict: raw control characters in strings are invalid JSON
+            st["json"] += 1
+            model.model_validate_json(text)
+            st["schema"] += 1
+        except (ValueError, ValidationError) as e:
+            failures.append(f"{name} seed {i}: {str(e).splitlines()[0][:160]} | {text[:200]!r}")
+        if verbose:
+            print(f"sweep {i} {name}: {time.perf_counter() - t:.2f}s {text[:100]!r}", flush=True)
+    total = {k: sum(st[k] for st in stats.values()) for k in ("n", "json", "schema", "cut", "s")}
+    out = {
+        "sweep_generations": str(total["n"]),
+        "sweep_temperature": str(SWEEP_TEMPERATURE),
+        "sweep_valid_json": f"{total['json']}/{total['n']}",
+        "sweep_schema_valid": f"{total['schema']}/{total['n']}",
+        "sweep_cut_at_max_tokens": f"{total['cut']}/{total['n']}",
+        "sweep_s_per_generation": f"{total['s'] / max(1, total['n']):.2f}",
+    }
+    for name, st in stats.items():
+        out[f"sweep_{name}"] = (f"{st['schema']}/{st['n']} schema-valid, {st['json']} json, {st['cut']} cut, "
+                                f"{st['s'] / max(1, st['n']):.2f} s")
+    for line in failures[:10]:
+        print(f"sweep failure: {line}", file=sys.stderr)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=50, help="knob-mode proposals to time")
     ap.add_argument("--prompt-tokens", type=int, default=1000, help="approximate prompt size")
     ap.add_argument("--verbose", action="store_true", help="print every call")
     ap.add_argument("--help-runs", type=int, default=5, help="timed `nightlab --help` runs")
+    ap.add_argument("--sweep", type=int, default=500, help="grammar-constrained generations to check (0: none)")
     args = ap.parse_args()
 
     load_start = os.getloadavg()[0]
@@ -145,6 +243,7 @@ def main() -> None:
                        capture_output=True, cwd=Path(__file__).resolve().parents[1])
         help_times.append(time.perf_counter() - t)
 
+    swept = sweep(args.sweep, args.verbose) if args.sweep else {}
     rest = latencies[1:] or latencies
     print("---")
     print("model: local/gemma3-270m")
@@ -163,6 +262,8 @@ def main() -> None:
     print(f"assemble_or_verify_s: {assemble_s:.2f}")
     print(f"warm_load_s: {warm_load_s:.2f}")
     print(f"help_median_s: {statistics.median(help_times):.2f}")
+    for key, value in swept.items():
+        print(f"{key}: {value}")
 
 
 if __name__ == "__main__":

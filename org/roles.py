@@ -64,6 +64,7 @@ class RoleSpec(BaseModel):
     mode: Literal["knob", "edit"] | None = None  # proposers only
     timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=20)
+    seed: int | None = Field(None, ge=0)  # sampling seed: the same prompt gets the same answer
     description: str = ""
 
     @field_validator("model", "fallback")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
-from org.errors import InputError
+from org.errors import HarnessError, InputError
 from org.models import local
 from org.models.client import ModelClient
 from org.models.registry import litellm_module
@@ -34,10 +35,11 @@ def test_fold_system_into_first_user_turn() -> None:
 def test_response_format_conversion() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     rf = {"type": "json_schema", "json_schema": {"name": "X", "schema": schema}}
-    assert local.llama_response_format(rf) == {"type": "json_object", "schema": schema}
-    assert local.llama_response_format({"type": "json_object"}) == {"type": "json_object"}
-    assert local.llama_response_format({"type": "text"}) is None
-    assert local.llama_response_format(None) is None
+    assert local.response_schema(rf) == (True, schema)
+    assert local.response_schema({"type": "json_object"}) == (True, None)
+    assert local.response_schema({"type": "json_object", "schema": schema}) == (True, schema)
+    assert local.response_schema({"type": "text"}) == (False, None)
+    assert local.response_schema(None) == (False, None)
 
 
 def test_unknown_local_model_is_input_error() -> None:
@@ -66,7 +68,7 @@ def test_assembly_is_sha_checked_and_rebuilt_when_corrupt(tmp_path: Path, monkey
 
 def proposer(tmp_path: Path) -> Path:
     path = tmp_path / "proposer.md"
-    path.write_text("---\nmodel: local/gemma3-270m\ntemperature: 0.7\nmax_tokens: 200\nmode: knob\n---\n"
+    path.write_text("---\nmodel: local/gemma3-270m\ntemperature: 0.7\nmax_tokens: 200\nmode: knob\nseed: 7\n---\n"
                     "You tune a small GPT training script. Its knobs:\n{{ knobs }}\n"
                     "Pick one knob and one move that should lower val_bpb.\n")
     return path
@@ -107,12 +109,87 @@ def test_grammar_via_litellm_sync_and_async() -> None:
     rf = {"type": "json_schema", "json_schema": {"name": "Note", "schema": Note.model_json_schema()}}
     msgs = [{"role": "system", "content": "Write a note."}, {"role": "user", "content": "About optimizers."}]
     resp = lt.completion(model="local/gemma3-270m", messages=msgs, response_format=rf,
-                         max_tokens=150, temperature=0.8)
+                         max_tokens=150, temperature=0.8, seed=11)
     Note.model_validate_json(resp.choices[0].message.content)
     assert resp.usage.prompt_tokens > 5
     aresp = asyncio.run(lt.acompletion(model="local/gemma3-270m", messages=msgs,
-                                       response_format=rf, max_tokens=150, temperature=0.8))
+                                       response_format=rf, max_tokens=150, temperature=0.8, seed=11))
     Note.model_validate_json(aresp.choices[0].message.content)
+
+
+def _grammar_state(llama, grammar, prefix: str):
+    """A lazy sampler whose grammar has accepted `prefix`, token by token."""
+    import llama_cpp
+
+    from org.models.grammar import LazyGrammarSampler
+
+    sampler = LazyGrammarSampler(llama, llama._init_sampler(temp=0.8), grammar)
+    for token in llama.tokenize(prefix.encode(), add_bos=False, special=False):
+        assert sampler._allowed(token), (prefix, llama.detokenize([token]))
+        llama_cpp.llama_sampler_accept(sampler.grammar, token)
+    return sampler
+
+
+@pytest.mark.slow
+def test_strings_admit_no_control_characters() -> None:
+    """The fresh-clone failure, at the token level (no sampling, so no seed or build can hide it):
+    llama-cpp-python's schema converter let a raw newline into a JSON string, and the model wrote
+    one in `title` ('control character (\\u0000-\\u001F) found while parsing a string')."""
+    from llama_cpp import LlamaGrammar
+
+    from org.models.grammar import schema_grammar
+
+    llama = local.load_llama("gemma3-270m", "grammar-test")
+    schema = Note.model_json_schema()
+    prefix = '{ "title": "O-Parametriz'
+
+    def token(text: str) -> int:
+        (t,) = llama.tokenize(text.encode(), add_bos=False, special=False)
+        return t
+
+    stock = _grammar_state(llama, LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False), prefix)
+    assert stock._allowed(token("\n"))  # the cause: the stock grammar admits it
+    ours = _grammar_state(llama, schema_grammar(schema), prefix)
+    for bad in ("\n", "\t", "\r", "\x01", "\x7f"):
+        assert not ours._allowed(token(bad)), repr(bad)
+    for good in ("ation", " ", '"', "\\"):
+        assert ours._allowed(token(good)), repr(good)
+    escaped = _grammar_state(llama, schema_grammar(schema), prefix + "\\u")
+    assert escaped._allowed(token("0")) and escaped._allowed(token("e"))
+    surrogate = _grammar_state(llama, schema_grammar(schema), prefix + "\\uD")
+    assert surrogate._allowed(token("7")) and not surrogate._allowed(token("8"))  # \uD800-\uDFFF: never
+
+
+@pytest.mark.slow
+def test_free_text_strings_are_valid_json_over_seeds() -> None:
+    """Unconstrained string fields (no pattern) at temperature 0.8: every answer parses."""
+    lt = litellm_module()
+    rf = {"type": "json_schema", "json_schema": {"name": "Note", "schema": Note.model_json_schema()}}
+    msgs = [{"role": "user", "content": "Write a note about optimizers, one tag per line."}]
+    for seed in range(6):
+        resp = lt.completion(model="local/gemma3-270m", messages=msgs, response_format=rf,
+                             max_tokens=200, temperature=0.8, seed=seed)
+        if resp.choices[0].finish_reason != "length":
+            Note.model_validate_json(resp.choices[0].message.content)
+
+
+def test_schema_without_a_grammar_is_refused() -> None:
+    from org.models.grammar import schema_gbnf
+
+    assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in schema_gbnf(Note.model_json_schema())
+    with pytest.raises(Exception, match="Unrecognized schema"):
+        schema_gbnf({"type": "object", "properties": {"x": {"type": "complex"}}})
+
+    class Bounded(BaseModel):  # constraints llama-cpp-python's converter drops without a word
+        n: int = Field(ge=0)
+        flags: dict[Literal["a", "b"], bool]
+        items: list[Note] = Field(max_length=2)
+
+    with pytest.raises(ValueError, match="#/properties/n: minimum; #/properties/flags: propertyNames"):
+        schema_gbnf(Bounded.model_json_schema())
+    with pytest.raises(HarnessError, match="response_format: the JSON schema has no grammar: .*minimum"):
+        local.chat("gemma3-270m", [{"role": "user", "content": "hi"}], {"response_format": {
+            "type": "json_schema", "json_schema": {"name": "B", "schema": Bounded.model_json_schema()}}})
 
 
 @pytest.mark.slow

