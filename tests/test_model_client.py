@@ -213,3 +213,15 @@ def test_outage_is_remembered_with_its_reason(tmp_path: Path) -> None:
         ask(client, path)
     with pytest.raises(ModelError, match="model: scripted/p: .*refused \\(recently\\)"):
         ask(client, path)  # not retried within the cooldown; the reason is kept
+
+
+def test_role_seed_reaches_providers_that_take_one(tmp_path: Path) -> None:
+    path = role_file(tmp_path, "openai/gpt-4o")
+    path.write_text(path.read_text().replace("max_attempts", "seed: 5\nmax_attempts"))
+    msgs = [{"role": "user", "content": "x"}]
+    for model, seeded in [("openai/gpt-4o", True), ("local/gemma3-270m", True),
+                          ("anthropic/claude-sonnet-4-5", False)]:  # Anthropic's API has no seed
+        kw = client_mod._Call(load_role(path), msgs, Verdict).kwargs(model)
+        assert kw.get("seed") == (5 if seeded else None), model
+    unseeded = client_mod._Call(load_role(role_file(tmp_path, "openai/gpt-4o")), msgs, Verdict)
+    assert "seed" not in unseeded.kwargs("openai/gpt-4o")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from org import settings
 from org.errors import ModelError
-from org.models.names import API_KEY_ENV, parse_model
+from org.models.names import API_KEY_ENV, CUSTOM_PROVIDERS, parse_model
 from org.models.records import CallRecord, StructuredResult, T
 from org.models.registry import litellm_module
 
@@ -167,7 +167,8 @@ class _Call:
             "response_format": self.response_format,
             "drop_params": not native,  # providers without response_format get the hint only
         }
-        if spec.seed is not None:  # providers that take no seed drop it with the other params
+        if spec.seed is not None and (name.provider in CUSTOM_PROVIDERS or "seed" in (
+                lt.get_supported_openai_params(model=model) or [])):  # Anthropic takes none
             kw["seed"] = spec.seed
         if name.is_ollama:
             kw["api_base"] = settings.ollama_host()
