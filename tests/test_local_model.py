@@ -115,15 +115,6 @@ def test_grammar_via_litellm_sync_and_async() -> None:
     Note.model_validate_json(aresp.choices[0].message.content)
 
 
-@pytest.mark.slow
-def test_astructured_with_real_model(tmp_path: Path) -> None:
-    role = load_role(proposer(tmp_path))
-    schema = knob_schema(parse_knobs(TRAIN))
-    msgs = [{"role": "user", "content": role.render(knobs=TRAIN)}]
-    result = asyncio.run(ModelClient().astructured(role, msgs, schema))
-    assert result.value is not None and result.record.ok
-
-
 class Odd(BaseModel):
     word: Literal["zyxqv", "plorbk_77", "Ünïcødé"]
     count: int
