@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from org.environment import run_env
 from org.errors import ModelError
 from org.review import Pass, review_change
 from org.rules import check_file
-from org.environment import run_env
 from org.sandbox import RunLimits, run_sandboxed
 from org.untrusted import fence, quote_file
 
