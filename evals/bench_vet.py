@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evals.redteam import run_suite  # noqa: E402
 from org.program import load_program  # noqa: E402
-from org.sandbox import Limits, file_hashes, run_sandboxed  # noqa: E402
+from org.sandbox import RunLimits, file_hashes, run_sandboxed  # noqa: E402
 from org.smoke import smoke_reason, smoke_run  # noqa: E402
 from org.vet import VetInput, vet  # noqa: E402
 from org.workspace import Workspace  # noqa: E402
@@ -107,7 +107,7 @@ def crash_campaign(n: int, vetting: bool, seed: int, late_share: float) -> dict[
                     out["rejected"] += 1
                     out["sound_rejected"] += kind != "broken"
                     continue
-            res = run_sandboxed(prog.spec.run, root, prog.spec.env, Limits(prog.run_timeout_s),
+            res = run_sandboxed(prog.spec.run, root, prog.spec.env, RunLimits(prog.run_timeout_s),
                                 root / "logs" / f"r{i}.log", protected=protected, bounds=prog.spec.bounds)  # fmt: skip
             crashed = res.rejected or res.returncode != 0 or "val_bpb" not in res.summary
             out["runs"] += 1

@@ -25,7 +25,7 @@ from org.lab import Lab, absolute_move
 from org.prompts import Directive, Lessons, fmt_metric, history_table
 from org.review import Pass, advisory_only, review_change
 from org.runner import metric_from, parse_number, run_command
-from org.sandbox import Limits, run_sandboxed
+from org.sandbox import RunLimits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
 from org.untrusted import fence, quote_file
@@ -275,7 +275,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     lab.workspace.reset(state["commit"])  # idempotent: drop what a killed run left behind
     prog = lab.program
     res = run_sandboxed(prog.spec.run, lab.workspace.path, prog.spec.env,
-                        Limits(timeout_s=prog.run_timeout_s), lab.run_log(state["n"]),
+                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(state["n"]),
                         pid_file=lab.run_pid_file, protected=lab.protected_hashes,
                         bounds=prog.spec.bounds)  # fmt: skip
     lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds

@@ -16,6 +16,7 @@ import frontmatter
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from org.environment import is_secret
 from org.errors import InputError
 
 KnobValue = int | float | bool | str
@@ -70,7 +71,7 @@ class ProgramSpec(BaseModel):
     time_budget_s: float = Field(default=300, gt=0)  # what the target trains for (it enforces it)
     run_timeout_s: float | None = Field(default=None, gt=0)  # hard kill; default 2*budget + 120
     min_improvement: float = Field(default=0.0, ge=0)  # a keep must beat the best by more than this
-    # Vetting (issue 6): smoke-run limit (null: no smoke gate) and sanity bounds on summary values.
+    # Vetting: smoke-run limit (null: no smoke gate) and sanity bounds on summary values.
     smoke_timeout_s: float | None = Field(default=90, gt=0)
     # No separate smoke run: the full run is its own smoke test, and one that fails within its
     # first `smoke_inline_s` seconds is rejected at vet (not recorded as a crash), as a smoke run
@@ -91,7 +92,7 @@ class ProgramSpec(BaseModel):
     @classmethod
     def _env_is_not_for_secrets(cls, env: dict[str, str]) -> dict[str, str]:
         for key in env:
-            if any(key.upper().endswith(s) for s in ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")):
+            if is_secret(key):
                 raise ValueError(f"env {key!r} looks like a secret; experiments never get secrets")
         return env
 

@@ -137,17 +137,28 @@ def parse_knobs(source: str, path: str = "train.py") -> list[Knob]:
     return knobs
 
 
-def _format(knob: Knob, new: KnobValue) -> str:
-    """Write the new value in the knob's own style (`2**k` stays a power of two when it can)."""
+def knob_literal(knob: Knob, value: KnobValue, digits: int | None = None) -> str:
+    """`value` written in the knob's own style: `2**k` stays a power of two when it can, a float
+    knob gets a float literal (rounded to `digits` significant digits when given)."""
     if knob.type == "bool":
-        return repr(bool(new))
+        return repr(bool(value))
     if knob.type == "int":
         m = re.fullmatch(r"\s*2\s*\*\*\s*(\d+)\s*", knob.expr)
-        if m and new > 0 and new & (new - 1) == 0:
-            return f"2**{int(new).bit_length() - 1}"
-        return str(int(new))
-    text = repr(float(f"{float(new):.4g}"))
-    return text
+        if m and value > 0 and value & (value - 1) == 0:
+            return f"2**{int(value).bit_length() - 1}"
+        return str(int(value))
+    if knob.type == "float":
+        x = float(value)
+        return repr(float(f"{x:.{digits}g}") if digits else x)
+    return repr(value)
+
+
+def with_literal(source: str, knob: Knob, text: str) -> str:
+    """`source` with the knob's value expression replaced by `text`; every other byte unchanged."""
+    lines = _lines(source)
+    raw = lines[knob.lineno - 1].encode()
+    lines[knob.lineno - 1] = (raw[: knob.col] + text.encode() + raw[knob.end_col :]).decode()
+    return "".join(lines)
 
 
 def move_value(knob: Knob, move: str) -> KnobValue:
@@ -185,11 +196,8 @@ def apply_knob_move(source: str, knob_name: str, move: str, path: str = "train.p
         raise InputError(path, "move", e.message) from e
     if new == knob.value:
         raise InputError(path, "move", f"{knob_name} {move} leaves the value at {knob.expr}")
-    lines = _lines(source)
-    raw = lines[knob.lineno - 1].encode()
-    text = _format(knob, new)
-    lines[knob.lineno - 1] = (raw[: knob.col] + text.encode() + raw[knob.end_col :]).decode()
-    return "".join(lines), f"{knob_name} {move}: {knob.expr} -> {text}"
+    text = knob_literal(knob, new, digits=4)
+    return with_literal(source, knob, text), f"{knob_name} {move}: {knob.expr} -> {text}"
 
 
 class KnobProposalBase(BaseModel):

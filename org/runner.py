@@ -1,9 +1,13 @@
-"""Run one experiment command: own process group, hard timeout, capped log, summary-block metrics.
+"""Run one command: own process group, hard timeout, capped log, summary-block metrics.
 
 The run is a child in its own session (process group). A timeout kills the whole group. On Linux
 the child also gets SIGKILL if nightlab itself dies (`setpriv --pdeathsig`), and the group id is written
-to a pid file so `resume` can kill anything a `kill -9` left behind. Issue 6 hardens this further
-(scrubbed env, rlimits, network namespace).
+to a pid file so `resume` can kill anything a `kill -9` left behind. `run_command` runs a program's
+setup command this way; `org.sandbox` runs experiments through `run_child` with more limits.
+
+Metrics come only from a final `---` block of `key: value` lines that ends the output (a block
+followed by other lines, or a FAIL line, is no result), of a run that exited 0; values must be
+finite numbers.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from org.environment import setup_env
+
 LOG_CAP_BYTES = 2_000_000  # head + tail kept; the middle of a huge log is dropped
-_SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+_SUMMARY_KV = re.compile(r"^([A-Za-z_][\w.]*)\s*:\s*(\S.*?)\s*$")
 
 
 @dataclass
@@ -42,13 +49,6 @@ def argv_for(command: str) -> list[str]:
     if argv and argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     return argv
-
-
-def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
-    """The parent env minus anything that looks like a credential, plus the program's env."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().endswith(_SECRET_SUFFIXES)}
-    env.update(extra)
-    return env
 
 
 def _with_deathsig(argv: list[str]) -> list[str]:
@@ -147,52 +147,65 @@ def log_tail(log_path: Path, size: int = 65536) -> str:
         return fh.read().decode("utf-8", errors="replace")
 
 
-def run_command(
-    command: str,
+def run_child(
+    argv: list[str],
     cwd: Path,
     env: dict[str, str],
     timeout_s: float,
     log_path: Path,
     pid_file: Path | None = None,
     log_cap: int = LOG_CAP_BYTES,
-) -> RunResult:
+    watch: Callable[[int], Callable[[], None]] | None = None,
+    **popen: Any,
+) -> tuple[RunResult, str]:
+    """Run argv to its end or the timeout; (result, the log's last 64 KB). `watch(pid)` starts
+    watching the group and returns the call that stops it (before the group is killed)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sink = _CappedSink(log_path, log_cap)
     start = time.monotonic()
-    proc, reader = spawn(argv_for(command), cwd, scrubbed_env(env), sink, pid_file)
+    proc, reader = spawn(argv, cwd, env, sink, pid_file, **popen)
+    stop = watch(proc.pid) if watch else None
     timed_out = False
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        reap(proc, reader, pid_file)
+        if stop:
+            stop()
+        reap(proc, reader, pid_file)  # the whole group, also when the leader exited first
     sink.close()
     text = log_tail(log_path)
-    return RunResult(
-        returncode=None if timed_out else proc.returncode,
+    returncode = None if timed_out else proc.returncode
+    result = RunResult(
+        returncode=returncode,
         timed_out=timed_out,
         seconds=time.monotonic() - start,
-        summary={} if timed_out else parse_summary(text),
+        summary=parse_summary(text) if returncode == 0 else {},
         tail=text[-4000:],
         log_path=log_path,
     )
+    return result, text
 
 
-_KV = re.compile(r"^([A-Za-z_][\w.]*)\s*:\s*(\S.*?)\s*$")
+def run_command(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log_path: Path,
+                pid_file: Path | None = None, log_cap: int = LOG_CAP_BYTES) -> RunResult:  # fmt: skip
+    """Run a (trusted) setup command with the setup env: the parent's, minus secrets."""
+    return run_child(argv_for(command), cwd, setup_env(env), timeout_s, log_path, pid_file, log_cap)[0]
 
 
 def parse_summary(text: str) -> dict[str, str]:
-    """`key: value` lines after the LAST `---` line. Anything printed earlier does not count."""
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
-    if not starts:
+    """`key: value` lines of a `---` block that ends the output; {} if anything else follows it."""
+    lines = [line.strip() for line in text.rstrip().splitlines()]
+    if "---" not in lines:
         return {}
+    start = len(lines) - 1 - lines[::-1].index("---")
     out: dict[str, str] = {}
-    for line in lines[starts[-1] + 1 :]:
-        m = _KV.match(line.strip())
-        if m:
-            out[m.group(1)] = m.group(2)
+    for line in lines[start + 1 :]:
+        m = _SUMMARY_KV.match(line)
+        if not line or line.startswith("FAIL") or not m:
+            return {}
+        out[m.group(1)] = m.group(2)
     return out
 
 

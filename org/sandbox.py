@@ -4,17 +4,17 @@
   are available the command also runs in fresh network + PID namespaces (`unshare -rn --pid
   --fork --kill-child`), so it has only a loopback interface and nothing it spawns (even after
   `setsid`) outlives it. Otherwise the run record says `network: not isolated`.
-- environment built from an allow-list; anything that looks like a credential is dropped even
-  if allowed (the program's own env is validated to hold no secrets).
+- environment built from an allow-list (`org.environment.run_env`); anything that looks like a
+  credential is dropped even if allowed (the program's own env is validated to hold no secrets).
 - rlimits (via prlimit(1)) on the data segment (memory), file size, process count (plus a
   watchdog on the run's task count, which binds root too), no core dumps.
 - a disk quota: the watchdog also reads the free space of the filesystems the run can write to
   (the worktree's, the temp dir's) and kills the group once it has used more than
-  `Limits.disk_bytes` of it, so many files under the file-size limit cannot fill the disk that
+  `RunLimits.disk_bytes` of it, so many files under the file-size limit cannot fill the disk that
   holds the campaign's records either.
 - output captured to a capped log; metrics come only from a final `---` block that ends the
-  output (a block followed by other lines, or a FAIL line, is no result); metric values must be
-  finite and inside the program's bounds; protected-file hashes are re-checked afterwards.
+  output (`org.runner.parse_summary`); metric values must be finite and inside the program's
+  bounds; protected-file hashes are re-checked afterwards.
 Any violation makes the experiment `rejected`, never `keep`.
 """
 
@@ -22,51 +22,25 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
-import re
 import resource
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from org.runner import (
-    LOG_CAP_BYTES,
-    RunResult,
-    _CappedSink,
-    argv_for,
-    kill_group,
-    log_tail,
-    reap,
-    spawn,
-)
+from org.environment import run_env
+from org.runner import LOG_CAP_BYTES, RunResult, argv_for, kill_group, parse_number, run_child
 
-ALLOWED_ENV = {
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ",
-    "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
-    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_HOME",
-    "PYTORCH_CUDA_ALLOC_CONF", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
-    "NIGHTLAB_CACHE", "NIGHTLAB_PRESET",
-}  # fmt: skip
-SECRET_ENV = re.compile(
-    r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH|COOKIE|SESSION)$"
-    r"|^(OPENAI|ANTHROPIC|AWS|AZURE|GOOGLE|GCP|GEMINI|VERTEX|HF|HUGGING\w*|COHERE|MISTRAL|GROQ|"
-    r"TOGETHER|REPLICATE|DEEPSEEK|XAI|OPENROUTER|LITELLM|GITHUB|GH|GITLAB|WANDB|OLLAMA)_",
-    re.I,
-)  # fmt: skip
 PROCS_HEADROOM = 256  # tasks (processes + threads) one run may have; torch uses ~1 per core
-_SUMMARY_KV = re.compile(r"^([A-Za-z_][\w.]*)\s*:\s*(\S.*?)\s*$")
 
 
 @dataclass(frozen=True)
-class Limits:
+class RunLimits:
     timeout_s: float
     memory_bytes: int | None = None  # RLIMIT_DATA; None: 80 % of physical memory
     file_bytes: int = 8 * 2**30  # RLIMIT_FSIZE: no single file over this
@@ -84,19 +58,6 @@ class SandboxResult(RunResult):
     @property
     def rejected(self) -> bool:
         return bool(self.violations)
-
-
-def sandbox_env(extra: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
-    """Allow-listed variables from `base` (default: os.environ) plus `extra`, minus secrets."""
-    base = os.environ if base is None else base
-    # NIGHTLAB_SMOKE* is not passed through: a stray one in the user's shell would turn every full
-    # run into a 2-second smoke run. The smoke gate sets it itself, through `extra`.
-    env = {k: v for k, v in base.items() if k in ALLOWED_ENV}
-    env.update(extra)
-    env = {k: v for k, v in env.items() if k.endswith("_OFFLINE") or not SECRET_ENV.search(k)}
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # a run leaves no files in the worktree
-    return env
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,17 +101,23 @@ class _Watchdog(threading.Thread):
     counts the whole user's processes, so this is the check that always holds. It also watches
     the free space of `disk_paths`' filesystems and kills the group once the run has used more
     than `disk_cap` bytes of any of them (free space, not per-process counters: a writer that
-    exits or forks still shows up)."""
+    exits or forks still shows up). Free space is measured when it is made, before the run."""
 
-    def __init__(self, leader: int, cap: int, kill: Callable[[], None], disk_paths: list[Path], disk_cap: int):
+    def __init__(self, cap: int, disk_paths: list[Path], disk_cap: int):
         super().__init__(daemon=True)
-        self.leader, self.cap, self.kill = leader, cap, kill
+        self.leader, self.cap = 0, cap
         self.peak, self.tripped = 0, False
         self.disk_cap, self.disk_used, self.disk_tripped = disk_cap, 0, False
         fs = {os.stat(p).st_dev: p for p in disk_paths if p.exists()}  # one path per filesystem
         self.free_at_start = {p: _free_bytes(p) for p in fs.values()}
         self.stop = threading.Event()
         self.own_ns = _pid_ns(os.getpid())
+
+    def watch(self, leader: int) -> Callable[[], None]:
+        """Start watching the group led by `leader`; returns the call that stops watching."""
+        self.leader = leader
+        self.start()
+        return self.stop.set
 
     def disk(self) -> int:
         """Most free space the run has used up on one watched filesystem, in bytes."""
@@ -187,7 +154,7 @@ class _Watchdog(threading.Thread):
             if self.disk_used > self.disk_cap:
                 self.disk_tripped = True
             if self.tripped or self.disk_tripped:
-                self.kill()
+                kill_group(self.leader)
                 return
 
 
@@ -218,33 +185,15 @@ def _rlimit_prefix(rlimits: dict[str, int]) -> tuple[list[str], Callable[[], Non
     return [], apply
 
 
-def final_summary(text: str) -> dict[str, str]:
-    """`key: value` lines of a `---` block that ends the output; {} if anything else follows it."""
-    lines = [line.strip() for line in text.rstrip().splitlines()]
-    if "---" not in lines:
-        return {}
-    start = len(lines) - 1 - lines[::-1].index("---")
-    out: dict[str, str] = {}
-    for line in lines[start + 1 :]:
-        m = _SUMMARY_KV.match(line)
-        if not line or line.startswith("FAIL") or not m:
-            return {}
-        out[m.group(1)] = m.group(2)
-    return out
-
-
 def check_metrics(summary: dict[str, str], bounds: dict[str, tuple[float, float]]) -> list[str]:
     """Every bounded key must be present, finite and inside [lo, hi]."""
     problems = []
     for key, (lo, hi) in bounds.items():
         raw = summary.get(key)
-        try:
-            x = float(raw) if raw is not None else math.nan
-        except ValueError:
-            x = math.nan
+        x = parse_number(raw)
         if raw is None:
             problems.append(f"metric {key} missing from the final summary")
-        elif not math.isfinite(x) or not lo <= x <= hi:
+        elif x is None or not lo <= x <= hi:
             problems.append(f"metric {key}={raw} outside sanity bounds [{lo}, {hi}]")
     return problems
 
@@ -261,7 +210,7 @@ def run_sandboxed(
     command: str,
     cwd: Path,
     env: dict[str, str],
-    limits: Limits,
+    limits: RunLimits,
     log_path: Path,
     pid_file: Path | None = None,
     protected: dict[str, str] | None = None,  # repo-relative path (under cwd) -> sha256 expected
@@ -272,48 +221,27 @@ def run_sandboxed(
     mem = limits.memory_bytes or int(0.8 * _physical_memory())
     nproc = _user_tasks() + limits.procs
     rl_prefix, preexec = _rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sink = _CappedSink(log_path, limits.log_cap)
-    start = time.monotonic()
-    proc, reader = spawn([*rl_prefix, *prefix, *argv_for(command)], cwd, sandbox_env(env), sink, pid_file,
-                         preexec_fn=preexec)  # fmt: skip
-    disk_paths = [cwd, Path(tempfile.gettempdir())]
-    watchdog = _Watchdog(proc.pid, limits.procs, lambda: kill_group(proc.pid), disk_paths, limits.disk_bytes)
-    watchdog.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        watchdog.stop.set()
-        reap(proc, reader, pid_file)  # the whole group, also when the leader exited first
-    sink.close()
-    text = log_tail(log_path)
-    summary = {} if timed_out or proc.returncode != 0 else final_summary(text)
+    watchdog = _Watchdog(limits.procs, [cwd, Path(tempfile.gettempdir())], limits.disk_bytes)
+    res, text = run_child([*rl_prefix, *prefix, *argv_for(command)], cwd, run_env(env), limits.timeout_s,
+                          log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec)  # fmt: skip
     violations: list[str] = []
     if watchdog.tripped:
         violations.append(f"spawned more than {limits.procs} processes/threads (fork bomb?)")
     if watchdog.disk_tripped:
         violations.append(f"used more than {limits.disk_bytes / 2**30:.3g} GiB of free disk space "
                           f"({watchdog.disk_used / 2**30:.3g} GiB when stopped)")  # fmt: skip
-    if timed_out:
+    if res.timed_out:
         violations.append(f"killed at the hard timeout ({limits.timeout_s:.0f} s)")
-    if proc.returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in text:
+    if res.returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in text:
         violations.append(f"tried to write a file over {limits.file_bytes} bytes")
-    if summary and bounds:
-        violations += check_metrics(summary, bounds)
+    if res.summary and bounds:
+        violations += check_metrics(res.summary, bounds)
     for rel, digest in (protected or {}).items():
         now = file_hashes(cwd, [rel])[rel]
         if now != digest:
             violations.append(f"protected file {rel} changed during the run")
     return SandboxResult(
-        returncode=None if timed_out else proc.returncode,
-        timed_out=timed_out,
-        seconds=time.monotonic() - start,
-        summary=summary,
-        tail=text[-4000:],
-        log_path=log_path,
+        **vars(res),
         network=network,
         violations=violations,
         limits={"timeout_s": limits.timeout_s, "memory_bytes": mem, "file_bytes": limits.file_bytes,

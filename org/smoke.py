@@ -7,10 +7,10 @@ errors, shape errors, NaNs (train.py prints FAIL and exits 1) and anything the s
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from org.sandbox import Limits, SandboxResult, run_sandboxed
+from org.runner import parse_number
+from org.sandbox import RunLimits, SandboxResult, run_sandboxed
 from org.untrusted import fence
 
 SMOKE_ENV = {"NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_SECONDS": "2", "NIGHTLAB_PRESET": "cpu",
@@ -19,7 +19,7 @@ SMOKE_ENV = {"NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_SECONDS": "2", "NIGHTLAB_PRE
 
 def smoke_run(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log_path: Path,
               protected: dict[str, str] | None = None) -> SandboxResult:  # fmt: skip
-    return run_sandboxed(command, cwd, {**env, **SMOKE_ENV}, Limits(timeout_s=timeout_s), log_path,
+    return run_sandboxed(command, cwd, {**env, **SMOKE_ENV}, RunLimits(timeout_s=timeout_s), log_path,
                          protected=protected)  # fmt: skip
 
 
@@ -30,14 +30,8 @@ def smoke_reason(res: SandboxResult, metric: str) -> str | None:
         why = "; ".join(res.violations)
     elif res.returncode != 0:
         why = f"exited {res.returncode}"
-    else:
-        raw = res.summary.get(metric)
-        try:
-            ok = raw is not None and math.isfinite(float(raw))
-        except ValueError:
-            ok = False
-        if not ok:
-            why = f"no finite {metric} in a final --- summary block"
+    elif parse_number(res.summary.get(metric)) is None:
+        why = f"no finite {metric} in a final --- summary block"
     if why is None:
         return None
     return f"smoke run failed: {why}\n{fence(res.tail, 'smoke log tail', 800)}"

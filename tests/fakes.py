@@ -8,7 +8,6 @@ recorded in `.sent` (with the model and params) so tests can assert what the mod
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,10 +59,6 @@ class ScriptedLLM(CustomLLM):
                                      completion_tokens=self.completion_tokens,
                                      total_tokens=self.prompt_tokens + self.completion_tokens)
         return model_response
-
-    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return self.completion(*args, **kwargs)
 
 
 def install_scripted(*replies: str | dict | Exception) -> ScriptedLLM:

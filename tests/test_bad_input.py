@@ -49,6 +49,7 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
     ({"protected": "[nope.py]"}, "protected", "does not exist"),
     ({"stop": "{max_experiments: -1}"}, "stop.max_experiments", "greater than or equal"),
     ({"env": "{OPENAI_API_KEY: x}"}, "env", "secret"),
+    ({"env": "{GITHUB_PAT: x}"}, "env", "secret"),  # the env policy's detector, not just *_KEY
     ({"parse": "{kind: regex}"}, "parse", "regex"),
 ])
 def test_bad_program_fields(tmp_path, front, field, words):

@@ -192,15 +192,6 @@ def test_schema_without_a_grammar_is_refused() -> None:
             "type": "json_schema", "json_schema": {"name": "B", "schema": Bounded.model_json_schema()}}})
 
 
-@pytest.mark.slow
-def test_astructured_with_real_model(tmp_path: Path) -> None:
-    role = load_role(proposer(tmp_path))
-    schema = knob_schema(parse_knobs(TRAIN))
-    msgs = [{"role": "user", "content": role.render(knobs=TRAIN)}]
-    result = asyncio.run(ModelClient().astructured(role, msgs, schema))
-    assert result.value is not None and result.record.ok
-
-
 class Odd(BaseModel):
     word: Literal["zyxqv", "plorbk_77", "Ünïcødé"]
     count: int

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -163,13 +162,6 @@ def test_hosted_model_cost_from_offline_cost_map(tmp_path: Path, monkeypatch) ->
     result = ModelClient().structured(role, [{"role": "user", "content": "x"}], Verdict)
     assert result.value == Verdict(keep=False, reason="noise")
     assert result.record.cost_usd > 0 and result.record.prompt_tokens > 0
-
-
-def test_async_structured(tmp_path: Path) -> None:
-    fake = install_scripted("nope", GOOD)
-    role = load_role(role_file(tmp_path, "scripted/a"))
-    result = asyncio.run(ModelClient().astructured(role, [{"role": "user", "content": "?"}], Verdict))
-    assert result.value is not None and result.record.attempts == 2 and len(fake.sent) == 2
 
 
 def test_static_provider_list_matches_litellm() -> None:

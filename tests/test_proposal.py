@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from org.errors import InputError
+from org.knobs import set_knobs
 from org.proposal import (
     EditProposal,
     SearchReplace,
@@ -117,6 +120,14 @@ def test_zero_floats_get_additive_moves() -> None:
         "WD = 0.01  # weight decay\n", "WD +0.01: 0.0 -> 0.01")
     with pytest.raises(InputError, match="does not apply"):
         apply_knob_move("WD = 0.0  # weight decay\n", "WD", "x2")
+
+
+def test_program_knobs_are_written_in_the_knobs_style() -> None:
+    new = set_knobs(TRAIN, {"TOTAL_BATCH_TOKENS": 2**16, "EMBED_LR": 0.000123456, "MATRIX_LR": 1,
+                            "WARMDOWN": 32, "USE_VALUE_EMBEDS": False, "OPTIM": "adamw"}, Path("p.md"))
+    assert new == (TRAIN.replace("2**14  #", "2**16  #").replace("3e-4  #", "0.000123456  #")  # exact, not 4 digits
+                   .replace("0.02  #", "1.0  #").replace("64 * 2  #", "32  #").replace("True  #", "False  #")
+                   .replace('"muon"  #', "'adamw'  #"))
 
 
 def test_knob_schema_is_enum_constrained_per_type() -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from org.environment import is_secret, run_env, setup_env
 from org.runner import metric_from, parse_summary, run_command
 
 
@@ -75,3 +76,18 @@ def test_secrets_do_not_reach_the_run(tmp_path, monkeypatch):
 def test_parse_summary_without_block():
     assert parse_summary("no summary here\n") == {}
     assert sys.executable and os.sep  # the runner swaps a leading `python` for this interpreter
+
+
+def test_final_summary_must_end_the_output():
+    assert parse_summary("x\n---\nval_bpb: 1.0\ndepth: 4\n") == {"val_bpb": "1.0", "depth": "4"}
+    assert parse_summary("---\nval_bpb: 0.1\nmore output\n") == {}
+    assert parse_summary("---\nval_bpb: 0.1\nFAIL: nan\n") == {}
+
+
+def test_setup_and_run_envs_drop_the_same_secrets():
+    secrets = ["OPENAI_API_KEY", "GITHUB_TOKEN", "HF_HOME", "AWS_REGION", "MY_DB_PASSWORD", "hf_token"]
+    base = {name: "x" for name in secrets} | {"PATH": "/bin", "HF_HUB_OFFLINE": "1", "DATA_URL": "u"}
+    setup, run = setup_env({}, base), run_env({"OLLAMA_HOST": "h"}, base)
+    assert not any(is_secret(k) for k in [*setup, *run]) and set(secrets).isdisjoint({*setup, *run})
+    assert setup["HF_HUB_OFFLINE"] == run["HF_HUB_OFFLINE"] == "1"  # an *_OFFLINE switch is no secret
+    assert setup["DATA_URL"] == "u" and "DATA_URL" not in run  # setup gets the wider env

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from org.environment import run_env
 from org.errors import ModelError
 from org.review import Pass, review_change
 from org.rules import check_file
-from org.sandbox import Limits, final_summary, run_sandboxed, sandbox_env
+from org.sandbox import RunLimits, run_sandboxed
 from org.untrusted import fence, quote_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +54,6 @@ def test_violation_names_file_line_and_reason():
     assert new.splitlines()[v.line - 1].strip() == "time.sleep(1e4)"
 
 
-def test_final_summary_must_end_the_output():
-    assert final_summary("x\n---\nval_bpb: 1.0\ndepth: 4\n") == {"val_bpb": "1.0", "depth": "4"}
-    assert final_summary("---\nval_bpb: 0.1\nmore output\n") == {}
-    assert final_summary("---\nval_bpb: 0.1\nFAIL: nan\n") == {}
-
-
 # ---- the sandbox, with real processes -----------------------------------------------------------
 
 
@@ -71,21 +66,21 @@ def test_secrets_are_not_in_the_child_env(tmp_path, monkeypatch):
     for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_DB_PASSWORD"):
         monkeypatch.setenv(k, "sk-secret")
     res = run_sandboxed(_script(tmp_path, "import os; print(sorted(os.environ))"), tmp_path,
-                        {"NIGHTLAB_PRESET": "cpu"}, Limits(30), tmp_path / "env.log")  # fmt: skip
+                        {"NIGHTLAB_PRESET": "cpu"}, RunLimits(30), tmp_path / "env.log")  # fmt: skip
     assert res.returncode == 0 and "sk-secret" not in res.log_path.read_text()
     for k in ("OPENAI_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_DB_PASSWORD"):
         assert k not in res.tail
     assert "NIGHTLAB_PRESET" in res.tail
-    assert "GITHUB_TOKEN" not in sandbox_env({"GITHUB_TOKEN": "x"}, base={})
+    assert "GITHUB_TOKEN" not in run_env({"GITHUB_TOKEN": "x"}, base={})
     # a stray smoke flag in the user's shell must not shorten full runs; the smoke gate passes its own
-    assert "NIGHTLAB_SMOKE" not in sandbox_env({}, base={"NIGHTLAB_SMOKE": "1", "PATH": "/bin"})
-    assert sandbox_env({"NIGHTLAB_SMOKE": "1"}, base={})["NIGHTLAB_SMOKE"] == "1"
+    assert "NIGHTLAB_SMOKE" not in run_env({}, base={"NIGHTLAB_SMOKE": "1", "PATH": "/bin"})
+    assert run_env({"NIGHTLAB_SMOKE": "1"}, base={})["NIGHTLAB_SMOKE"] == "1"
 
 
 def test_socket_is_blocked_or_recorded(tmp_path):
     body = ("import socket\ns = socket.socket(); s.settimeout(3)\n"
             "print('connect', s.connect_ex(('1.1.1.1', 80)))\n")  # fmt: skip
-    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(30), tmp_path / "net.log")
+    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, RunLimits(30), tmp_path / "net.log")
     if res.network.startswith("isolated"):
         assert "connect 0" not in res.tail  # no route out of an empty network namespace
     else:
@@ -98,7 +93,7 @@ def test_sleep_is_killed_at_the_timeout_with_its_group(tmp_path):
             f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', {marker!r}])\n"
             f"time.sleep(120)\n")  # fmt: skip
     start = time.monotonic()
-    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(3), tmp_path / "sleep.log")
+    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, RunLimits(3), tmp_path / "sleep.log")
     assert res.timed_out and time.monotonic() - start < 30
     assert any("hard timeout" in v for v in res.violations)
     time.sleep(0.5)
@@ -108,7 +103,7 @@ def test_sleep_is_killed_at_the_timeout_with_its_group(tmp_path):
 def test_fork_bomb_is_contained(tmp_path):
     body = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(1)\n"
     start = time.monotonic()
-    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(20, procs=48), tmp_path / "fork.log")
+    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, RunLimits(20, procs=48), tmp_path / "fork.log")
     assert time.monotonic() - start < 25
     assert res.rejected and res.returncode != 0
     time.sleep(0.5)
@@ -125,7 +120,7 @@ def _cmd(pid: str) -> str:
 
 def test_10gb_write_is_stopped_by_the_file_size_limit(tmp_path):
     body = "with open('big.bin', 'wb') as f:\n    for _ in range(10 * 1024):\n        f.write(b'0' * 2**20)\nprint('wrote it all')\n"
-    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(60, file_bytes=32 * 2**20),
+    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, RunLimits(60, file_bytes=32 * 2**20),
                         tmp_path / "big.log")  # fmt: skip
     assert res.rejected and "wrote it all" not in res.tail
     assert (tmp_path / "big.bin").stat().st_size <= 32 * 2**20
@@ -138,7 +133,7 @@ def test_many_files_under_the_size_limit_are_stopped_by_the_disk_quota(tmp_path)
             "    subprocess.run([sys.executable, '-c', f\"open('f{i}.bin', 'wb').write(bytes(2**21)); import os; os.fsync(os.open('f{i}.bin', os.O_RDONLY))\"])\n"
             "print('wrote it all')\n")  # fmt: skip
     start = time.monotonic()
-    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(120, file_bytes=4 * 2**20, disk_bytes=40 * 2**20),
+    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, RunLimits(120, file_bytes=4 * 2**20, disk_bytes=40 * 2**20),
                         tmp_path / "disk.log")  # fmt: skip
     assert res.rejected and "wrote it all" not in res.tail, res.tail
     assert any("of free disk space" in v for v in res.violations), res.violations
@@ -152,7 +147,7 @@ def test_metric_bounds_and_protected_hashes(tmp_path):
 
     protected = file_hashes(tmp_path, ["prepare.py"])
     body = "open('prepare.py', 'a').write('BUDGET = 99\\n')\nprint('---'); print('val_bpb: 0.0001')\n"
-    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, Limits(30), tmp_path / "b.log",
+    res = run_sandboxed(_script(tmp_path, body), tmp_path, {}, RunLimits(30), tmp_path / "b.log",
                         protected=protected, bounds={"val_bpb": (0.1, 20.0)})  # fmt: skip
     assert any("outside sanity bounds" in v for v in res.violations)
     assert any("protected file prepare.py changed" in v for v in res.violations)

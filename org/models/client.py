@@ -1,4 +1,4 @@
-"""ModelClient: every model call goes through litellm, sync or async, with structured output.
+"""ModelClient: every model call goes through litellm, with structured output.
 
 Two kinds of failure, handled differently:
 - transport (connection refused, timeout, rate limit, missing key): retried with exponential
@@ -10,7 +10,6 @@ Two kinds of failure, handled differently:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -267,38 +266,5 @@ class ModelClient:
                     if not _transient(e) or attempt + 1 == self.transport_attempts:
                         break
                     time.sleep(self.backoff_s * 2**attempt)
-            call._note_down(model, reason)
-        raise ModelError(call.error or "no model answered")
-
-    async def astructured(
-        self, role: Role, messages: list[dict], schema: type[T]
-    ) -> StructuredResult[T]:
-        call = _Call(role, messages, schema)
-        for _ in range(role.spec.max_attempts):
-            call.attempts += 1
-            try:
-                response, model = await self._acomplete(call)
-            except ModelError as e:
-                raise self._give_up(call) from e
-            call.account(response, model)
-            value = call.validate(response)
-            if value is not None:
-                return self._emit(call, value)
-        return self._emit(call, None)
-
-    async def _acomplete(self, call: _Call) -> tuple[Any, str]:
-        lt = litellm_module()
-        for model in call.candidates():
-            for attempt in range(self.transport_attempts):
-                try:
-                    return await lt.acompletion(**call.kwargs(model)), model
-                except Exception as e:
-                    if not _transport_error(e):
-                        raise
-                    reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-                    call.error = f"{model}: {reason}"
-                    if not _transient(e) or attempt + 1 == self.transport_attempts:
-                        break
-                    await asyncio.sleep(self.backoff_s * 2**attempt)
             call._note_down(model, reason)
         raise ModelError(call.error or "no model answered")
