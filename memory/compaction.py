@@ -19,14 +19,14 @@ import structlog
 from memory.notes import Effect, LessonDraft, Note
 
 if TYPE_CHECKING:
-    from memory.store import NoteStore
+    from memory.notebook import Notebook
 
 log = structlog.get_logger(__name__)
 MIN_GROUP = 2  # a lesson needs at least this many notes behind it
 NOISE = 0.0005  # |mean Δval_bpb| below this is "no effect" in the fallback's wording
 
 
-def _candidates(store: NoteStore, target: str) -> list[Note]:
+def _candidates(store: Notebook, target: str) -> list[Note]:
     return [
         n
         for kind in ("experiment", "insight")
@@ -53,7 +53,7 @@ def _batch(notes: list[Note], budget_tokens: int) -> list[Note]:
 
 
 def compact(
-    store: NoteStore,
+    store: Notebook,
     target: str,
     summarize: Callable[[list[Note]], list[LessonDraft]] | None,
     budget_tokens: int = BATCH_TOKENS,
@@ -101,12 +101,12 @@ def _effect(deltas: list[float], statuses: list[str]) -> Effect:
     return "unclear"
 
 
-def _experiments_behind(store: NoteStore, lesson: Note) -> list[Note]:
+def _experiments_behind(store: Notebook, lesson: Note) -> list[Note]:
     ids = [int(e.split(":", 1)[1]) for e in lesson.evidence if e.startswith("note:")]
     return [n for n in (store.get(i) for i in ids) if n.kind == "experiment"]
 
 
-def fallback_drafts(store: NoteStore, target: str, notes: list[Note]) -> list[LessonDraft]:
+def fallback_drafts(store: Notebook, target: str, notes: list[Note]) -> list[LessonDraft]:
     """Group experiments by knob move and insights by first tag; one lesson per group of >= 2
     (counting experiments behind a current lesson on the same move, which is then folded in)."""
     groups: dict[tuple[str, str], list[Note]] = defaultdict(list)

@@ -14,7 +14,7 @@ from memory.notes import Note
 from memory.tokens import count_tokens, truncate_to_tokens
 
 if TYPE_CHECKING:
-    from memory.store import NoteStore
+    from memory.notebook import Notebook
 
 HEADER = "## Memory (notes from earlier experiments on this target)"
 LESSON_SHARE = 0.6
@@ -60,7 +60,7 @@ class _Block:
         return False
 
 
-def context_for(store: NoteStore, query: str, target: str, budget_tokens: int, k: int = 8) -> str:
+def context_for(store: Notebook, query: str, target: str, budget_tokens: int, k: int = 8) -> str:
     block = _Block(budget_tokens)
     if budget_tokens <= 0:
         return ""

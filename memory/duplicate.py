@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from memory.notes import Note, normalize_knob_move
 
 if TYPE_CHECKING:
-    from memory.store import NoteStore
+    from memory.notebook import Notebook
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -73,7 +73,7 @@ def _conflict(a: str, b: str) -> bool:
 
 
 def check_duplicate(
-    store: NoteStore, target: str, knob_move: str | None, diff: str | None, text: str
+    store: Notebook, target: str, knob_move: str | None, diff: str | None, text: str
 ) -> Note | None:
     """The matching experiment note, or None when the change looks new."""
     move = normalize_knob_move(knob_move)
@@ -99,7 +99,7 @@ def check_duplicate(
     return None
 
 
-def tried_knob_moves(store: NoteStore, target: str, moves: list[str]) -> dict[str, Note]:
+def tried_knob_moves(store: Notebook, target: str, moves: list[str]) -> dict[str, Note]:
     """For each absolute knob move ("DEPTH 4->8") already noted on `target`: its newest experiment
     note, keyed by the normalized move. One query, so the proposer can be offered only new moves."""
     wanted = {m for m in (normalize_knob_move(x) for x in moves) if m}

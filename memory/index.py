@@ -33,13 +33,13 @@ def _meta(note: Note) -> dict[str, Any]:
 
 
 class NoteIndex:
-    def __init__(self, path: Path, embedding: str):
+    def __init__(self, path: Path, embedding: str, ollama_host: str | None = None):
         import chromadb
         from chromadb.config import Settings
 
         self.path = path
         self.embedding = embedding
-        self.fn = embedding_function(embedding)
+        self.fn = embedding_function(embedding, ollama_host)
         self.name = collection_name(embedding)
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
         try:

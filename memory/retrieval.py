@@ -1,63 +1,58 @@
 """Retrieval: hybrid search over the notes (Chroma by meaning + FTS5 by identifier), fused by
-reciprocal rank. Deterministic for a given index, so a rebuild from SQLite reproduces it."""
+reciprocal rank. Deterministic for a given index, so a rebuild from SQLite reproduces it.
+
+Works on the SQLite db and the vector index directly; the NoteStore turns ranked ids into notes."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from memory.notes import Note
+import sqlite_utils
 
 if TYPE_CHECKING:
-    from memory.store import NoteStore
+    from memory.index import NoteIndex
 
 _RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al.)
 _IDENT = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|\b[A-Z]{3,}[0-9]*\b")  # DEPTH, MATRIX_LR
+FilterCounts = dict[tuple[str, tuple[Any, ...]], int]
 
 
 def search(
-    store: NoteStore,
+    db: sqlite_utils.Database,
+    index: NoteIndex,
+    counts: FilterCounts,
     text: str,
     k: int,
     target: str | None,
     kinds: Iterable[str] | None,
     current_only: bool,
-) -> list[Note]:
-    if k <= 0:
-        return []
+) -> list[int]:
+    """Ids of the k notes most related to `text`, best first."""
     kinds = list(kinds) if kinds is not None else None
-    vec = vector_hits(store, text, 2 * k, target, kinds, current_only)
-    fts = fts_hits(store, text, 2 * k, target, kinds, current_only)
+    vec = vector_hits(db, index, counts, text, 2 * k, target, kinds, current_only)
+    fts = fts_hits(db, text, 2 * k, target, kinds, current_only)
     score: dict[int, float] = {}
     for ranked in ([i for i, _ in vec], fts):
         for rank, i in enumerate(ranked):
             score[i] = score.get(i, 0.0) + 1.0 / (_RRF_K + rank + 1)
-    best = sorted(score, key=lambda i: (-score[i], i))[:k]
-    return _get_many(store, best)
-
-
-def _get_many(store: NoteStore, ids: Sequence[int]) -> list[Note]:
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    rows = {
-        r["id"]: r for r in store.db.query(f"select * from notes where id in ({marks})", list(ids))
-    }
-    if len(rows) != len(ids):  # the index named a note SQLite lacks: it is stale, rebuild it
-        store.reindex()
-    return [Note.from_row(rows[i]) for i in ids if i in rows]
+    return sorted(score, key=lambda i: (-score[i], i))[:k]
 
 
 def vector_hits(
-    store: NoteStore,
+    db: sqlite_utils.Database,
+    index: NoteIndex,
+    counts: FilterCounts,
     text: str,
     k: int,
     target: str | None = None,
     kinds: Iterable[str] | None = None,
     current_only: bool = False,
 ) -> list[tuple[int, float]]:
-    """(note id, cosine similarity) from Chroma, told how many notes pass the filters."""
+    """(note id, cosine similarity) from Chroma, told how many notes pass the filters.
+
+    `counts` caches those numbers per filter; the caller clears it on every write."""
     kinds = list(kinds) if kinds is not None else None
     where, args = [], []
     if target is not None:
@@ -68,21 +63,21 @@ def vector_hits(
         args += kinds
     sql = "select count(*) from notes" + (" where " + " and ".join(where) if where else "")
     key = (sql, tuple(args))
-    if key not in store.filter_counts:  # ~6 ms at 100k notes; reset by every write
-        store.filter_counts[key] = int(store.db.execute(sql, args).fetchone()[0])
-    return store.index.query(
+    if key not in counts:  # ~6 ms at 100k notes; reset by every write
+        counts[key] = int(db.execute(sql, args).fetchone()[0])
+    return index.query(
         text,
         k,
         target,
         kinds,
         current_only,
-        matching=store.filter_counts[key],
-        total=store.count(),
+        matching=counts[key],
+        total=int(db.execute("select count(*) from notes").fetchone()[0]),
     )
 
 
 def fts_hits(
-    store: NoteStore,
+    db: sqlite_utils.Database,
     text: str,
     k: int,
     target: str | None,
@@ -109,4 +104,4 @@ def fts_hits(
     if current_only:
         sql += " and notes.superseded_by is null and notes.refuted_by is null"
     sql += " order by notes_fts.rowid desc limit ?"
-    return [r[0] for r in store.db.execute(sql, [*args, k])]
+    return [r[0] for r in db.execute(sql, [*args, k])]

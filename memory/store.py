@@ -15,42 +15,35 @@ from typing import Any
 
 import sqlite_utils
 
+from memory.database import open_database
 from memory.embedding import DEFAULT_EMBEDDING
-from memory.migrations import migrate
+from memory.errors import StoreError
+from memory.migrations import schema
 from memory.notes import LessonDraft, Note, NoteIn, Status, experiment_text, now_iso
-from org.database import connect
-from org.errors import HarnessError
 
 SYNC_PROBE = 256  # newest ids checked at open
 
 
-def _open_db(path: Path) -> sqlite_utils.Database:
-    db = connect(path, "the memory database")
-    migrate(db, path)  # reads first and refuses foreign or corrupt files before any write
-    db.execute("PRAGMA journal_mode=WAL")
-    return db
-
-
 class NoteStore:
-    """Notes for every campaign and target under `home` (memory.db + chroma/)."""
+    """Notes for every campaign and target under `home` (memory.db + chroma/).
+
+    `ollama_host` is the server an "ollama:<model>" embedding without "@<url>" talks to."""
 
     def __init__(
         self,
-        home: Path | None = None,
+        home: Path,
         *,
         embedding: str = DEFAULT_EMBEDDING,
         dup_threshold: float = 0.8,
+        ollama_host: str | None = None,
     ):
-        if home is None:
-            from org.settings import home_dir
-
-            home = home_dir()
         self.home = Path(home)
         self.db_path = self.home / "memory.db"
         self.chroma_path = self.home / "chroma"
         self.embedding = embedding
+        self.ollama_host = ollama_host
         self.dup_threshold = dup_threshold
-        self.db = _open_db(self.db_path)
+        self.db = open_database(self.db_path, schema())
         self._index: Any = None
         # How many notes pass a (target, kinds) filter, for the vector over-fetch. Only a size
         # estimate: a stale value (another process wrote) costs speed, never results.
@@ -63,7 +56,7 @@ class NoteStore:
         if self._index is None:
             from memory.index import NoteIndex
 
-            self._index = NoteIndex(self.chroma_path, self.embedding)
+            self._index = NoteIndex(self.chroma_path, self.embedding, self.ollama_host)
             if not self._in_sync(full=False):
                 self.reindex()
                 self.reindexed_at_open = True
@@ -91,7 +84,7 @@ class NoteStore:
         if self._index is None:
             from memory.index import NoteIndex
 
-            self._index = NoteIndex(self.chroma_path, self.embedding)
+            self._index = NoteIndex(self.chroma_path, self.embedding, self.ollama_host)
         return self._index.rebuild(self._batches(batch))
 
     def _batches(self, size: int) -> Iterator[list[Note]]:
@@ -250,7 +243,7 @@ class NoteStore:
         """Mark a lesson refuted by a later note (kept, never deleted)."""
         lesson, by = self.get(lesson_id), self.get(by_note_id)
         if lesson.kind != "lesson":
-            raise HarnessError(
+            raise StoreError(
                 f"note #{lesson_id} is a {lesson.kind}, not a lesson: cannot refute it"
             )
         with self.db.conn:
@@ -280,7 +273,7 @@ class NoteStore:
         try:
             return Note.from_row(self.db["notes"].get(note_id))
         except sqlite_utils.db.NotFoundError:
-            raise HarnessError(f"{self.db_path}: no note #{note_id}") from None
+            raise StoreError(f"{self.db_path}: no note #{note_id}") from None
 
     def count(self) -> int:
         return int(self.db.execute("select count(*) from notes").fetchone()[0])
@@ -323,7 +316,16 @@ class NoteStore:
         """The k notes most related to `text` (meaning + identifiers), best first."""
         from memory.retrieval import search
 
-        return search(self, text, k, target, kinds, current_only)
+        if k <= 0:
+            return []
+        ids = search(self.db, self.index, self.filter_counts, text, k, target, kinds, current_only)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = {r["id"]: r for r in self.db.query(f"select * from notes where id in ({marks})", ids)}
+        if len(rows) != len(ids):  # the index named a note SQLite lacks: it is stale, rebuild it
+            self.reindex()
+        return [Note.from_row(rows[i]) for i in ids if i in rows]
 
     def vector_hits(
         self,
@@ -336,7 +338,9 @@ class NoteStore:
         """(note id, cosine similarity) from the vector index alone, best first."""
         from memory.retrieval import vector_hits
 
-        return vector_hits(self, text, k, target, kinds, current_only)
+        return vector_hits(
+            self.db, self.index, self.filter_counts, text, k, target, kinds, current_only
+        )
 
     # ---- the campaign-loop API implemented in sibling modules ----
     def context_for(self, query: str, target: str, budget_tokens: int, k: int = 8) -> str:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from org.errors import HarnessError
+from memory.errors import StoreError
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 _CACHE_KEY = hashlib.sha1(_CL100K_URL.encode()).hexdigest()  # tiktoken's cache file name
@@ -50,7 +50,7 @@ def encoding() -> Any:
                     del os.environ["TIKTOKEN_CACHE_DIR"]
                 else:
                     os.environ["TIKTOKEN_CACHE_DIR"] = old
-    raise HarnessError(
+    raise StoreError(
         f"cl100k_base BPE file ({_CACHE_KEY}) not found offline in "
         f"{[str(d) for d in _candidate_dirs()]}; set TIKTOKEN_CACHE_DIR to a directory holding it"
     )

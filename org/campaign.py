@@ -35,7 +35,7 @@ from org.program import Program, load_program
 from org.prompts import check_role_variables
 from org.roles import Org, load_org
 from org.runner import kill_stale
-from org.settings import home_dir
+from org.settings import home_dir, ollama_host
 from org.state import initial_state
 from org.workspace import Workspace, branch_name, git
 
@@ -155,7 +155,7 @@ def check_embedding(org: Org) -> None:
     from org.models.names import parse_model
     from org.models.preflight import ollama_problem
 
-    model, url = ollama_parts(org.spec.embedding)
+    model, url = ollama_parts(org.spec.embedding, ollama_host())
     why = ollama_problem(parse_model(f"ollama/{model}"), host=url)
     if why is not None:
         raise InputError(org.path / "org.md", "embedding", why)
@@ -183,7 +183,7 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
     if memory is None:
         from memory import NoteStore
 
-        memory = NoteStore(home_dir(), embedding=org.spec.embedding)
+        memory = NoteStore(home_dir(), embedding=org.spec.embedding, ollama_host=ollama_host())
     events = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
     return Lab(
         tag=record.tag, dir=directory, program=program, org=org,

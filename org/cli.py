@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from org.errors import NightlabError
+from org.errors import EDGE_ERRORS, exit_code
 
 # name -> "module:attribute" of a click command or group; imported only when used.
 COMMANDS: dict[str, str] = {
@@ -16,7 +16,7 @@ COMMANDS: dict[str, str] = {
     "status": "org.commands:status",
     "log": "org.commands:log",
     "models": "org.models.commands:models",
-    "memory": "memory.cli:memory",
+    "memory": "org.memory_commands:memory",
 }
 
 
@@ -38,7 +38,8 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: NightlabError becomes one clear line on stderr and its exit code."""
+    """Console entry point: a nightlab (or memory) error becomes one clear line on stderr and
+    its exit code."""
     try:
         cli.main(args=argv, prog_name="nightlab", standalone_mode=False)
     except click.exceptions.Abort:
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except NightlabError as e:
+    except EDGE_ERRORS as e:
         click.echo(f"nightlab: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        sys.exit(exit_code(e))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""The small error hierarchy. Converted to CLI messages and exit codes only in org/cli.py."""
+"""The small error hierarchy. Converted to CLI messages and exit codes only in org/cli.py.
+
+memory, the library below org, raises its own errors (memory/errors.py); `exit_code` is where
+they get the codes of their org counterparts.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from memory.errors import NotesError, SpecError
 
 
 class NightlabError(Exception):
@@ -34,3 +40,15 @@ class HarnessError(NightlabError):
     """Something in nightlab itself or its workspace broke (git, store, filesystem)."""
 
     exit_code = 1
+
+
+# what the CLI turns into one line on stderr and an exit code
+EDGE_ERRORS = (NightlabError, NotesError)
+
+
+def exit_code(error: NightlabError | NotesError) -> int:
+    """The CLI exit code: a memory SpecError is bad input (as InputError), any other memory
+    error is a broken store or model file (as HarnessError)."""
+    if isinstance(error, NightlabError):
+        return error.exit_code
+    return InputError.exit_code if isinstance(error, SpecError) else HarnessError.exit_code

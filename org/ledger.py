@@ -1,7 +1,8 @@
 """The campaign ledger: experiments, model calls and model-caused failures in SQLite.
 
 SQLite is the source of truth; `results.tsv` is regenerated from it (see `write_tsv`) so the two
-can never disagree. Schema changes are numbered forward-only migrations recorded in `_migrations`.
+can never disagree. Schema changes are numbered forward-only migrations recorded in `_migrations`
+(applied by memory/database.py, the one SQLite helper, as memory.db's are).
 Writes are upserts keyed by experiment number, so a node re-run after `kill -9` cannot count an
 experiment twice.
 """
@@ -10,13 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from org.database import atomic, connect
+from memory.database import Migration, Schema, open_database
 
 STATUSES = ("keep", "discard", "crash", "rejected")  # rejected: the sandbox found a violation
 TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
@@ -64,31 +64,19 @@ def _m003_run_network(db: sqlite_utils.Database) -> None:
     db["experiments"].add_column("network", str, not_null_default="")
 
 
-MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", _m001_initial),
     ("002_vet_gates", _m002_vet_gates),
     ("003_run_network", _m003_run_network),
 ]
+SCHEMA = Schema("campaign ledger", "_migrations", MIGRATIONS, "applied_at", time.time)
 
 
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
-        self.db = connect(path, "the campaign ledger")
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_database(path, SCHEMA)
         self.db.execute("PRAGMA synchronous=FULL")  # a keep must survive a power cut
-        self._migrate()
-
-    def _migrate(self) -> None:
-        table = self.db["_migrations"]
-        if not table.exists():
-            table.create({"name": str, "applied_at": float}, pk="name")
-        done = {row["name"] for row in table.rows}
-        for name, fn in MIGRATIONS:
-            if name not in done:
-                with atomic(self.db.conn):  # all of it or none of it, DDL included
-                    fn(self.db)
-                    table.insert({"name": name, "applied_at": time.time()})
 
     # ---- experiments -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 from org import campaign as c
-from org.errors import NightlabError
+from org.errors import EDGE_ERRORS, exit_code
 from org.scripted import ScriptedClient
 from tests.tiny import APPROVE, DIRECTIVE, knob
 
@@ -67,9 +67,9 @@ def main(argv: list[str]) -> int:
             c.start(argv[1], argv[2], tag=argv[3], max_experiments=int(argv[4]), models=client())
         else:
             c.resume(argv[1], max_experiments=int(argv[2]), models=client())
-    except NightlabError as e:
+    except EDGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     return 0
 
 

@@ -15,16 +15,17 @@ import pytest
 from click.testing import CliRunner
 
 from memory import NoteIn, NoteStore
-from memory.cli import memory
 from org.cli import COMMANDS, main
+from org.memory_commands import memory
+from org.settings import home_dir
 
 
 def test_registered_lazily() -> None:
-    assert COMMANDS["memory"] == "memory.cli:memory"
+    assert COMMANDS["memory"] == "org.memory_commands:memory"
 
 
 def test_search_show_stats_reindex(isolated_state: Path) -> None:
-    store = NoteStore()  # NIGHTLAB_HOME from the autouse fixture
+    store = NoteStore(home_dir())  # NIGHTLAB_HOME from the autouse fixture
     assert store.home == isolated_state
     store.add_experiment(
         "night-1",
@@ -61,6 +62,15 @@ def test_corrupt_db_is_a_clear_cli_error(
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert str(isolated_state / "memory.db") in err and "refusing to touch it" in err
+
+
+def test_unknown_embedding_is_bad_input_at_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """memory's SpecError reaches the edge as InputError would: one line, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        main(["memory", "stats", "--embedding", "word2vec"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "nightlab: error: embedding: unknown embedding 'word2vec': use 'minilm' or 'ollama:<model>[@url]'\n"
 
 
 class _FakeOllama(BaseHTTPRequestHandler):
@@ -142,7 +152,7 @@ def test_an_org_picks_its_memory_embedding(tmp_path: Path, fake_ollama: str, mon
     _FakeOllama.calls.clear()
     c.start(program, org_dir, tag="emb", max_experiments=1, models=client)
     assert any(call["path"] == "/api/embed" for call in _FakeOllama.calls)  # the note was embedded there
-    store = NoteStore(embedding=f"ollama:fake-embed@{fake_ollama}")
+    store = NoteStore(home_dir(), embedding=f"ollama:fake-embed@{fake_ollama}")
     assert [n.kind for n in store.notes(campaign="emb")].count("experiment") == 1
     assert store.index.name == "notes-ollama-fake-embed" and store.index.count() >= 1
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from memory import LessonDraft, Note, NoteIn, NoteStore
-from org.errors import HarnessError
+from memory.errors import StoreError
 
 
 def _lr_runs(store: NoteStore) -> list[Note]:
@@ -121,7 +121,7 @@ def test_manual_refute(tmp_path: Path) -> None:
     refuted = store.refute(lesson.id, later.id)
     assert refuted.refuted_by == later.id and not refuted.current
     assert "REFUTED" in refuted.to_prompt()
-    with pytest.raises(HarnessError, match="not a lesson"):
+    with pytest.raises(StoreError, match="not a lesson"):
         store.refute(later.id, lesson.id)
 
 

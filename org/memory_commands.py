@@ -1,4 +1,5 @@
-"""`nightlab memory ...`: search, show, stats, reindex over the note store in NIGHTLAB_HOME."""
+"""`nightlab memory ...`: search, show, stats, reindex over the note store in NIGHTLAB_HOME
+(registered lazily in org/cli.py; memory itself reads no settings, they are handed in here)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 import click
 
 from memory.store import NoteStore
+from org import settings
 
 
 def _store(embedding: str) -> NoteStore:
-    return NoteStore(embedding=embedding)
+    return NoteStore(settings.home_dir(), embedding=embedding, ollama_host=settings.ollama_host())
 
 
 embedding_option = click.option(
