@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test campaign resume status log data baseline bench redteam lint clean
+.PHONY: venv test campaign resume status log data baseline bench redteam lint graph clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ redteam: venv
 
 lint: venv
 	$(BIN)/ruff check org memory trainer evals tests
+
+# docs/graph.md is drawn from org/graph.py's build_graph(); tests/test_graph.py fails when it is stale.
+graph: venv
+	$(BIN)/python -m org.graph > docs/graph.md.tmp && mv docs/graph.md.tmp docs/graph.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

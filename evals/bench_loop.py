@@ -64,7 +64,7 @@ def main() -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from org import campaign as c
     from org.ledger import Ledger
-    from org.scripted import ScriptedClient
+    from tests.scripted import ScriptedClient
 
     program = make_repo(tmp / "repo", args.smoke)
     step = iter(range(10**9))

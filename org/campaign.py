@@ -29,7 +29,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from org.errors import InputError
-from org.lab import Lab, Limits
+from org.lab import Lab
 from org.ledger import Ledger, tsv_text
 from org.program import Program, load_program
 from org.prompts import check_role_variables
@@ -175,7 +175,7 @@ def _event_log(fh: Any, tag: str) -> Any:
 def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, memory: Any,
               progress: Callable[..., None] | None) -> Lab:  # fmt: skip
     directory = campaign_dir(record.tag)
-    stop = program.spec.stop
+    stop = program.spec.stop.overridden(max_experiments=record.max_experiments)
     if models is None:
         from org.models import ModelClient
 
@@ -188,10 +188,7 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
     return Lab(
         tag=record.tag, dir=directory, program=program, org=org,
         workspace=Workspace(directory / "worktree"), ledger=Ledger(directory / "ledger.db"),
-        models=models, memory=memory,
-        limits=Limits(max_experiments=record.max_experiments if record.max_experiments is not None
-                      else stop.max_experiments, max_hours=stop.max_hours, max_usd=stop.max_usd,
-                      max_failures_in_row=stop.max_failures_in_row),
+        models=models, memory=memory, stop=stop,
         started_at=record.created_at, base_commit=record.base_commit,
         protected_hashes=record.protected_hashes, log=_event_log(events, record.tag), event_file=events,
         progress=progress or (lambda **_: None),

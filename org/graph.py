@@ -12,35 +12,28 @@ a crash) are written to the ledger and fed back to the proposer; harness errors 
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from memory.notes import experiment_text
 from org.errors import InputError, ModelError
-from org.lab import Lab, absolute_move
-from org.prompts import Directive, Lessons, fmt_metric, history_table
-from org.review import Pass, advisory_only, review_change
+from org.lab import Lab
+from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
+from org.review import advisory_only, fail_open, review_change
 from org.runner import metric_from, parse_number, run_command
 from org.sandbox import RunLimits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
 from org.untrusted import fence, quote_file
-from org.vet import VetInput, vet
+from org.vet import GateResult, VetInput, reject, vet
 
 Next = Literal["compact", "direct", "propose", "__end__"]
 
 
 # ---- routing helpers ---------------------------------------------------------------------------
-
-
-def _keep_rate(lab: Lab) -> str:
-    rows = [r for r in lab.ledger.experiments() if r["n"] > 0]
-    kept = sum(r["status"] == "keep" for r in rows)
-    return f"{kept}/{len(rows)}" if rows else "0/0"
 
 
 def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: bool) -> Command:
@@ -123,22 +116,22 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
     lab.progress(phase="direct", n=state["n"])
     rows = lab.ledger.experiments()
     fails = [f"{f['stage']}: {f['reason']}" for f in lab.ledger.failures(limit=10)]
-    knobs = knob_listing(lab.knobs(lab.workspace.read(lab.program.knob_path)))
-    res = lab.call(
+    knobs = knob_listing(lab.program.search_space(lab.workspace.read(lab.program.knob_path)))
+    res = lab.calls.ask(
         "director", state["n"], Directive, experiment=state["n"], history=history_table(rows, 40),
         knobs=knobs,
-        best_metric=fmt_metric(state["best_metric"]), keep_rate=_keep_rate(lab),
+        best_metric=fmt_metric(state["best_metric"]), keep_rate=keep_rate(rows),
         baseline_metric=fmt_metric(state["baseline_metric"]), feedback=fails,
-        memory=lab.memory_context("what worked and what failed", 1200), directive=state["directive"],
+        memory=lab.recall.context("what worked and what failed", 1200), directive=state["directive"],
     )  # fmt: skip
     update: dict[str, Any] = {"since_direct": 0}
     if res.value is None:  # keep the old directive; the failure is in the ledger's calls table
         lab.log.info("director_failed", error=res.record.error)
     else:
         d: Directive = res.value
-        update["directive"] = f"{d.focus}" + (f" Avoid: {d.avoid}" if d.avoid else "")
+        update["directive"] = d.guidance()
         lab.log.info("directive", assessment=d.assessment, directive=update["directive"])
-        lab.memory.add_direction(lab.tag, lab.target, f"{d.assessment} {update['directive']}",
+        lab.memory.add_direction(lab.tag, lab.recall.target, f"{d.assessment} {update['directive']}",
                                  evidence=[f"exp:{lab.tag}:{state['n'] - 1}"])  # fmt: skip
     return Command(goto="propose", update=update)
 
@@ -152,19 +145,20 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     role = lab.org.roles["proposer"]
     mode = role.spec.mode or "knob"
     source = lab.workspace.read(lab.program.knob_path)
-    knobs = lab.knobs(source)
+    knobs = lab.program.search_space(source)
     # knob mode offers only moves memory has not seen from the current values: with a base model
     # the grammar, not the prompt, is what keeps it from proposing a known result again
-    tried = lab.tried_moves(source, knobs) if mode == "knob" else set()
+    tried = lab.recall.tried_moves(source, knobs) if mode == "knob" else set()
     offered = offered_moves(knobs, tried)
+    rows = lab.ledger.experiments()
     variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
         experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
-        baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=_keep_rate(lab),
-        history=history_table(lab.ledger.experiments(), 15), directive=state["directive"],
+        baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=keep_rate(rows),
+        history=history_table(rows, 15), directive=state["directive"],
         feedback=list(state["feedback"]), knobs=knob_listing(knobs, offered),
         knob_guide=knob_guide(knobs), knob_values=knob_values(knobs, offered),
         moves=", ".join(dict.fromkeys(m for moves in offered.values() for m in moves)),
-        memory=lab.memory_context(state["directive"] or lab.program.strategy[:300], 500),
+        memory=lab.recall.context(state["directive"] or lab.program.strategy[:300], 500),
     )  # fmt: skip
     if mode == "edit":
         variables["files"] = {p: quote_file(lab.workspace.read(lab.program.target_path(p)))
@@ -177,7 +171,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     proposals: list[Proposal] = []
     failures: list[str] = []
     for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
-        res = lab.call("proposer", state["n"], schema, **variables)
+        res = lab.calls.ask("proposer", state["n"], schema, **variables)
         rec = res.record
         if res.value is None:
             failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
@@ -233,28 +227,23 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
                  protected_hashes=lab.protected_hashes, hypothesis=p["hypothesis"],
                  knob_move=p["knob_move"], log_dir=lab.dir / "runs" / f"vet-{state['attempt']:04d}")  # fmt: skip
 
-    def duplicate(v: VetInput) -> str | None:
-        if same := lab.same_as_run(lab.workspace.head()):
-            return same
-        knob = absolute_move(p["description"]) if p["knob_move"] else None
-        text = experiment_text(p["description"], p["hypothesis"])
-        return lab.duplicate(knob, None if knob else v.diff, text)
+    def duplicate(v: VetInput) -> GateResult | None:
+        return reject(lab.recall.repeat(p, v.diff))
 
-    def review(v: VetInput) -> str | None:
-        role = lab.org.roles["reviewer"]
+    def review(v: VetInput) -> GateResult | None:
+        primary = lab.org.roles["reviewer"].spec.model
         try:
-            first = lab.models.first_choice(role)
+            first = lab.calls.first_choice("reviewer")
         except ModelError as e:
-            return Pass(f"reviewer unavailable, change not reviewed (fail-open): {e}")
-        if skipped := advisory_only(role.spec.model, first):
+            return fail_open(e)
+        if skipped := advisory_only(primary, first):
             return skipped
-        reason = review_change(lab.call, state["n"], p["hypothesis"], p["description"], v.diff,
-                               fmt_metric(state["best_metric"]), lab.memory_context(p["hypothesis"], 600),
-                               primary_model=role.spec.model)  # fmt: skip
-        if isinstance(reason, Pass) and reason.startswith("advisory"):
-            model, _, why = reason.removeprefix("advisory rejection from fallback reviewer ").partition(": ")
-            lab.log.info("review_advisory", exp=state["n"], model=model, reason=why)
-        return reason
+        result = review_change(lab.calls.ask, state["n"], p["hypothesis"], p["description"], v.diff,
+                               fmt_metric(state["best_metric"]), lab.recall.context(p["hypothesis"], 600),
+                               primary_model=primary)  # fmt: skip
+        if result is not None and result.advisory:
+            lab.log.info("review_advisory", exp=state["n"], model=result.model, reason=result.reason)
+        return result
 
     use_review = lab.org.spec.review and "reviewer" in lab.org.roles
     verdict = vet(v, duplicate=duplicate, review=review if use_review else None,
@@ -278,7 +267,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
                         RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(state["n"]),
                         pid_file=lab.run_pid_file, protected=lab.protected_hashes,
                         bounds=prog.spec.bounds)  # fmt: skip
-    lab.overhead["run"] = lab.overhead.get("run", 0.0) + res.seconds
+    lab.overhead.add("run", res.seconds)
     inline = prog.spec.smoke_inline_s
     if inline is not None and state["n"] > 0 and not res.violations:
         # the run was its own smoke test: failing in the window a smoke run covers is a vet
@@ -345,7 +334,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     lab.write_tsv()
     # memory's note statuses are keep/discard/crash: a sandbox rejection is noted as a crash
     noted = {**row, "status": "crash"} if row["status"] == "rejected" else row
-    lab.remember(noted, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
+    lab.recall.remember(noted, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
     lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
                  description=p["description"])  # fmt: skip
     update: dict[str, Any] = {
@@ -363,7 +352,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     elif o["status"] == "rejected":
         update["feedback"] = [f"rejected by the sandbox: {p['description']}: {'; '.join(o['violations'])}"]
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
-                 keep_rate=_keep_rate(lab), spend=lab.ledger.total_cost(),
+                 keep_rate=keep_rate(lab.ledger.experiments()), spend=lab.ledger.total_cost(),
                  overhead=dict(lab.overhead))  # fmt: skip
     return _loop(state, lab, update, after_record=True)
 
@@ -375,73 +364,67 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
     n = state["n"]
 
     def summarize(notes: list[Any]) -> list[Any]:
-        res = lab.call("compactor", n, Lessons, experiment=n,
+        res = lab.calls.ask("compactor", n, Lessons, experiment=n,
                        notes="\n".join(note.to_prompt() for note in notes))  # fmt: skip
         if res.value is None:  # the model failed: fall back to memory's deterministic grouping
             from memory.compaction import fallback_drafts
 
-            return fallback_drafts(lab.memory, lab.target, notes)
+            return fallback_drafts(lab.memory, lab.recall.target, notes)
         return [lesson.draft() for lesson in res.value.lessons]
 
-    lessons = lab.memory.compact(lab.target, summarize)
+    lessons = lab.memory.compact(lab.recall.target, summarize)
     lab.log.info("compact", exp=n, lessons=len(lessons))
     return _loop(state, lab, {}, after_record=False)
-
-
-# ---- helpers used by the nodes above -----------------------------------------------------------
-
-
-def _moves(k: Any, offered: dict[str, tuple[str, ...]] | None) -> str:
-    if not k.moves:
-        return "fixed"
-    if offered is not None and k.name not in offered:
-        return "all tried from this value"
-    return ", ".join(offered[k.name] if offered is not None else k.moves)
-
-
-def knob_listing(knobs: list[Any], offered: dict[str, tuple[str, ...]] | None = None) -> str:
-    """One knob per line: `NAME = value  # comment  [moves: ...]`. `offered` (knob -> moves) marks
-    knobs whose every move was tried from here; string knobs are not movable."""
-    return "\n".join(f"{k.name} = {k.expr}  # {k.comment}  [moves: {_moves(k, offered)}]" for k in knobs)
-
-
-# A local model re-reads only the part of a prompt after the first change since its last call
-# (llama.cpp reuses the KV cache of a shared prefix): the proposer's template puts what stays the
-# same (the knobs and their meaning, the append-only history) before what moves every experiment
-# (current values and offered moves, memory), so a proposal costs ~1k prompt tokens, not ~2k.
-def knob_guide(knobs: list[Any]) -> str:
-    """One knob per line: `NAME: comment`, `(fixed)` when it never moves. Stable within a campaign."""
-    return "\n".join(f"{k.name}: {k.comment}" + ("" if k.moves else "  (fixed)") for k in knobs)
-
-
-def knob_values(knobs: list[Any], offered: dict[str, tuple[str, ...]]) -> str:
-    """One movable knob per line: `NAME = value  [moves: ...]`, the moves offered from here."""
-    return "\n".join(f"{k.name} = {k.expr}  [moves: {_moves(k, offered)}]" for k in knobs if k.moves)
-
-
-def timed(name: str, fn: Any) -> Any:
-    """Wrap a node to add its wall time to lab.overhead (for evals/bench_loop.py)."""
-
-    def node(state: CampaignState, runtime: Runtime[Lab]) -> Any:
-        start = time.monotonic()
-        try:
-            return fn(state, runtime)
-        finally:
-            oh = runtime.context.overhead
-            oh[name] = oh.get(name, 0.0) + time.monotonic() - start
-
-    node.__annotations__ = fn.__annotations__  # keep the Command[Literal[...]] routing visible
-    return node
 
 
 # ---- wiring ------------------------------------------------------------------------------------
 
 
+def timed(name: str, fn: Any) -> Any:
+    """Wrap a node to add its wall time to lab.overhead (for evals/bench_loop.py). `wraps` keeps
+    the node's `Command[Literal[...]]` annotation, from which LangGraph draws its edges."""
+
+    @functools.wraps(fn)
+    def node(state: CampaignState, runtime: Runtime[Lab]) -> Any:
+        with runtime.context.overhead.timing(name):
+            return fn(state, runtime)
+
+    return node
+
+
+NODES = {"setup": setup, "direct": direct, "propose": propose, "apply": apply, "vet": vet_node, "run": run,
+         "judge": judge, "record": record, "compact": compact}  # fmt: skip
+
+
 def build_graph() -> StateGraph:
     g = StateGraph(CampaignState, context_schema=Lab)
-    for name, fn in [("setup", setup), ("direct", direct), ("propose", propose), ("apply", apply),
-                     ("vet", vet_node), ("run", run), ("judge", judge), ("record", record),
-                     ("compact", compact)]:  # fmt: skip
+    for name, fn in NODES.items():
         g.add_node(name, timed(name, fn))
     g.add_edge(START, "setup")
     return g
+
+
+DRAWING = """\
+# The campaign graph
+
+Drawn by LangGraph from `build_graph()` in `org/graph.py`: every node declares where it may go in
+its `Command[Literal[...]]` return type, and each dotted edge is one of those routes. The baseline
+runs once (setup, run, judge, record); then the loop is propose, apply, vet, run, judge, record,
+with compact and direct on their cadence. A model-caused failure (no valid proposal, an edit that
+does not apply, a vet rejection, a run failing inside its inline smoke window) goes to the round's
+next candidate (apply), the director, the proposer, or the end when a stop rule is reached.
+Resuming a finished campaign whose stop limit was raised re-enters at propose.
+
+Regenerate with `make graph` (`python -m org.graph > docs/graph.md`); `tests/test_graph.py` fails
+when this file is stale.
+"""
+
+
+def drawing() -> str:
+    """docs/graph.md: the prose above and the graph as a Mermaid flowchart."""
+    mermaid = build_graph().compile().get_graph().draw_mermaid()
+    return f"{DRAWING}\n```mermaid\n{mermaid.rstrip()}\n```\n"
+
+
+if __name__ == "__main__":
+    print(drawing(), end="")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import frontmatter
 import yaml
@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from org.environment import is_secret
 from org.errors import InputError
+
+if TYPE_CHECKING:
+    from org.proposal import Knob
 
 KnobValue = int | float | bool | str
 
@@ -32,6 +35,23 @@ class StopSpec(BaseModel):
     max_usd: float | None = Field(default=None, ge=0)  # model spend
     # A proposer that never produces a runnable change would otherwise loop forever.
     max_failures_in_row: int = Field(default=20, ge=1)
+
+    def overridden(self, **limits: Any) -> StopSpec:
+        """This spec with the limits given as not None replaced, as given (`--max-experiments`)."""
+        return self.model_copy(update={k: v for k, v in limits.items() if v is not None})
+
+    def reason(self, n_done: int, fails_in_row: int, seconds: float, spend_usd: float) -> str | None:
+        """Why the campaign stops now (None: it goes on). `n_done` counts experiments after the
+        baseline, `seconds` the wall clock since the campaign started, `spend_usd` the model spend."""
+        if self.max_experiments is not None and n_done >= self.max_experiments:
+            return f"reached max_experiments={self.max_experiments}"
+        if self.max_hours is not None and seconds >= self.max_hours * 3600:
+            return f"reached max_hours={self.max_hours}"
+        if self.max_usd is not None and spend_usd >= self.max_usd:
+            return f"reached max_usd={self.max_usd}"
+        if fails_in_row >= self.max_failures_in_row:
+            return f"{fails_in_row} proposals in a row never reached a run"
+        return None
 
 
 class ParseSpec(BaseModel):
@@ -153,6 +173,16 @@ class Program:
     def run_timeout_s(self) -> float:
         """Hard limit for one run: startup, compile and evaluation on top of the budget."""
         return self.spec.run_timeout_s or 2 * self.spec.time_budget_s + 120
+
+    def search_space(self, source: str) -> list[Knob]:
+        """The knob file's knobs (`source`) within this program's search space. Seed knobs never
+        move: a seed change is noise, and the rules reject it anyway."""
+        from org.proposal import parse_knobs, within
+        from org.rules import SEED_NAMES
+
+        spec = self.spec
+        fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name))
+        return within(parse_knobs(source, self.knob_path), fixed, spec.knob_ranges, spec.knob_moves)
 
     def better(self, a: float, b: float | None) -> bool:
         """Is metric `a` better than `b` by more than min_improvement?"""

@@ -1,7 +1,8 @@
 """What the graph tells each role: template variables, the user turn, and the output schemas.
 
 Role files (`roles/<org>/<role>.md`) are the single source of each system prompt; this module only
-provides the variables they may use (`VARIABLES`) and the pydantic models their answers must fit.
+provides the variables they may use (`VARIABLES`), the helpers that format their values (metrics,
+history, knobs), and the pydantic models their answers must fit.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Directive(BaseModel):
     assessment: str = Field(pattern=one_line(400), description="one or two sentences on what the results show")
     focus: str = Field(pattern=one_line(400), description="what proposers should try next, concretely")
     avoid: str = Field(default="", pattern=one_line(300, 0), description="directions that have been exhausted")
+
+    def guidance(self) -> str:
+        """What proposers are told (the `directive` variable) until the director speaks again."""
+        return f"{self.focus}" + (f" Avoid: {self.avoid}" if self.avoid else "")
 
 
 class Review(BaseModel):
@@ -131,3 +136,41 @@ def history_table(rows: list[dict[str, Any]], limit: int) -> str:
 def messages(system: str, kind: str, n: int) -> list[dict[str, str]]:
     return [{"role": "system", "content": system},
             {"role": "user", "content": USER_TURN[kind].format(n=n)}]  # fmt: skip
+
+
+def keep_rate(rows: list[dict[str, Any]]) -> str:
+    """`kept/run` over the experiments after the baseline."""
+    rows = [r for r in rows if r["n"] > 0]
+    kept = sum(r["status"] == "keep" for r in rows)
+    return f"{kept}/{len(rows)}" if rows else "0/0"
+
+
+# ---- knobs, as the roles see them ---------------------------------------------------------------
+
+
+def _moves(k: Any, offered: dict[str, tuple[str, ...]] | None) -> str:
+    if not k.moves:
+        return "fixed"
+    if offered is not None and k.name not in offered:
+        return "all tried from this value"
+    return ", ".join(offered[k.name] if offered is not None else k.moves)
+
+
+def knob_listing(knobs: list[Any], offered: dict[str, tuple[str, ...]] | None = None) -> str:
+    """One knob per line: `NAME = value  # comment  [moves: ...]`. `offered` (knob -> moves) marks
+    knobs whose every move was tried from here; string knobs are not movable."""
+    return "\n".join(f"{k.name} = {k.expr}  # {k.comment}  [moves: {_moves(k, offered)}]" for k in knobs)
+
+
+# A local model re-reads only the part of a prompt after the first change since its last call
+# (llama.cpp reuses the KV cache of a shared prefix): the proposer's template puts what stays the
+# same (the knobs and their meaning, the append-only history) before what moves every experiment
+# (current values and offered moves, memory), so a proposal costs ~1k prompt tokens, not ~2k.
+def knob_guide(knobs: list[Any]) -> str:
+    """One knob per line: `NAME: comment`, `(fixed)` when it never moves. Stable within a campaign."""
+    return "\n".join(f"{k.name}: {k.comment}" + ("" if k.moves else "  (fixed)") for k in knobs)
+
+
+def knob_values(knobs: list[Any], offered: dict[str, tuple[str, ...]]) -> str:
+    """One movable knob per line: `NAME = value  [moves: ...]`, the moves offered from here."""
+    return "\n".join(f"{k.name} = {k.expr}  [moves: {_moves(k, offered)}]" for k in knobs if k.moves)

@@ -2,10 +2,10 @@
 
     scope -> syntax -> rules (static AST) -> duplicate (ledger, memory) -> smoke (sandboxed CPU run) -> review (LLM)
 
-A gate is a function `(VetInput) -> str | None` returning a rejection reason (a `review.Pass`
-string means passed with a recorded warning). The static gates are listed in `GATES`; the smoke
-run needs the program's command, and the peer review and memory duplicate check need the
-campaign's clients, so those are passed in. Every gate's verdict and time is in `Verdict.records`.
+A gate is a function `(VetInput) -> GateResult | None`: None is a clean pass, a `GateResult`
+rejects or passes with a recorded warning. The static gates are listed in `GATES`; the smoke run
+needs the program's command, and the peer review and memory duplicate check need the campaign's
+clients, so those are passed in. Every gate's verdict and time is in `Verdict.records`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from org.program import Program
-from org.review import Pass
 from org.rules import check_change
 from org.workspace import Workspace
 
@@ -32,6 +31,37 @@ class VetInput:
     knob_move: str | None
     diff: str = ""
     log_dir: Path | None = None  # where the smoke log goes (a temp dir if None)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """A gate's verdict when it has something to say (None is a clean pass).
+
+    `ok` False rejects the change for `reason`. `ok` True passes it with `reason` recorded as a
+    warning; `advisory` marks a rejection by a model that may only advise (the reviewer's fallback,
+    named by `model`, `reason` its words): the change passes and the rejection is recorded."""
+
+    ok: bool
+    reason: str = ""
+    advisory: bool = False
+    model: str = ""
+
+    @property
+    def recorded(self) -> str:
+        """The reason as the ledger records it."""
+        if self.advisory:
+            return f"advisory rejection from fallback reviewer {self.model}: {self.reason}"
+        return self.reason
+
+
+def reject(reason: str | None) -> GateResult | None:
+    """A rejection for `reason`; None (a clean pass) when there is none."""
+    return GateResult(ok=False, reason=reason) if reason else None
+
+
+def warn(reason: str) -> GateResult:
+    """A pass with `reason` recorded as a warning."""
+    return GateResult(ok=True, reason=reason)
 
 
 @dataclass
@@ -51,35 +81,35 @@ class Verdict:
     records: list[GateRecord] = field(default_factory=list)  # every gate that ran, in order
 
 
-Gate = Callable[[VetInput], str | None]
+Gate = Callable[[VetInput], GateResult | None]
 
 
-def scope_gate(v: VetInput) -> str | None:
+def scope_gate(v: VetInput) -> GateResult | None:
     """Only editable files changed, as UTF-8 text; protected files byte-identical to the start."""
     changed = v.workspace.changed_files(v.best_commit)
     if not changed:
-        return "the change is empty (no file differs from the best commit)"
+        return reject("the change is empty (no file differs from the best commit)")
     outside = sorted(set(changed) - set(v.program.editable_paths))
     if outside:
-        return f"changes files outside the editable set: {', '.join(outside)}"
+        return reject(f"changes files outside the editable set: {', '.join(outside)}")
     for rel, digest in v.protected_hashes.items():
         if v.workspace.blob_hash(rel) != digest:
-            return f"protected file {rel} was modified"
+            return reject(f"protected file {rel} was modified")
     for rel in changed:
         p = v.workspace.path / rel
         if not p.exists():
-            return f"{rel} was deleted"
+            return reject(f"{rel} was deleted")
         data = p.read_bytes()
         if b"\0" in data:
-            return f"{rel} holds binary content (NUL bytes)"
+            return reject(f"{rel} holds binary content (NUL bytes)")
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as e:
-            return f"{rel} is not UTF-8 text (byte {e.start})"
+            return reject(f"{rel} is not UTF-8 text (byte {e.start})")
     return None
 
 
-def syntax_gate(v: VetInput) -> str | None:
+def syntax_gate(v: VetInput) -> GateResult | None:
     """Every changed Python file compiles."""
     for rel in v.workspace.changed_files(v.best_commit):
         if not rel.endswith(".py"):
@@ -88,13 +118,13 @@ def syntax_gate(v: VetInput) -> str | None:
         try:
             compile(source, rel, "exec", dont_inherit=True)
         except SyntaxError as e:
-            return f"{rel} line {e.lineno}: SyntaxError: {e.msg}"
+            return reject(f"{rel} line {e.lineno}: SyntaxError: {e.msg}")
         except ValueError as e:  # e.g. null bytes
-            return f"{rel}: {e}"
+            return reject(f"{rel}: {e}")
     return None
 
 
-def rules_gate(v: VetInput) -> str | None:
+def rules_gate(v: VetInput) -> GateResult | None:
     """Static AST rules (org/rules.py) over each changed Python file, old version vs new."""
     changed = v.workspace.changed_files(v.best_commit)
     before = {rel: v.workspace.show(v.best_commit, rel) for rel in changed}
@@ -103,10 +133,10 @@ def rules_gate(v: VetInput) -> str | None:
     if not found:
         return None
     more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
-    return "; ".join(str(x) for x in found[:3]) + more
+    return reject("; ".join(str(x) for x in found[:3]) + more)
 
 
-def smoke_gate(v: VetInput) -> str | None:
+def smoke_gate(v: VetInput) -> GateResult | None:
     """A few seconds of the changed target on CPU in the sandbox (skipped if the program opts out)."""
     from org.smoke import smoke_reason, smoke_run
 
@@ -116,7 +146,7 @@ def smoke_gate(v: VetInput) -> str | None:
     log_dir = v.log_dir or Path(tempfile.mkdtemp(prefix="nightlab-smoke-"))
     res = smoke_run(spec.run, v.workspace.path, spec.env, spec.smoke_timeout_s,
                     log_dir / "smoke.log", protected=v.protected_hashes)  # fmt: skip
-    return smoke_reason(res, spec.metric)
+    return reject(smoke_reason(res, spec.metric))
 
 
 GATES: list[tuple[str, Gate]] = [("scope", scope_gate), ("syntax", syntax_gate), ("rules", rules_gate)]
@@ -124,8 +154,8 @@ GATES: list[tuple[str, Gate]] = [("scope", scope_gate), ("syntax", syntax_gate),
 
 def vet(
     v: VetInput,
-    duplicate: Callable[[VetInput], str | None] | None = None,
-    review: Callable[[VetInput], str | None] | None = None,
+    duplicate: Gate | None = None,
+    review: Gate | None = None,
     smoke: bool = True,
 ) -> Verdict:
     """Run the gates in order, cheapest first; `duplicate` and `review` are campaign-supplied."""
@@ -144,10 +174,9 @@ def vet(
         if name in ("duplicate", "review") and not v.diff:
             v.diff = v.workspace.diff(v.best_commit)
         start = time.monotonic()
-        reason = gate(v)
-        rejected = bool(reason) and not isinstance(reason, Pass)
-        records.append(GateRecord(name, not rejected, reason or "", time.monotonic() - start))
-        if rejected:
-            return Verdict(ok=False, gate=name, reason=reason or "", passed=passed, records=records)
+        result = gate(v) or GateResult(ok=True)
+        records.append(GateRecord(name, result.ok, result.recorded, time.monotonic() - start))
+        if not result.ok:
+            return Verdict(ok=False, gate=name, reason=result.reason, passed=passed, records=records)
         passed.append(name)
     return Verdict(ok=True, gate="", passed=passed, records=records)

@@ -18,7 +18,7 @@ import time
 
 from org import campaign as c
 from org.errors import EDGE_ERRORS, exit_code
-from org.scripted import ScriptedClient
+from tests.scripted import ScriptedClient
 from tests.tiny import APPROVE, DIRECTIVE, knob
 
 MOVES = [("LR", "x2"), ("DEPTH", "+1"), ("USE_GATE", "toggle"), ("LR", "x1.5"), ("DEPTH", "x0.5"),

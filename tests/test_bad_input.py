@@ -13,7 +13,7 @@ from org import campaign as c
 from org.cli import main
 from org.errors import InputError
 from org.program import load_program
-from org.scripted import ScriptedClient
+from tests.scripted import ScriptedClient
 from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo, program_text
 
 ROLES = Path(__file__).resolve().parents[1] / "roles"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from org import campaign as c
 from org.ledger import Ledger
-from org.scripted import ScriptedClient
+from org.program import StopSpec
+from tests.scripted import ScriptedClient
 from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
 
 ROLES = Path(__file__).resolve().parents[1] / "roles"
@@ -121,6 +122,10 @@ def test_fallback_reviewer_only_advises(tmp_path):
     assert abs(rows[1]["cost_usd"] - 0.03) < 1e-9  # director + proposer + reviewer
     events = (c.campaign_dir("fb") / "events.jsonl").read_text()
     assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
+    assert '"model": "local/gemma3-270m"' in events
+    review = [g for g in Ledger(c.campaign_dir("fb") / "ledger.db").gates() if g["gate"] == "review"]
+    assert [(g["ok"], g["reason"]) for g in review] == [(1, "advisory rejection from fallback reviewer "
+                                                          "local/gemma3-270m: meh")]  # fmt: skip
 
 
 def test_program_search_space_bounds_what_the_proposer_is_offered(tmp_path):
@@ -152,6 +157,17 @@ def test_reviewer_known_down_is_not_asked(tmp_path):
     assert "reviewer" not in [s["role"] for s in client.sent]
     review = [g for g in ledger.gates() if g["gate"] == "review"]
     assert len(review) == 1 and review[0]["ok"] and "not reviewed (fail-open)" in review[0]["reason"]
+
+
+def test_stop_rules_and_cli_overrides():
+    stop = StopSpec(max_experiments=3, max_hours=1.0, max_usd=0.5, max_failures_in_row=4)
+    assert stop.reason(2, 3, seconds=3599, spend_usd=0.49) is None
+    assert stop.reason(3, 0, seconds=0, spend_usd=0) == "reached max_experiments=3"
+    assert stop.reason(0, 0, seconds=3600, spend_usd=0) == "reached max_hours=1.0"
+    assert stop.reason(0, 0, seconds=0, spend_usd=0.5) == "reached max_usd=0.5"
+    assert stop.reason(0, 4, seconds=0, spend_usd=0) == "4 proposals in a row never reached a run"
+    assert stop.overridden(max_experiments=None) == stop
+    assert stop.overridden(max_experiments=7) == stop.model_copy(update={"max_experiments": 7})
 
 
 def test_resume_finished_campaign_extends_only_when_asked(tmp_path):

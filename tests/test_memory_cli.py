@@ -136,7 +136,7 @@ def test_an_org_picks_its_memory_embedding(tmp_path: Path, fake_ollama: str, mon
     from org import campaign as c
     from org.errors import InputError
     from org.roles import load_org
-    from org.scripted import ScriptedClient
+    from tests.scripted import ScriptedClient
     from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
 
     roles = Path(__file__).resolve().parents[1] / "roles"
