@@ -1,6 +1,6 @@
 """Benchmark the note store: retrieval over N notes, inserting 1k notes, prompt assembly.
 
-Targets (issue 5): top-10 retrieval over 100k notes <= 50 ms median; inserting 1k notes <= 10 s
+Targets: top-10 retrieval over 100k notes <= 50 ms median; inserting 1k notes <= 10 s
 on 2 cores *including* embedding; prompt assembly (context_for) <= 100 ms.
 
 How the N-note store is built: embedding 100k texts with MiniLM on 2 cores would take hours, so

@@ -5,7 +5,7 @@ MFU of the gpu preset when CUDA is available.
     python -m evals.bench_trainer --seeds 42      # one run
     python -m evals.bench_trainer --gpu           # also the gpu preset (needs CUDA + climbmix data)
 
-Targets (issue 2): cpu >= 9k tokens/s on a 2-core machine; gpu MFU >= 40 % on an H100.
+Targets: cpu >= 9k tokens/s on a 2-core machine; gpu MFU >= 40 % on an H100.
 Each run is the real `python -m trainer.train` in a subprocess on a copy of train.py whose SEED
 (and, for gpu, size knobs) are rewritten; tokens/s is the median of the per-step log lines.
 """
