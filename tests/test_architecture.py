@@ -129,3 +129,26 @@ def test_the_checks_see_every_form_of_import(tmp_path: Path) -> None:
     assert {"memory.notes", "memory.store"} <= set(names)
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_target_imports_neither_org_nor_memory() -> None:
+    """trainer/ is the default target: it runs in a sandbox with only its own harness."""
+    found = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in sorted((ROOT / "trainer").rglob("*.py"))
+             for line, name in _imports(path, _module_name(path)) if _is_in(name, "org") or _is_in(name, "memory")]
+    assert not found, "\n".join(found)
+
+
+def test_readme_layout_lists_every_engine_and_memory_file() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: dict[str, set[str]] = {}
+    folder = ""
+    for line in block.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not line.startswith(" ") and name.endswith("/"):
+            folder = name.rstrip("/")
+        elif line.startswith("  ") and name.endswith(".py"):
+            listed.setdefault(folder, set()).add(name)
+    for pkg in ("org", "memory"):
+        actual = {p.name for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py"}
+        assert listed.get(pkg) == actual, (pkg, sorted(actual ^ listed.get(pkg, set())))
