@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 MIN_GROUP = 2  # a lesson needs at least this many notes behind it
-NOISE = 0.0005  # |mean Δval_bpb| below this is "no effect" in the fallback's wording
+NOISE = 0.0005  # |mean Δ| below this is "no effect" when the caller knows no noise floor
 
 
 def _candidates(store: Notebook, target: str) -> list[Note]:
@@ -88,15 +88,15 @@ def compact(
     return lessons
 
 
-def _effect(deltas: list[float], statuses: list[str]) -> Effect:
+def _effect(deltas: list[float], statuses: list[str], noise: float) -> Effect:
     if not deltas:
         return "hurts" if statuses and all(s == "crash" for s in statuses) else "unclear"
     m = mean(deltas)
     if "keep" in statuses and m < 0:
         return "helps"
-    if "keep" not in statuses and m > NOISE:
+    if "keep" not in statuses and m > noise:
         return "hurts"
-    if abs(m) <= NOISE and "keep" not in statuses:
+    if abs(m) <= noise and "keep" not in statuses:
         return "no_effect"
     return "unclear"
 
@@ -106,9 +106,12 @@ def _experiments_behind(store: Notebook, lesson: Note) -> list[Note]:
     return [n for n in (store.get(i) for i in ids) if n.kind == "experiment"]
 
 
-def fallback_drafts(store: Notebook, target: str, notes: list[Note]) -> list[LessonDraft]:
+def fallback_drafts(store: Notebook, target: str, notes: list[Note], noise: float | None = None) -> list[LessonDraft]:
     """Group experiments by knob move and insights by first tag; one lesson per group of >= 2
-    (counting experiments behind a current lesson on the same move, which is then folded in)."""
+    (counting experiments behind a current lesson on the same move, which is then folded in).
+    `noise` is the measured noise floor (the run-to-run standard deviation): a mean delta inside
+    it is "no effect"."""
+    noise = NOISE if noise is None else noise
     groups: dict[tuple[str, str], list[Note]] = defaultdict(list)
     for n in notes:
         if n.kind == "experiment" and n.knob_move:
@@ -131,9 +134,9 @@ def fallback_drafts(store: Notebook, target: str, notes: list[Note]) -> list[Les
         if how == "move":
             statuses = [m.status or "?" for m in behind]
             deltas = [m.metric_delta for m in behind if m.metric_delta is not None]
-            effect = _effect(deltas, statuses)
+            effect = _effect(deltas, statuses, noise)
             counts = ", ".join(
-                f"{statuses.count(s)} {s}" for s in ("keep", "discard", "crash") if s in statuses
+                f"{statuses.count(s)} {s}" for s in ("keep", "discard", "inconclusive", "crash") if s in statuses
             )
             md = f"mean Δval_bpb {mean(deltas):+.4f} over {len(deltas)}" if deltas else "no metric"
             text = f"Knob move {key}: tried {len(behind)}x ({counts}); {md}; verdict: {effect.replace('_', ' ')}."

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NoteKind = Literal["experiment", "insight", "direction", "lesson", "rejection"]
 NOTE_KINDS: tuple[str, ...] = ("experiment", "insight", "direction", "lesson", "rejection")
-Status = Literal["keep", "discard", "crash"]
+Status = Literal["keep", "discard", "inconclusive", "crash"]  # inconclusive: a discard inside the noise
 # What a lesson claims about its knob move; the refutation rule reads it (see compaction.py).
 Effect = Literal["helps", "hurts", "no_effect", "unclear"]
 

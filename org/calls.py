@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from org.ledger import Ledger
 from org.overhead import Overhead
 from org.program import Program
-from org.prompts import VARIABLES, messages
+from org.prompts import VARIABLES, messages, noise_line
 from org.roles import Org
+from org.verdict import noise_estimate
 
 
 class StructuredClient(Protocol):
@@ -44,10 +45,15 @@ class Calls:
             program_name=self.program.spec.name, strategy=self.program.strategy,
             metric=self.program.spec.metric, editable=self.program.editable_paths,
             direction="lower" if self.program.spec.direction == "min" else "higher",
-            feedback=[], files={},
+            feedback=[], files={}, noise=self.noise(),
         )  # fmt: skip
         base.update(overrides)
         return base
+
+    def noise(self) -> str:
+        sigma, df = noise_estimate(self.ledger)
+        noise = self.program.spec.noise
+        return noise_line(sigma, df, noise.confidence, noise.replicated)
 
     def ask(self, kind: str, n: int, schema: type[BaseModel], **variables: Any) -> Any:
         """One structured call for role `kind`; the call record goes to the ledger either way."""

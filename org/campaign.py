@@ -37,6 +37,7 @@ from org.roles import Org, load_org
 from org.runner import kill_stale
 from org.settings import home_dir, ollama_host
 from org.state import initial_state
+from org.verdict import noise_estimate
 from org.workspace import Workspace, branch_name, git
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -362,6 +363,7 @@ def summary(tag: str) -> dict[str, Any]:
     try:
         rows = ledger.experiments()
         runs = [r for r in rows if r["n"] > 0]
+        sigma, df = noise_estimate(ledger)
         scored = [r["metric"] for r in rows if r["status"] == "keep"]
         best = (min if record.direction == "min" else max)(scored) if scored else None
         return {
@@ -370,6 +372,8 @@ def summary(tag: str) -> dict[str, Any]:
             "rejected": len(ledger.failures()), "baseline": rows[0]["metric"] if rows else None,
             "best": best, "metric": record.metric, "spend_usd": ledger.total_cost(),
             "program": record.program, "org": record.org,
+            "noise_sigma": sigma, "noise_df": df, "runs": ledger.run_count(),
+            "inconclusive": sum(bool(r.get("inconclusive")) for r in runs),
         }  # fmt: skip
     finally:
         ledger.close()

@@ -60,12 +60,15 @@ def status(tag: str | None) -> None:
     if not tags:
         click.echo("no campaigns yet")
         return
-    table = Table("tag", "experiments", "kept", "crashed", "rejected", "baseline", "best", "spend")
+    table = Table("tag", "experiments", "kept", "noise", "crashed", "rejected", "baseline", "best",
+                  "sigma (df)", "runs", "spend")  # fmt: skip
     for t in tags:
         s = c.summary(t)
         fmt = lambda x: "n/a" if x is None else f"{x:.6f}"
-        table.add_row(t, str(s["experiments"]), str(s["kept"]), str(s["crashed"]),
-                      str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), f"${s['spend_usd']:.4f}")  # fmt: skip
+        sigma = "n/a" if s["noise_sigma"] is None else f"{s['noise_sigma']:.4f} ({s['noise_df']})"
+        table.add_row(t, str(s["experiments"]), str(s["kept"]), str(s["inconclusive"]), str(s["crashed"]),
+                      str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), sigma, str(s["runs"]),
+                      f"${s['spend_usd']:.4f}")  # fmt: skip
     Console().print(table)
     if tag:
         problems = c.agreement_problems(tag)

@@ -28,6 +28,7 @@ from org.sandbox import RunLimits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
 from org.untrusted import fence, quote_file
+from org.verdict import judge_runs, noise_estimate, seed_run
 from org.vet import GateResult, VetInput, reject, vet
 
 Next = Literal["compact", "direct", "propose", "__end__"]
@@ -260,16 +261,23 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
 def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge", "apply", "direct", "propose", "__end__"]]:
     """Run the target at the experiment commit; metrics only from the final summary block."""
     lab = runtime.context
-    lab.progress(phase="run", n=state["n"])
+    n, r = state["n"], state.get("replicate", 0)  # .get: a checkpoint from before replicates
+    lab.progress(phase="run" if r == 0 else f"replicate {r}", n=n)
     lab.workspace.reset(state["commit"])  # idempotent: drop what a killed run left behind
     prog = lab.program
-    res = run_sandboxed(prog.spec.run, lab.workspace.path, prog.spec.env,
-                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(state["n"]),
+    seeding = seed_run(prog, lab.workspace, r)
+    if seeding.seed is None:  # the change removed the seed: its result cannot be replicated
+        o = _no_run_outcome(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
+                            "cannot change the seed, so the result could never be confirmed")  # fmt: skip
+        return Command(goto="judge", update={"outcome": o})
+    res = run_sandboxed(prog.spec.run, lab.workspace.path, {**prog.spec.env, **seeding.env},
+                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(n, r),
                         pid_file=lab.run_pid_file, protected=lab.protected_hashes,
                         bounds=prog.spec.bounds)  # fmt: skip
+    lab.workspace.reset(state["commit"])  # the seed edit and whatever the run left are not the change
     lab.overhead.add("run", res.seconds)
     inline = prog.spec.smoke_inline_s
-    if inline is not None and state["n"] > 0 and not res.violations:
+    if inline is not None and n > 0 and r == 0 and not res.violations:
         # the run was its own smoke test: failing in the window a smoke run covers is a vet
         # rejection (the proposer hears why, no experiment number is spent), later it is a crash
         early = res.seconds <= inline and (res.returncode != 0 or res.timed_out)
@@ -285,32 +293,47 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
                       metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
                       tail=res.tail[-1500:], violations=res.violations, network=res.network)  # fmt: skip
-    lab.log.info("run_done", exp=state["n"], returncode=res.returncode, timed_out=res.timed_out,
-                 metric=metric, seconds=round(res.seconds, 2), network=res.network,
-                 violations=res.violations)  # fmt: skip
+    lab.ledger.record_run(n, r, dict(commit=state["commit"], seed=seeding.seed, metric=metric,
+                                     seconds=res.seconds, returncode=res.returncode,
+                                     timed_out=int(res.timed_out), log=str(res.log_path)))  # fmt: skip
+    lab.log.info("run_done", exp=n, replicate=r, seed=seeding.seed, returncode=res.returncode,
+                 timed_out=res.timed_out, metric=metric, seconds=round(res.seconds, 2),
+                 network=res.network, violations=res.violations)  # fmt: skip
     return Command(goto="judge", update={"outcome": outcome})
 
 
-def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record"]]:
-    """keep if strictly better than the best by more than min_improvement; crash if no metric."""
+def _no_run_outcome(reason: str) -> Outcome:
+    return Outcome(returncode=None, timed_out=False, seconds=0.0, metric=None, memory_gb=0.0, status="",
+                   log="", tail=reason, violations=[], network="", reason=reason)  # fmt: skip
+
+
+def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record", "run"]]:
+    """Keep only what beats the best beyond the measured noise, confirmed by replicate runs
+    (org/verdict.py); crash if a run gave no metric; rejected if the sandbox caught anything."""
     lab = runtime.context
-    o, prog = dict(state["outcome"]), lab.program
+    o, prog, n = dict(state["outcome"]), lab.program, state["n"]
     if o.get("violations"):  # the sandbox caught something: never keep, whatever it printed
-        if state["n"] == 0:
+        if n == 0:
             raise InputError(prog.path, "run", f"the unmodified target broke the sandbox: "
                              f"{'; '.join(o['violations'])}; see {o['log']}")  # fmt: skip
         o["status"] = "rejected"
         return Command(goto="record", update={"outcome": o})
-    if state["n"] == 0 and o["metric"] is None:  # the unmodified target must work: user's problem
+    if n == 0 and o["metric"] is None:  # the unmodified target must work: user's problem
         if o["returncode"] == 0:
             raise InputError(prog.path, "metric", f"the baseline run never printed "
                              f"'{prog.spec.metric}' in its final --- summary block; see {o['log']}")  # fmt: skip
         raise InputError(prog.path, "run", f"the unmodified target failed (exit {o['returncode']}, "
                          f"timed out: {o['timed_out']}); see {o['log']}")  # fmt: skip
-    if o["metric"] is None:
+    if o["metric"] is None:  # any run of it crashed (a replicate too): the change is not sound
         o["status"] = "crash"
-    else:
-        o["status"] = "keep" if prog.better(o["metric"], state["best_metric"]) else "discard"
+        return Command(goto="record", update={"outcome": o})
+    j = judge_runs(prog, lab.ledger, n, lab.ledger.kept_experiment(state["best_commit"]) if n else None)
+    lab.log.info("judge", exp=n, verdict=j.status, runs=j.runs, mean=j.metric, sd=j.sd, delta=j.delta,
+                 confidence=j.confidence, reason=j.reason)  # fmt: skip
+    if j.status == "replicate":
+        return Command(goto="run", update={"replicate": state.get("replicate", 0) + 1})
+    o.update(status=j.status, metric=j.metric, runs=j.runs, sd=j.sd, delta=j.delta, confidence=j.confidence,
+             inconclusive=j.inconclusive, reason=j.reason)  # fmt: skip
     return Command(goto="record", update={"outcome": o})
 
 
@@ -324,21 +347,22 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         n=n, commit=commit, parent=parent, metric=o["metric"], memory_gb=o["memory_gb"],
         status=o["status"], description=p["description"], hypothesis=p["hypothesis"],
         role=p["role"], model=p["model"], cost_usd=lab.ledger.cycle_cost(n),
-        seconds=o["seconds"], knob_move=p["knob_move"] or "", log=o["log"],
+        seconds=sum(r["seconds"] or 0.0 for r in lab.ledger.runs(n)) or o["seconds"],
+        knob_move=p["knob_move"] or "", log=o["log"],
         network=o.get("network", ""),  # .get: an outcome checkpointed before this field existed
+        runs=o.get("runs", 1), sd=o.get("sd"), delta=o.get("delta"), confidence=o.get("confidence"),
+        inconclusive=int(o.get("inconclusive", False)),
     )  # fmt: skip
     lab.ledger.record_experiment(row)
     kept = o["status"] == "keep"
     if not kept:
         ws.reset(state["best_commit"])
     lab.write_tsv()
-    # memory's note statuses are keep/discard/crash: a sandbox rejection is noted as a crash
-    noted = {**row, "status": "crash"} if row["status"] == "rejected" else row
-    lab.recall.remember(noted, state["baseline_metric"], ws.diff(parent, commit) if p["edits"] else None)
+    lab.recall.remember(row, ws.diff(parent, commit) if p["edits"] else None)
     lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
                  description=p["description"])  # fmt: skip
     update: dict[str, Any] = {
-        "n": n + 1, "proposal": None, "commit": None, "outcome": None, "fails_in_row": 0,
+        "n": n + 1, "proposal": None, "commit": None, "outcome": None, "fails_in_row": 0, "replicate": 0,
         "attempt": state["attempt"] + 1, "since_direct": state["since_direct"] + (n > 0),
         "since_keep": 0 if kept else state["since_keep"] + 1,
     }  # fmt: skip
@@ -351,6 +375,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
                                f"timed out {o['timed_out']}; {fence(o['tail'], 'output tail', 600)}")]  # fmt: skip
     elif o["status"] == "rejected":
         update["feedback"] = [f"rejected by the sandbox: {p['description']}: {'; '.join(o['violations'])}"]
+    elif o["status"] == "discard" and o.get("reason"):
+        update["feedback"] = [f"discarded: {p['description']}: {o['reason']}"]
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
                  keep_rate=keep_rate(lab.ledger.experiments()), spend=lab.ledger.total_cost(),
                  overhead=dict(lab.overhead))  # fmt: skip
@@ -369,7 +395,7 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
         if res.value is None:  # the model failed: fall back to memory's deterministic grouping
             from memory.compaction import fallback_drafts
 
-            return fallback_drafts(lab.memory, lab.recall.target, notes)
+            return fallback_drafts(lab.memory, lab.recall.target, notes, noise_estimate(lab.ledger)[0])
         return [lesson.draft() for lesson in res.value.lessons]
 
     lessons = lab.memory.compact(lab.recall.target, summarize)

@@ -60,8 +60,9 @@ class Lab:
     def run_pid_file(self) -> Path:
         return self.dir / "run.pid"
 
-    def run_log(self, n: int) -> Path:
-        return self.dir / "runs" / f"{n:04d}.log"
+    def run_log(self, n: int, replicate: int = 0) -> Path:
+        """runs/0007.log for experiment 7's first run, runs/0007.r2.log for its second replicate."""
+        return self.dir / "runs" / (f"{n:04d}.log" if replicate == 0 else f"{n:04d}.r{replicate}.log")
 
     def write_tsv(self) -> None:
         write_tsv(self.results_tsv, self.ledger, self.program.spec.metric)

@@ -20,7 +20,8 @@ from memory.database import Migration, Schema, open_database
 
 STATUSES = ("keep", "discard", "crash", "rejected")  # rejected: the sandbox found a violation
 TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
-               "hypothesis", "role", "model", "cost_usd", "seconds")  # fmt: skip
+               "hypothesis", "role", "model", "cost_usd", "seconds",
+               "runs", "sd", "delta", "confidence")  # fmt: skip
 
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
@@ -64,10 +65,25 @@ def _m003_run_network(db: sqlite_utils.Database) -> None:
     db["experiments"].add_column("network", str, not_null_default="")
 
 
+def _m004_replicates(db: sqlite_utils.Database) -> None:
+    # every run of every experiment (replicates share the commit, not the seed); the experiment
+    # row's metric is then the mean of its runs
+    db["runs"].create(
+        {"key": str, "exp": int, "replicate": int, "commit": str, "seed": int, "metric": float,
+         "seconds": float, "returncode": int, "timed_out": int, "log": str, "created_at": float},
+        pk="key",
+    )  # fmt: skip
+    db["runs"].create_index(["exp"])
+    for column, kind, default in [("runs", int, 1), ("sd", float, None), ("delta", float, None),
+                                  ("confidence", float, None), ("inconclusive", int, 0)]:  # fmt: skip
+        db["experiments"].add_column(column, kind, not_null_default=default)
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", _m001_initial),
     ("002_vet_gates", _m002_vet_gates),
     ("003_run_network", _m003_run_network),
+    ("004_replicates", _m004_replicates),
 ]
 SCHEMA = Schema("campaign ledger", "_migrations", MIGRATIONS, "applied_at", time.time)
 
@@ -99,6 +115,39 @@ class Ledger:
     def experiment(self, n: int) -> dict[str, Any] | None:
         rows = list(self.db["experiments"].rows_where("n = ?", [n]))
         return rows[0] if rows else None
+
+    # ---- runs (an experiment's first run and its replicates) --------------------------------
+
+    def record_run(self, exp: int, replicate: int, row: dict[str, Any]) -> None:
+        """Upsert by (experiment, replicate): a run re-done after a kill replaces its record."""
+        row = {**row, "key": f"{exp}:{replicate}", "exp": exp, "replicate": replicate, "created_at": time.time()}
+        with self.db.conn:
+            self.db["runs"].upsert(row, pk="key")
+
+    def runs(self, exp: int) -> list[dict[str, Any]]:
+        return list(self.db["runs"].rows_where("exp = ?", [exp], order_by="replicate"))
+
+    def run_count(self) -> int:
+        return int(self.db.execute("select count(*) from runs").fetchone()[0])
+
+    def kept_experiment(self, commit: str) -> int | None:
+        """The experiment that made `commit` the best (the baseline's commit gives 0)."""
+        row = self.db.execute("select n from experiments where \"commit\" = ? and status = 'keep' order by n desc",
+                              [commit]).fetchone()  # fmt: skip
+        return None if row is None else int(row[0])
+
+    def run_groups(self, exclude: tuple[int, ...] = ()) -> list[list[float]]:
+        """Metrics of every experiment with finite results, one list per experiment, for the pooled
+        noise estimate (crashed and rejected experiments excluded)."""
+        rows = self.db.execute(
+            "select r.exp, r.metric from runs r join experiments e on e.n = r.exp "
+            "where r.metric is not null and e.status in ('keep', 'discard') order by r.exp, r.replicate"
+        ).fetchall()
+        groups: dict[int, list[float]] = {}
+        for exp, metric in rows:
+            if exp not in exclude:
+                groups.setdefault(exp, []).append(metric)
+        return list(groups.values())
 
     # ---- model calls and failures ------------------------------------------------------------
 
@@ -143,6 +192,10 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value or 0.0, spec)
 
 
+def _opt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def tsv_text(rows: list[dict[str, Any]], metric_name: str) -> str:
     header = "\t".join(metric_name if c == "METRIC" else c for c in TSV_COLUMNS)
     lines = [header]
@@ -155,6 +208,8 @@ def tsv_text(rows: list[dict[str, Any]], metric_name: str) -> str:
             "0.0" if crash else _fmt(r["memory_gb"], ".1f"),
             r["status"], clean["description"], clean["hypothesis"], clean["role"],
             clean["model"], _fmt(r["cost_usd"], ".4f"), _fmt(r["seconds"], ".1f"),
+            str(r.get("runs") or 1), _opt(r.get("sd"), ".6f"), _opt(r.get("delta"), "+.6f"),
+            _opt(r.get("confidence"), ".3f"),
         ]))  # fmt: skip
     return "\n".join(lines) + "\n"
 

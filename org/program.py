@@ -54,6 +54,39 @@ class StopSpec(BaseModel):
         return None
 
 
+class NoiseSpec(BaseModel):
+    """How a result is told from noise: the same code run again with another seed.
+
+    The baseline runs `baseline_runs` times; a candidate whose first run is not clearly worse
+    gets up to `max_replicates` more runs until a one-sided test (org/noise.py) says it beats
+    the best by more than `min_improvement` with `confidence`, or cannot. A replicate sets the
+    seed knob (or env var) to the first run's seed plus its index, so every configuration sees
+    the same seeds. `max_replicates: 0` with `baseline_runs: 1` is the single-run rule, for
+    deterministic targets only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    baseline_runs: int = Field(default=3, ge=1, le=20)
+    max_replicates: int = Field(default=4, ge=0, le=20)  # runs beyond a candidate's first (org.noise.MAX_RUNS - 1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    seed_knob: str | None = None  # an int constant in the knob file, e.g. SEED
+    seed_env: str | None = None  # or an environment variable the target reads its seed from
+
+    @model_validator(mode="after")
+    def _one_way_to_seed(self) -> NoiseSpec:
+        if self.seed_knob and self.seed_env:
+            raise ValueError("name seed_knob or seed_env, not both")
+        replicated = self.baseline_runs > 1 or self.max_replicates > 0
+        if replicated and not (self.seed_knob or self.seed_env):
+            raise ValueError("replicate runs need a new seed: set seed_knob (e.g. SEED) or seed_env, or "
+                             "baseline_runs: 1 and max_replicates: 0 for a deterministic target")
+        return self
+
+    @property
+    def replicated(self) -> bool:
+        return self.max_replicates > 0
+
+
 class ParseSpec(BaseModel):
     """How the metric is read: the final `---` summary block (default) or a regex on the output."""
 
@@ -91,6 +124,7 @@ class ProgramSpec(BaseModel):
     time_budget_s: float = Field(default=300, gt=0)  # what the target trains for (it enforces it)
     run_timeout_s: float | None = Field(default=None, gt=0)  # hard kill; default 2*budget + 120
     min_improvement: float = Field(default=0.0, ge=0)  # a keep must beat the best by more than this
+    noise: NoiseSpec = NoiseSpec(seed_knob="SEED")  # the default target's seed knob
     # Vetting: smoke-run limit (null: no smoke gate) and sanity bounds on summary values.
     smoke_timeout_s: float | None = Field(default=90, gt=0)
     # No separate smoke run: the full run is its own smoke test, and one that fails within its
@@ -238,7 +272,27 @@ def load_program(path: str | Path) -> Program:
     for field, rel in named:
         if not (repo / rel).is_file():
             raise InputError(path, field, f"{rel} does not exist in {repo}")
+    _check_seed(program)
     overlap = set(program.editable_paths) & set(program.protected_paths)
     if overlap:
         raise InputError(path, "protected", f"{sorted(overlap)} are also listed as editable")
     return program
+
+
+def _check_seed(program: Program) -> None:
+    """The seed a replicate changes must exist: an int knob, or an env var some target file reads."""
+    noise, path = program.spec.noise, program.path
+    if noise.seed_knob:
+        from org.proposal import parse_knobs
+
+        source = (program.repo / program.knob_path).read_text(encoding="utf-8")
+        knob = {k.name: k for k in parse_knobs(source, program.knob_path)}.get(noise.seed_knob)
+        if knob is None or knob.type != "int":
+            raise InputError(path, "noise.seed_knob", f"{noise.seed_knob} is not an int constant in "
+                             f"{program.knob_path}")  # fmt: skip
+    if noise.seed_env:
+        target = program.repo / program.spec.target
+        files = [p for p in target.rglob("*") if p.is_file() and p.suffix in (".py", ".sh", ".yaml", ".toml")]
+        if not any(noise.seed_env in p.read_text(encoding="utf-8", errors="replace") for p in files):
+            raise InputError(path, "noise.seed_env", f"no file under {program.spec.target} reads "
+                             f"{noise.seed_env}")  # fmt: skip

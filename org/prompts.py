@@ -25,7 +25,8 @@ VARIABLES: dict[str, str] = {
     "best_metric": "best metric so far, formatted",
     "baseline_metric": "baseline metric, formatted",
     "keep_rate": "share of experiments kept so far, formatted",
-    "history": "recent experiments as a small table (status, metric, description)",
+    "history": "recent experiments as a small table (status, mean metric, runs, confidence, description)",
+    "noise": "the measured run-to-run noise and what a keep must show, one line",
     "directive": "the director's current guidance ('' if none yet)",
     "feedback": "list of recent model-caused errors (bad JSON, rejected or crashed changes)",
     "memory": "notes from memory relevant to this target (may be '')",
@@ -123,14 +124,29 @@ def fmt_metric(x: float | None) -> str:
 
 
 def history_table(rows: list[dict[str, Any]], limit: int) -> str:
-    """The last `limit` experiments as a compact fixed-width table."""
+    """The last `limit` experiments as a compact fixed-width table: the mean over an experiment's
+    runs, how many runs, and the confidence that it beat its parent ('-' where not tested)."""
     if not rows:
         return "(no experiments yet)"
-    lines = ["  #  status   metric     description"]
+    lines = ["  #  status   metric     runs  conf  description"]
     for r in rows[-limit:]:
-        metric = "-" if r["status"] == "crash" else fmt_metric(r["metric"])
-        lines.append(f"{r['n']:>3}  {r['status']:<7}  {metric:<9}  {r['description'][:90]}")
+        metric = "-" if r["status"] in ("crash", "rejected") else fmt_metric(r["metric"])
+        status = "noise" if r.get("inconclusive") else r["status"]  # a discard inside the noise
+        conf = "-" if r.get("confidence") is None else f"{r['confidence']:.2f}"
+        lines.append(f"{r['n']:>3}  {status:<7}  {metric:<9}  {r.get('runs') or 1:>4}  {conf:>4}  "
+                     f"{r['description'][:90]}")  # fmt: skip
     return "\n".join(lines)
+
+
+def noise_line(sigma: float | None, df: int, confidence: float, replicated: bool) -> str:
+    """One line for the prompts: how big the noise is and what a keep must show."""
+    if not replicated:
+        return "each change runs once; the target is taken to be deterministic"
+    if sigma is None:
+        return "run-to-run noise not measured yet; a keep needs replicate runs"
+    return (f"run-to-run noise sigma = {sigma:.4f} ({df} degrees of freedom); a change is kept only if "
+            f"replicate runs show it better with confidence >= {confidence:.2f}, so aim for effects "
+            f"well above {2 * sigma:.4f}")
 
 
 def messages(system: str, kind: str, n: int) -> list[dict[str, str]]:

@@ -67,6 +67,8 @@ class Recall:
     def _blocks(self, note: Any) -> bool:
         """A noted experiment blocks a repeat, except a keep from another campaign (one campaign's
         keep may be redone in another)."""
+        if note.status == "inconclusive":  # inside the noise: may be tried again
+            return False
         return not (note.status == "keep" and note.campaign != self.tag)
 
     def files_key(self, commit: str) -> tuple[str, ...]:
@@ -115,14 +117,18 @@ class Recall:
 
     # ---- notes -------------------------------------------------------------------------------
 
-    def remember(self, row: dict[str, Any], baseline: float | None, diff: str | None) -> None:
-        """One experiment note per run (not the baseline), at most once per experiment."""
+    def remember(self, row: dict[str, Any], diff: str | None) -> None:
+        """One experiment note per experiment (not the baseline), at most once. Its delta is against
+        the parent (the best it set out to beat), and a discard inside the noise is noted as
+        inconclusive: not evidence that the change hurts, so it does not block a later retry."""
         if row["n"] == 0 or self.ledger.experiment(row["n"]).get("noted"):
             return
-        delta = None if row["metric"] is None or baseline is None else row["metric"] - baseline
+        status = {"rejected": "crash"}.get(row["status"], row["status"])  # memory knows no sandbox
+        if status == "discard" and row.get("inconclusive"):
+            status = "inconclusive"
         self.memory.add_experiment(
             self.tag, self.target, hypothesis=row["hypothesis"], change=row["description"],
-            status=row["status"], metric=row["metric"], metric_delta=delta,
+            status=status, metric=row["metric"], metric_delta=row.get("delta"),
             knob_move=absolute_move(row["description"]) if row["knob_move"] else None,
             diff=None if row["knob_move"] else diff, commit=row["commit"],
             experiment_id=f"{self.tag}:{row['n']}",

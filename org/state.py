@@ -6,7 +6,7 @@ Big things (run logs, file contents) live on disk or in the ledger, never in the
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 FEEDBACK_KEEP = 6  # model-caused errors shown to the proposer: the most recent few
 
@@ -43,6 +43,13 @@ class Outcome(TypedDict):
     tail: str  # last lines of output, for the proposer's feedback on a crash
     violations: list[str]  # sandbox findings; any => status "rejected"
     network: str  # "isolated (netns)" or "not isolated: <why>" (recorded in the ledger)
+    # set by judge over all of the experiment's runs (metric is then their mean)
+    runs: NotRequired[int]
+    sd: NotRequired[float | None]
+    delta: NotRequired[float | None]  # vs the parent (the best when the experiment began)
+    confidence: NotRequired[float | None]
+    inconclusive: NotRequired[bool]
+    reason: NotRequired[str]
 
 
 class CampaignState(TypedDict, total=False):
@@ -59,6 +66,7 @@ class CampaignState(TypedDict, total=False):
     proposal: Annotated[Proposal | None, replace]
     queue: Annotated[list[Proposal], replace]  # more candidates of this round (proposals_per_round)
     commit: Annotated[str | None, replace]  # experiment commit under test
+    replicate: Annotated[int, replace]  # which run of the experiment is in flight (0: the first)
     outcome: Annotated[Outcome | None, replace]
     stopped: Annotated[str | None, replace]  # why the campaign ended
 
@@ -67,5 +75,5 @@ def initial_state() -> CampaignState:
     return CampaignState(
         n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
         since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
-        outcome=None, stopped=None,
+        replicate=0, outcome=None, stopped=None,
     )  # fmt: skip

@@ -53,7 +53,8 @@ def test_keep_discard_crash_and_failures(tmp_path):
     # results.tsv: autoresearch's columns first, crash row as 0.000000 / 0.0
     lines = (d / "results.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert lines[0].split("\t")[5:] == ["hypothesis", "role", "model", "cost_usd", "seconds"]
+    assert lines[0].split("\t")[5:] == ["hypothesis", "role", "model", "cost_usd", "seconds",
+                                        "runs", "sd", "delta", "confidence"]
     crash = lines[4].split("\t")
     assert crash[1:4] == ["0.000000", "0.0", "crash"]
 

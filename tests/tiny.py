@@ -1,6 +1,7 @@
 """A tiny target repo for campaign tests: knob constants, a deterministic metric, a summary block.
 
 metric = 1 + 0.1*(log10(LR) + 1.5)**2 + 0.01*(DEPTH - 4)**2 + (0 if USE_GATE else 0.05)
+         + TINY_NOISE * N(0, 1) drawn from the seed TINY_SEED (both env vars; no noise by default)
 LR 0.01 -> 0.02 -> 0.04 improves; DEPTH away from 4 hurts; DEPTH < 3 crashes; SLEEP_S slows a run.
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 TRAIN = '''\
 """Tiny stand-in for a training script (nightlab tests)."""
 import math
+import os
+import random
 import sys
 import time
 
@@ -29,6 +32,7 @@ if DEPTH < 3:
     print("FAIL: too shallow", file=sys.stderr)
     sys.exit(1)
 metric = 1 + 0.1 * (math.log10(LR) + 1.5) ** 2 + 0.01 * (DEPTH - 4) ** 2 + (0 if USE_GATE else 0.05)
+metric += float(os.environ.get("TINY_NOISE", "0")) * random.Random(os.environ.get("TINY_SEED", "0")).gauss(0, 1)
 print("step 1 loss 3.2")
 print("---")
 print(f"val_bpb: {{metric:.6f}}")
@@ -53,6 +57,8 @@ def program_text(**front: str) -> str:
         "direction": "min",
         "run_timeout_s": "30",
         "time_budget_s": "1",
+        # deterministic: one run tells (the noisy variant sets TINY_NOISE and seeds by TINY_SEED)
+        "noise": "{baseline_runs: 1, max_replicates: 0}",
     }
     fields.update(front)
     body = "\n".join(f"{k}: {v}" for k, v in fields.items() if v is not None)

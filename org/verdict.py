@@ -1,0 +1,90 @@
+"""The judge's verdict over an experiment's runs: replicate seeds, the noise estimate, keep or not.
+
+An experiment is one commit run one or more times with different seeds. The baseline runs
+`noise.baseline_runs` times. A candidate runs once; unless that run is clearly worse it runs
+again with the next seed until `org.noise.decide` can say keep or discard (at most
+`1 + noise.max_replicates` runs). The noise is pooled from every other experiment's replicates,
+never from the candidate's own runs alone: a change that stops reading its seed (every replicate
+identical) cannot shrink the error bar it is judged by.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Literal
+
+from org.knobs import set_knobs
+from org.ledger import Ledger
+from org.noise import decide, pooled_sigma
+from org.program import Program
+from org.proposal import parse_knobs
+from org.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Seeding:
+    """How replicate `replicate` of a commit is seeded: its seed, and env vars to add."""
+
+    seed: int | None  # None: the commit has no seed to change (the change removed the seed knob)
+    env: dict[str, str]
+
+
+def seed_run(program: Program, workspace: Workspace, replicate: int) -> Seeding:
+    """Seed the worktree (checked out at the experiment's commit) for run `replicate`: replicate r
+    runs with the first run's seed + r, so every configuration sees the same seeds. The knob edit
+    is uncommitted; the caller resets the worktree after the run."""
+    noise = program.spec.noise
+    if noise.seed_env:
+        return Seeding(seed=replicate, env={noise.seed_env: str(replicate)} if replicate else {})
+    if not noise.seed_knob:
+        return Seeding(seed=None if replicate else 0, env={})
+    source = workspace.read(program.knob_path)
+    knob = {k.name: k for k in parse_knobs(source, program.knob_path)}.get(noise.seed_knob)
+    if knob is None or knob.type != "int":
+        return Seeding(seed=None, env={})
+    if replicate:
+        workspace.write(program.knob_path, set_knobs(source, {knob.name: knob.value + replicate}, program.path))
+    return Seeding(seed=int(knob.value) + replicate, env={})
+
+
+@dataclass(frozen=True)
+class Judgement:
+    status: Literal["keep", "discard", "replicate"]
+    metric: float  # the mean of the runs so far
+    runs: int
+    sd: float | None  # the runs' own standard deviation (None for one run)
+    delta: float | None  # mean minus the parent's mean (None for the baseline)
+    confidence: float | None  # P(better than the parent by more than min_improvement)
+    inconclusive: bool  # a discard inside the noise: not evidence that the change hurts
+    reason: str
+
+
+def noise_estimate(ledger: Ledger, exclude: tuple[int, ...] = ()) -> tuple[float | None, int]:
+    """Pooled run-to-run standard deviation over every recorded experiment with replicates (but
+    `exclude`: `decide` pools the candidate's and the best's own spreads itself)."""
+    return pooled_sigma(ledger.run_groups(exclude=exclude))
+
+
+def judge_runs(program: Program, ledger: Ledger, n: int, best_n: int | None) -> Judgement:
+    """The verdict on experiment `n` from its recorded runs, against experiment `best_n`'s runs."""
+    spec, noise = program.spec, program.spec.noise
+    values = [r["metric"] for r in ledger.runs(n)]
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    if n == 0 or best_n is None:
+        if len(values) < noise.baseline_runs:
+            return Judgement("replicate", mean, len(values), sd, None, None, False,
+                             f"baseline run {len(values)} of {noise.baseline_runs}")  # fmt: skip
+        return Judgement("keep", mean, len(values), sd, None, None, False, "the unmodified target")
+    best = [r["metric"] for r in ledger.runs(best_n) if r["metric"] is not None]
+    delta = mean - statistics.fmean(best)
+    if not noise.replicated:  # the single-run rule, for deterministic targets
+        kept = program.better(mean, statistics.fmean(best))
+        return Judgement("keep" if kept else "discard", mean, 1, None, delta, None, False,
+                         "better than the best" if kept else "not better than the best")  # fmt: skip
+    sigma, df = noise_estimate(ledger, exclude=(n, best_n))
+    d = decide(values, best, sigma=sigma, sigma_df=df, direction=spec.direction,
+               min_improvement=spec.min_improvement, confidence=noise.confidence,
+               max_runs=1 + noise.max_replicates)  # fmt: skip
+    return Judgement(d.verdict, mean, len(values), sd, delta, d.confidence, d.inconclusive, d.reason)

@@ -1,0 +1,89 @@
+"""Honest keeps end to end: a replicated baseline, a confirmed keep, a no-op discarded as noise.
+
+The tiny target adds TINY_NOISE * N(0, 1) drawn from the seed TINY_SEED, so its runs are noisy
+and a replicate with a new seed gives a new value (the same seed gives the same noise in every
+configuration: the org compares changes on common seeds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memory import NoteStore
+from org import campaign as c
+from org.errors import InputError
+from org.ledger import Ledger
+from org.program import load_program
+from org.settings import home_dir
+from tests.scripted import ScriptedClient
+from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+ROLES = Path(__file__).resolve().parents[1] / "roles"
+NOISY = {"env": "{TINY_NOISE: '0.004'}",
+         "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3, confidence: 0.95}"}
+
+
+def test_confirmed_keep_noise_discard_and_clearly_worse(tmp_path):
+    program = make_repo(tmp_path / "repo", sleep=0.01, **NOISY)
+    client = ScriptedClient(
+        script={"proposer": [
+            knob("LR", "x2"),  # 1: val_bpb -0.021 (about 5 sigma): kept once replicates confirm it
+            knob("SLEEP_S", "x2"),  # 2: no effect on the metric: discarded inside the noise
+            knob("DEPTH", "x2"),  # 3: +0.16: clearly worse after one run
+        ]},
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    state = c.start(program, ROLES / "tiered", tag="noisy", max_experiments=3, models=client)
+    assert state["stopped"] == "reached max_experiments=3"
+    ledger = Ledger(c.campaign_dir("noisy") / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "keep", "discard", "discard"]
+    runs = [r["runs"] for r in rows]
+    # baseline_runs; an early keep (confidence >= 0.999 at run 3); a no-op stopped once it is not
+    # ahead (exactly level on common seeds: at run 2, or up to the last run); screened at run 1
+    assert runs[:2] == [3, 3] and 2 <= runs[2] <= 4 and runs[3] == 1
+    assert [r["inconclusive"] for r in rows] == [0, 0, 1, 0]
+    base_runs = [r["metric"] for r in ledger.runs(0)]
+    assert len(set(base_runs)) == 3 and rows[0]["metric"] == pytest.approx(sum(base_runs) / 3)
+    assert [r["seed"] for r in ledger.runs(1)] == [0, 1, 2]  # the same seeds as the baseline's
+    assert rows[1]["confidence"] >= 0.95 and rows[1]["delta"] == pytest.approx(-0.0211, abs=0.002)
+    assert rows[2]["confidence"] < 0.95 and abs(rows[2]["delta"]) < 0.004  # inside one sigma
+    assert rows[3]["confidence"] < 0.05 and rows[3]["delta"] > 0.1
+    assert ledger.run_count() == sum(runs)
+    assert sum(r["seconds"] for r in ledger.runs(1)) == pytest.approx(rows[1]["seconds"])
+
+    summary = c.summary("noisy")
+    assert summary["noise_sigma"] is not None and 0.001 < summary["noise_sigma"] < 0.01
+    assert summary["runs"] == sum(runs) and summary["inconclusive"] == 1
+    tsv = (c.campaign_dir("noisy") / "results.tsv").read_text().splitlines()
+    assert tsv[0].split("\t")[10:] == ["runs", "sd", "delta", "confidence"]
+    assert tsv[2].split("\t")[10] == "3" and float(tsv[2].split("\t")[13]) >= 0.999
+    assert c.agreement_problems("noisy") == []
+
+    # the proposer hears the noise and sees which discards were inside it
+    prompts = [s["messages"][0]["content"] for s in client.sent if s["role"] == "proposer"]
+    assert "Noise: run-to-run noise sigma = " in prompts[2]
+    assert any(" noise " in line and "SLEEP_S x2" in line for line in prompts[2].splitlines())
+    assert "discarded: SLEEP_S x2" in prompts[2]
+    # memory: the no-op is noted as inconclusive (it may be tried again later), deltas vs the parent
+    store = NoteStore(home_dir())
+    notes = {n.knob_move: n for n in store.notes(kind="experiment")}
+    sleep = next(n for move, n in notes.items() if move and move.startswith("SLEEP_S"))
+    lr = next(n for move, n in notes.items() if move and move.startswith("LR"))
+    assert sleep.status == "inconclusive" and lr.metric_delta == pytest.approx(rows[1]["delta"])
+
+
+@pytest.mark.parametrize(("noise", "field", "message"), [
+    ("{seed_knob: SEED}", "noise.seed_knob", "SEED is not an int constant in target/train.py"),
+    ("{seed_env: NO_SUCH_SEED}", "noise.seed_env", "no file under target/ reads NO_SUCH_SEED"),
+    ("{baseline_runs: 3}", "noise", "replicate runs need a new seed"),
+    ("{seed_env: TINY_SEED, seed_knob: LR}", "noise", "not both"),
+    ("{seed_env: TINY_SEED, confidence: 1.5}", "noise.confidence", "less than 1"),
+])
+def test_bad_noise_spec_names_the_field(tmp_path, noise, field, message):
+    program = make_repo(tmp_path / "repo", noise=noise)
+    with pytest.raises(InputError, match=message) as err:
+        load_program(program)
+    assert err.value.field == field and err.value.path == str(program)
