@@ -316,7 +316,7 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
         if n == 0:
             raise InputError(prog.path, "run", f"the unmodified target broke the sandbox: "
                              f"{'; '.join(o['violations'])}; see {o['log']}")  # fmt: skip
-        o["status"] = "rejected"
+        o.update(status="rejected", runs=state.get("replicate", 0) + 1)
         return Command(goto="record", update={"outcome": o})
     if n == 0 and o["metric"] is None:  # the unmodified target must work: user's problem
         if o["returncode"] == 0:
@@ -325,7 +325,7 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
         raise InputError(prog.path, "run", f"the unmodified target failed (exit {o['returncode']}, "
                          f"timed out: {o['timed_out']}); see {o['log']}")  # fmt: skip
     if o["metric"] is None:  # any run of it crashed (a replicate too): the change is not sound
-        o["status"] = "crash"
+        o.update(status="crash", runs=state.get("replicate", 0) + 1)
         return Command(goto="record", update={"outcome": o})
     j = judge_runs(prog, lab.ledger, n, lab.ledger.kept_experiment(state["best_commit"]) if n else None)
     lab.log.info("judge", exp=n, verdict=j.status, runs=j.runs, mean=j.metric, sd=j.sd, delta=j.delta,

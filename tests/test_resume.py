@@ -175,3 +175,51 @@ def test_kill_during_start_leaves_a_startable_tag(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
     assert c.agreement_problems("k-early") == []
+
+
+NOISY = {"env": "{TINY_NOISE: '0.004'}", "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3}"}
+
+
+def _check_runs(tag: str) -> None:
+    """Every experiment's runs are replicates 0..runs-1, each recorded once."""
+    ledger = Ledger(c.campaign_dir(tag) / "ledger.db")
+    for row in ledger.experiments():
+        assert [r["replicate"] for r in ledger.runs(row["n"])] == list(range(row["runs"])), row
+    assert ledger.experiments()[0]["runs"] == 3
+
+
+@pytest.mark.parametrize("point", ["run:2", "judge:3", "mid-replicate"])
+def test_kill_during_replicates_then_resume(tmp_path, point):
+    """kill -9 while an experiment's replicate runs are under way: no run lost or counted twice."""
+    program = make_repo(tmp_path / "repo", sleep=0.3 if point == "mid-replicate" else 0.0, **NOISY)
+    tag = f"k-rep-{point.replace(':', '')}"
+    if point != "mid-replicate":
+        proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX),
+                      env={"NIGHTLAB_TEST_DIE_BEFORE": point})  # fmt: skip
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 137, err.decode()
+    else:
+        proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX))
+        run_pid = c.campaign_dir(tag) / "run.pid"
+        pids: list[int] = []
+
+        def replicate_running() -> bool:  # a replicate of an experiment after the baseline
+            done = [e for e in _events(tag) if e["event"] == "run_done"]
+            if not any(e["exp"] > 0 and e["replicate"] >= 1 for e in done) or not run_pid.exists():
+                return False
+            try:
+                pids.append(int(run_pid.read_text()))
+            except ValueError:
+                return False
+            return True
+
+        assert _wait_for(replicate_running, proc), proc.stderr.read().decode()
+        _kill(proc)
+        proc = _spawn("resume", tag, str(MAX))
+        _wait_for(lambda: _count(tag, "campaign_resume") >= 1, proc)
+        time.sleep(0.2)
+        assert not _alive(pids[-1])
+        _kill(proc)
+    _finish(tag)
+    _check(tag)
+    _check_runs(tag)
