@@ -332,6 +332,10 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
                  confidence=j.confidence, reason=j.reason)  # fmt: skip
     if j.status == "replicate":
         return Command(goto="run", update={"replicate": state.get("replicate", 0) + 1})
+    if j.status == "reject":  # its replicates ignore the seed: they can confirm nothing, never keep
+        o.update(status="rejected", violations=[j.reason], metric=j.metric, runs=j.runs, sd=j.sd,
+                 delta=j.delta, confidence=j.confidence, reason=j.reason)  # fmt: skip
+        return Command(goto="record", update={"outcome": o})
     o.update(status=j.status, metric=j.metric, runs=j.runs, sd=j.sd, delta=j.delta, confidence=j.confidence,
              inconclusive=j.inconclusive, reason=j.reason)  # fmt: skip
     return Command(goto="record", update={"outcome": o})
@@ -374,7 +378,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         update["feedback"] = [(f"crash: {p['description']}: exit {o['returncode']}, "
                                f"timed out {o['timed_out']}; {fence(o['tail'], 'output tail', 600)}")]  # fmt: skip
     elif o["status"] == "rejected":
-        update["feedback"] = [f"rejected by the sandbox: {p['description']}: {'; '.join(o['violations'])}"]
+        update["feedback"] = [f"rejected: {p['description']}: {'; '.join(o['violations'])}"]
     elif o["status"] == "discard" and o.get("reason"):
         update["feedback"] = [f"discarded: {p['description']}: {o['reason']}"]
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),

@@ -76,10 +76,18 @@ class NoiseSpec(BaseModel):
     def _one_way_to_seed(self) -> NoiseSpec:
         if self.seed_knob and self.seed_env:
             raise ValueError("name seed_knob or seed_env, not both")
-        replicated = self.baseline_runs > 1 or self.max_replicates > 0
-        if replicated and not (self.seed_knob or self.seed_env):
+        if self.max_replicates == 0 and self.baseline_runs != 1:
+            raise ValueError("max_replicates: 0 is the single-run rule (a deterministic target): then "
+                             "baseline_runs must be 1, or one run would be judged against a mean")
+        if self.max_replicates > 0 and self.baseline_runs < 2:
+            raise ValueError("replicate runs are judged against the baseline's spread: baseline_runs must be >= 2")
+        if self.max_replicates > 0 and not (self.seed_knob or self.seed_env):
             raise ValueError("replicate runs need a new seed: set seed_knob (e.g. SEED) or seed_env, or "
                              "baseline_runs: 1 and max_replicates: 0 for a deterministic target")
+        if self.max_replicates > 0:
+            from org.noise import check_design
+
+            check_design(self.confidence, 1 + self.max_replicates)  # ValueError: too many early looks
         return self
 
     @property

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Literal
 
+from org.errors import HarnessError
 from org.knobs import set_knobs
 from org.ledger import Ledger
 from org.noise import decide, pooled_sigma
@@ -35,8 +36,8 @@ def seed_run(program: Program, workspace: Workspace, replicate: int) -> Seeding:
     runs with the first run's seed + r, so every configuration sees the same seeds. The knob edit
     is uncommitted; the caller resets the worktree after the run."""
     noise = program.spec.noise
-    if noise.seed_env:
-        return Seeding(seed=replicate, env={noise.seed_env: str(replicate)} if replicate else {})
+    if noise.seed_env:  # set on every run, the first too: the target's own default never counts
+        return Seeding(seed=replicate, env={noise.seed_env: str(replicate)})
     if not noise.seed_knob:
         return Seeding(seed=None if replicate else 0, env={})
     source = workspace.read(program.knob_path)
@@ -50,7 +51,7 @@ def seed_run(program: Program, workspace: Workspace, replicate: int) -> Seeding:
 
 @dataclass(frozen=True)
 class Judgement:
-    status: Literal["keep", "discard", "replicate"]
+    status: Literal["keep", "discard", "replicate", "reject"]  # reject: replicates ignore the seed
     metric: float  # the mean of the runs so far
     runs: int
     sd: float | None  # the runs' own standard deviation (None for one run)
@@ -72,12 +73,17 @@ def judge_runs(program: Program, ledger: Ledger, n: int, best_n: int | None) -> 
     values = [r["metric"] for r in ledger.runs(n)]
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else None
-    if n == 0 or best_n is None:
+    if n > 0 and best_n is None:
+        raise HarnessError(f"experiment {n}: the ledger has no kept experiment for the best commit; "
+                           "refusing to judge against nothing")  # fmt: skip
+    if n == 0:
         if len(values) < noise.baseline_runs:
             return Judgement("replicate", mean, len(values), sd, None, None, False,
                              f"baseline run {len(values)} of {noise.baseline_runs}")  # fmt: skip
         return Judgement("keep", mean, len(values), sd, None, None, False, "the unmodified target")
-    best = [r["metric"] for r in ledger.runs(best_n) if r["metric"] is not None]
+    # a best recorded before replicates existed has no runs rows: its one recorded metric
+    best = [r["metric"] for r in ledger.runs(best_n) if r["metric"] is not None] or [
+        ledger.experiment(best_n)["metric"]]
     delta = mean - statistics.fmean(best)
     if not noise.replicated:  # the single-run rule, for deterministic targets
         kept = program.better(mean, statistics.fmean(best))

@@ -41,13 +41,13 @@ def test_confirmed_keep_noise_discard_and_clearly_worse(tmp_path):
     rows = ledger.experiments()
     assert [r["status"] for r in rows] == ["keep", "keep", "discard", "discard"]
     runs = [r["runs"] for r in rows]
-    # baseline_runs; an early keep (confidence >= 0.999 at run 3); a no-op stopped once it is not
-    # ahead (exactly level on common seeds: at run 2, or up to the last run); screened at run 1
-    assert runs[:2] == [3, 3] and 2 <= runs[2] <= 4 and runs[3] == 1
+    # baseline_runs; a keep needs >= 3 runs; a no-op stopped once it is not ahead (exactly level on
+    # common seeds: at run 2, or up to the last run); screened at run 1
+    assert runs[0] == 3 and 3 <= runs[1] <= 4 and 2 <= runs[2] <= 4 and runs[3] == 1
     assert [r["inconclusive"] for r in rows] == [0, 0, 1, 0]
     base_runs = [r["metric"] for r in ledger.runs(0)]
     assert len(set(base_runs)) == 3 and rows[0]["metric"] == pytest.approx(sum(base_runs) / 3)
-    assert [r["seed"] for r in ledger.runs(1)] == [0, 1, 2]  # the same seeds as the baseline's
+    assert [r["seed"] for r in ledger.runs(1)] == list(range(runs[1]))  # the baseline's seeds, and on
     assert rows[1]["confidence"] >= 0.95 and rows[1]["delta"] == pytest.approx(-0.0211, abs=0.002)
     assert rows[2]["confidence"] < 0.95 and abs(rows[2]["delta"]) < 0.004  # inside one sigma
     assert rows[3]["confidence"] < 0.05 and rows[3]["delta"] > 0.1
@@ -59,7 +59,7 @@ def test_confirmed_keep_noise_discard_and_clearly_worse(tmp_path):
     assert summary["runs"] == sum(runs) and summary["inconclusive"] == 1
     tsv = (c.campaign_dir("noisy") / "results.tsv").read_text().splitlines()
     assert tsv[0].split("\t")[10:] == ["runs", "sd", "delta", "confidence"]
-    assert tsv[2].split("\t")[10] == "3" and float(tsv[2].split("\t")[13]) >= 0.999
+    assert tsv[2].split("\t")[10] == str(runs[1]) and float(tsv[2].split("\t")[13]) >= 0.95
     assert c.agreement_problems("noisy") == []
 
     # the proposer hears the noise and sees which discards were inside it
@@ -81,9 +81,33 @@ def test_confirmed_keep_noise_discard_and_clearly_worse(tmp_path):
     ("{baseline_runs: 3}", "noise", "replicate runs need a new seed"),
     ("{seed_env: TINY_SEED, seed_knob: LR}", "noise", "not both"),
     ("{seed_env: TINY_SEED, confidence: 1.5}", "noise.confidence", "less than 1"),
+    ("{seed_env: TINY_SEED, confidence: 0.995}", "noise", "too many early looks"),
+    ("{baseline_runs: 3, max_replicates: 0}", "noise", "baseline_runs must be 1"),
+    ("{seed_env: TINY_SEED, baseline_runs: 1}", "noise", "baseline_runs must be >= 2"),
 ])
 def test_bad_noise_spec_names_the_field(tmp_path, noise, field, message):
     program = make_repo(tmp_path / "repo", noise=noise)
     with pytest.raises(InputError, match=message) as err:
         load_program(program)
     assert err.value.field == field and err.value.path == str(program)
+
+
+def test_a_change_that_pins_its_seed_is_rejected_not_kept(tmp_path):
+    """Edit mode, adversarial: a real improvement plus a seed the replicates can no longer change
+    (no rule objects: the line reads no environment). Its replicates agree too well: rejected."""
+    program = make_repo(tmp_path / "repo", sleep=0.01, **NOISY)
+    pin = {"hypothesis": "higher lr trains faster", "edits": [
+        {"path": "train.py", "search": "LR = 0.01", "replace": "LR = 0.02"},
+        {"path": "train.py", "search": "random.Random(seed)", "replace": 'random.Random("0")'}]}
+    honest = {"hypothesis": "doubling the step size reaches a lower loss within the budget", "edits": [
+        {"path": "train.py", "search": "LR = 0.01", "replace": "LR = 0.02"}]}
+    client = ScriptedClient(script={"proposer": [pin, honest]})
+    c.start(program, ROLES / "solo", tag="pin", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("pin") / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "rejected", "keep"]
+    assert rows[1]["runs"] == 2 and len({r["metric"] for r in ledger.runs(1)}) == 1  # pinned: equal
+    events = (c.campaign_dir("pin") / "events.jsonl").read_text()
+    assert "does not read the seed" in events
+    assert ledger.run_groups() == [[r["metric"] for r in ledger.runs(0)], [r["metric"] for r in ledger.runs(2)]]
+    assert c.agreement_problems("pin") == []

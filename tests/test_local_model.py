@@ -174,7 +174,7 @@ def test_free_text_strings_are_valid_json_over_seeds() -> None:
 
 
 def test_schema_without_a_grammar_is_refused() -> None:
-    from org.models.grammar import schema_gbnf
+    from org.models.grammar import schema_gbnf, unenforced
 
     assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in schema_gbnf(Note.model_json_schema())
     with pytest.raises(Exception, match="Unrecognized schema"):
@@ -187,6 +187,20 @@ def test_schema_without_a_grammar_is_refused() -> None:
 
     with pytest.raises(ValueError, match="#/properties/n: minimum; #/properties/flags: propertyNames"):
         schema_gbnf(Bounded.model_json_schema())
+
+    class Loose(BaseModel):  # each admitted invalid or schema-invalid JSON through the converter
+        any_char: str = Field(pattern=r"^.{1,40}$")  # `.` admits a raw `"` and a tab
+        short: str = Field(pattern="^[a-z]+$", max_length=3)  # the pattern wins, the length is lost
+        mail: str = Field(json_schema_extra={"format": "email"})  # becomes any string
+        day: str = Field(json_schema_extra={"format": "date"})  # admits 2023-02-31
+        pick: str = Field(json_schema_extra={"enum": ["abcdef"], "maxLength": 2})  # sibling dropped
+
+    found = unenforced(Loose.model_json_schema())
+    for where in ("any_char: pattern", "short: pattern", "short: minLength/maxLength", "mail: format 'email'",
+                  "day: format 'date'", "pick: enum, maxLength together"):
+        assert any(where in f for f in found), (where, found)
+    assert unenforced({"type": "array", "items": [{"type": "integer", "minimum": 0}]}) == ["#/items/0: minimum"]
+    assert "[eE] [-+]? [0-9] [0-9]?)? space" in schema_gbnf({"type": "object", "properties": {"x": {"type": "number"}}})
     with pytest.raises(HarnessError, match="response_format: the JSON schema has no grammar: .*minimum"):
         local.chat("gemma3-270m", [{"role": "user", "content": "hi"}], {"response_format": {
             "type": "json_schema", "json_schema": {"name": "B", "schema": Bounded.model_json_schema()}}})

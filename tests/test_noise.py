@@ -188,7 +188,8 @@ def test_interim_keep_is_strict_and_the_last_look_is_not():
     assert 0.95 < decide(modest, best, **kw).confidence < 0.999
     assert decide(modest, best, **kw).verdict == "replicate"
     assert decide(modest + [0.98, 0.98], best, **kw).verdict == "keep"
-    assert decide([0.95, 0.95], best, **kw).verdict == "keep"  # far ahead: early keep
+    assert decide([0.951, 0.949], best, **kw).verdict == "replicate"  # never a keep on two runs
+    assert decide([0.951, 0.949, 0.95], best, **kw).verdict == "keep"  # far ahead: early keep
     behind = decide([1.01, 1.0], best, **kw)  # behind, but inside the noise
     assert behind.verdict == "discard" and behind.inconclusive and "not even ahead" in behind.reason
     short = decide(modest + [1.0, 1.0], best, **kw)  # ahead, not enough by the last look
@@ -221,10 +222,53 @@ if __name__ == "__main__":
 
 
 def test_a_change_that_stops_reading_its_seed_gains_nothing():
-    """Identical replicates (the change hard-codes its seed) have zero spread; once the campaign
-    has a noise estimate, the candidate's own spread does not enter the error bar at all."""
+    """Identical replicates (the change hard-codes its seed) have zero spread: they confirm
+    nothing, and the candidate is rejected, not judged by an error bar it shrank itself."""
     best = [1.00, 1.03, 0.97]
     honest = decide([0.97, 1.00, 0.94, 0.97], best, sigma=0.03, sigma_df=12, direction="min", max_runs=4)
     frozen = decide([0.97, 0.97, 0.97, 0.97], best, sigma=0.03, sigma_df=12, direction="min", max_runs=4)
-    assert frozen.confidence == pytest.approx(honest.confidence)
-    assert frozen.verdict == honest.verdict
+    assert honest.verdict != "reject"
+    assert frozen.verdict == "reject" and "does not read the seed" in frozen.reason
+    first = decide([0.9, 0.9], best, sigma=None, sigma_df=0, direction="min")  # the first experiment too
+    assert first.verdict == "reject"
+
+
+def _attack(spread: float, n: int = 2000) -> Rates:
+    """A no-op change whose replicates all share one noise draw (the seed pinned) plus `spread`
+    sigma of what is left (wall-clock jitter): the sequential procedure, campaign sigma known."""
+    rng = np.random.default_rng(7)
+    keeps, used = [], []
+    for _ in range(n):
+        best = rng.normal(BEST_MU, SIGMA, BEST_RUNS).tolist()
+        sigma, df = pooled_sigma(rng.normal(0.0, SIGMA, CAMPAIGN_GROUPS).tolist())
+        pinned = rng.normal(BEST_MU, SIGMA) + rng.normal(0.0, spread * SIGMA, MAX_RUNS)
+        for k in range(1, MAX_RUNS + 1):
+            d = decide(pinned[:k].tolist(), best, sigma=sigma, sigma_df=df, direction="min")
+            if d.verdict != "replicate":
+                break
+        keeps.append(d.verdict == "keep")
+        used.append(d.runs)
+    return Rates(keep=float(np.mean(keeps)), one_run=float(np.mean(np.equal(used, 1))),
+                 mean_runs=float(np.mean(used)))  # fmt: skip
+
+
+def test_pinning_the_seed_does_not_buy_keeps():
+    """Without the spread check a pinned no-op was kept 13.5 % of the time (adversarial review)."""
+    for spread in (0.0, 0.02):
+        assert _attack(spread).keep <= 0.02, spread
+
+
+def test_a_candidate_far_noisier_than_the_reference_is_judged_by_its_own_spread():
+    """A change that swings with the seed (3 sigma) is not judged by the campaign's smaller sigma."""
+    rng = np.random.default_rng(11)
+    keeps = []
+    for _ in range(2000):
+        best = rng.normal(BEST_MU, SIGMA, BEST_RUNS).tolist()
+        sigma, df = pooled_sigma(rng.normal(0.0, SIGMA, CAMPAIGN_GROUPS).tolist())
+        wild = rng.normal(BEST_MU, 3 * SIGMA, MAX_RUNS).tolist()
+        for k in range(1, MAX_RUNS + 1):
+            d = decide(wild[:k], best, sigma=sigma, sigma_df=df, direction="min")
+            if d.verdict != "replicate":
+                break
+        keeps.append(d.verdict == "keep")
+    assert np.mean(keeps) <= 0.08  # 17.5 % before the Welch switch

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -40,11 +41,16 @@ STRING_CHAR = BuiltinRule(
 )
 
 
+# An exponent of at most two digits: `1e999` is valid JSON that parses to inf, which no schema means.
+NUMBER = BuiltinRule('("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9] [0-9]?)? space',
+                     ["integral-part", "decimal-part"])  # fmt: skip
+
+
 class _StrictConverter(SchemaConverter):
-    """llama-cpp-python's schema converter with JSON's own string characters."""
+    """llama-cpp-python's schema converter with JSON's own string characters and finite numbers."""
 
     def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
-        return super()._add_primitive(name, STRING_CHAR if name == "char" else rule)
+        return super()._add_primitive(name, {"char": STRING_CHAR, "number": NUMBER}.get(name, rule))
 
 
 # JSON-schema keywords the converter turns into grammar, and annotations that constrain nothing.
@@ -59,16 +65,44 @@ ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", 
                "readOnly", "writeOnly"}  # fmt: skip
 
 
+# The converter writes a regex's characters straight into the JSON string: only a class that
+# excludes what JSON forbids raw (`"`, `\`, control characters) is safe, as `prompts.one_line` writes.
+SAFE_PATTERN = re.compile(r"\^\[\^([^\]]*)\]\{\d+,\d+\}\$")
+SAFE_FORMATS = {"uuid", "time", "date-time"}  # "date" would admit 2023-02-31; others become any string
+ALONE = {"enum", "const", "$ref", "anyOf", "oneOf", "allOf"}  # the converter drops their siblings
+
+
+def _unsafe_pattern(pattern: str) -> bool:
+    m = SAFE_PATTERN.fullmatch(pattern)
+    excluded = m.group(1).lower() if m else ""
+    return not m or not all(part in excluded for part in ('"', "\\\\", "\\x00-\\x1f"))
+
+
 def unenforced(schema: Any, where: str = "#") -> list[str]:
-    """`path: keyword` for every keyword in `schema` that no grammar would enforce."""
+    """`path: keyword` for every keyword in `schema` that no grammar would enforce (or that the
+    converter would drop beside another, or turn into a grammar that admits invalid JSON)."""
     if not isinstance(schema, dict):
         return []
     found = [f"{where}: {key}" for key in schema if key not in GRAMMAR_KEYWORDS | ANNOTATIONS]
+    if "pattern" in schema and _unsafe_pattern(str(schema["pattern"])):
+        found.append(f"{where}: pattern {schema['pattern']!r} (only one_line()'s form is safe)")
+    if "format" in schema and schema["format"] not in SAFE_FORMATS:
+        found.append(f"{where}: format {schema['format']!r}")
+    if ({"pattern", "format"} & schema.keys()) and ({"minLength", "maxLength"} & schema.keys()):
+        found.append(f"{where}: minLength/maxLength beside pattern or format")
+    if alone := ALONE & schema.keys():
+        extra = set(schema) - ANNOTATIONS - {"type", *alone, "$defs", "definitions"}
+        if len(alone) > 1 or extra:
+            found.append(f"{where}: {', '.join(sorted(extra | alone))} together")
+    if "prefixItems" in schema and "items" in schema:
+        found.append(f"{where}: prefixItems beside items")
     for key in ("properties", "$defs", "definitions"):
         for name, sub in (schema.get(key) or {}).items():
             found += unenforced(sub, f"{where}/{key}/{name}")
-    for key in ("items", "additionalProperties"):
-        found += unenforced(schema.get(key), f"{where}/{key}")
+    items = schema.get("items")
+    for i, sub in enumerate(items if isinstance(items, list) else [items]):
+        found += unenforced(sub, f"{where}/items" + (f"/{i}" if isinstance(items, list) else ""))
+    found += unenforced(schema.get("additionalProperties"), f"{where}/additionalProperties")
     for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
         for i, sub in enumerate(schema.get(key) or []):
             found += unenforced(sub, f"{where}/{key}/{i}")
@@ -96,6 +130,16 @@ def schema_grammar(schema: dict[str, Any] | None) -> LlamaGrammar:
     if schema is None:
         return LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
     return _grammar(json.dumps(schema))  # key order kept: it is the order the grammar enforces
+
+
+def parse_check(llama: Llama, grammar: LlamaGrammar) -> None:
+    """ValueError if llama.cpp refuses `grammar` (raised here, before a generation, where it is the
+    schema's fault: inside one it would look like a transport error and cool the model down)."""
+    sampler = llama_cpp.llama_sampler_init_grammar(llama._model.vocab, grammar._grammar.encode(),
+                                                   grammar._root.encode())  # fmt: skip
+    if not sampler:
+        raise ValueError("llama.cpp rejected the grammar")
+    llama_cpp.llama_sampler_free(sampler)
 
 
 # ---- sampling ----------------------------------------------------------------------------------

@@ -150,13 +150,16 @@ def chat(name: str, messages: list[dict], params: dict) -> dict:
 
     A JSON response format becomes our own grammar (`grammar.schema_grammar`), not
     llama-cpp-python's: its converter admits raw control characters inside strings."""
-    from org.models.grammar import schema_grammar
+    from org.models.grammar import parse_check, schema_grammar
 
     turns = fold_system(messages)
     llama = load_llama(name, slot_of(turns))
     constrained, schema = response_schema(params.get("response_format"))
     try:
         grammar = schema_grammar(schema) if constrained else None
+        if grammar is not None:
+            with _lock:
+                parse_check(llama, grammar)
     except Exception as e:  # the converter's own errors are bare Exceptions and ValueErrors
         raise HarnessError(f"response_format: the JSON schema has no grammar: {e}") from e
     with _lock:
