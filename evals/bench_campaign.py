@@ -59,12 +59,16 @@ def main() -> None:
     gates = db.execute("select case when reason like 'inline:%' then gate || '_inline' else gate end, "
                        "count(*), sum(seconds) from gates group by 1 order by 1").fetchall()  # fmt: skip
     rejected = db.execute("select count(*) from failures").fetchone()[0]
+    n_runs = db.execute("select count(*) from runs").fetchone()[0]  # replicates included
+    runs_per = db.execute("select runs from experiments order by n").fetchall()
+    inconclusive = db.execute("select count(*) from experiments where inconclusive = 1").fetchone()[0]
     print("---")
     print(f"experiments: {len(rows) - 1}")
     print(f"wall_s: {wall:.1f}")
     print(f"wall_min: {wall / 60:.2f}")
     print(f"runs_s: {run_s:.1f}")
-    print(f"run_mean_s: {run_s / max(len(rows), 1):.1f}")
+    print(f"training_runs: {n_runs} (baseline {runs_per[0][0]}; per experiment {[r for (r,) in runs_per[1:]]})")
+    print(f"run_mean_s: {run_s / max(n_runs, 1):.1f}")
     for role, n, seconds, prompt in calls:
         print(f"calls_{role}: {n} calls, {seconds:.1f} s, {prompt} prompt tokens")
     model_s = sum(seconds for _, _, seconds, _ in calls)
@@ -73,6 +77,7 @@ def main() -> None:
         print(f"gate_{gate}: {n} x, {seconds:.1f} s")
     print(f"other_s: {wall - run_s - model_s - vet_s:.1f}")
     print(f"statuses: {', '.join(f'{st}={sum(r[0] == st for r in rows[1:])}' for st in ('keep', 'discard', 'crash', 'rejected'))}")
+    print(f"inconclusive_discards: {inconclusive}")
     print(f"proposals_refused_before_a_run: {rejected}")
     print(f"cpus: {os.cpu_count()}")
     print(f"fresh_cache: {args.fresh_cache}")
