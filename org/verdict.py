@@ -62,8 +62,9 @@ class Judgement:
 
 
 def noise_estimate(ledger: Ledger, exclude: tuple[int, ...] = ()) -> tuple[float | None, int]:
-    """Pooled run-to-run standard deviation over every recorded experiment with replicates (but
-    `exclude`: `decide` pools the candidate's and the best's own spreads itself)."""
+    """Pooled run-to-run standard deviation over every recorded experiment with replicates but
+    `exclude` (the judge excludes the best, whose spread `decide` pools itself, and the candidate,
+    whose spread never sets its own error bar)."""
     return pooled_sigma(ledger.run_groups(exclude=exclude))
 
 
