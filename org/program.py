@@ -226,6 +226,15 @@ class Program:
         fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name))
         return within(parse_knobs(source, self.knob_path), fixed, spec.knob_ranges, spec.knob_moves)
 
+    def seed_knob(self, source: str) -> Knob | None:
+        """The knob file's (`source`) seed knob as an int constant, or None (no seed knob named, or
+        the file has none: a replicate then cannot change the seed)."""
+        from org.proposal import parse_knobs
+
+        name = self.spec.noise.seed_knob
+        knob = {k.name: k for k in parse_knobs(source, self.knob_path)}.get(name) if name else None
+        return knob if knob is not None and knob.type == "int" else None
+
     def better(self, a: float, b: float | None) -> bool:
         """Is metric `a` better than `b` by more than min_improvement?"""
         if b is None:
@@ -291,11 +300,7 @@ def _check_seed(program: Program) -> None:
     """The seed a replicate changes must exist: an int knob, or an env var some target file reads."""
     noise, path = program.spec.noise, program.path
     if noise.seed_knob:
-        from org.proposal import parse_knobs
-
-        source = (program.repo / program.knob_path).read_text(encoding="utf-8")
-        knob = {k.name: k for k in parse_knobs(source, program.knob_path)}.get(noise.seed_knob)
-        if knob is None or knob.type != "int":
+        if program.seed_knob((program.repo / program.knob_path).read_text(encoding="utf-8")) is None:
             raise InputError(path, "noise.seed_knob", f"{noise.seed_knob} is not an int constant in "
                              f"{program.knob_path}")  # fmt: skip
     if noise.seed_env:

@@ -19,7 +19,6 @@ from org.knobs import set_knobs
 from org.ledger import Ledger
 from org.noise import decide, pooled_sigma
 from org.program import Program
-from org.proposal import parse_knobs
 from org.workspace import Workspace
 
 
@@ -41,8 +40,8 @@ def seed_run(program: Program, workspace: Workspace, replicate: int) -> Seeding:
     if not noise.seed_knob:
         return Seeding(seed=None if replicate else 0, env={})
     source = workspace.read(program.knob_path)
-    knob = {k.name: k for k in parse_knobs(source, program.knob_path)}.get(noise.seed_knob)
-    if knob is None or knob.type != "int":
+    knob = program.seed_knob(source)
+    if knob is None:
         return Seeding(seed=None, env={})
     if replicate:
         workspace.write(program.knob_path, set_knobs(source, {knob.name: knob.value + replicate}, program.path))
