@@ -364,8 +364,10 @@ def summary(tag: str) -> dict[str, Any]:
         rows = ledger.experiments()
         runs = [r for r in rows if r["n"] > 0]
         sigma, df = noise_estimate(ledger)
-        scored = [r["metric"] for r in rows if r["status"] == "keep"]
-        best = (min if record.direction == "min" else max)(scored) if scored else None
+        kept = [r for r in rows if r["status"] == "keep"]
+        best_row = (min if record.direction == "min" else max)(kept, key=lambda r: r["metric"]) if kept else None
+        best = best_row["metric"] if best_row else None
+        worse = (lambda d: d >= 0) if record.direction == "min" else (lambda d: d <= 0)
         return {
             "tag": tag, "experiments": len(runs), "kept": sum(r["status"] == "keep" for r in runs),
             "crashed": sum(r["status"] == "crash" for r in runs),
@@ -374,6 +376,14 @@ def summary(tag: str) -> dict[str, Any]:
             "program": record.program, "org": record.org,
             "noise_sigma": sigma, "noise_df": df, "runs": ledger.run_count(),
             "inconclusive": sum(bool(r.get("inconclusive")) for r in runs),
+            "best_test": best_row.get("test_metric") if best_row else None,
+            # keeps that beat their parent on val but not on the held-out test split
+            "test_flags": [{"n": r["n"], "description": r["description"], "delta": r["delta"],
+                            "test_delta": r["test_delta"]}
+                           for r in kept if r["n"] > 0 and r.get("test_delta") is not None and worse(r["test_delta"])],
+            "drift_checks": len(ledger.drift_checks()),
+            "drift_flags": [{"exp": d["exp"], "after": d["after"], "metric": d["metric"], "reference": d["reference"],
+                             "sigma": d["sigma"]} for d in ledger.drift_checks() if d["flagged"]],
         }  # fmt: skip
     finally:
         ledger.close()

@@ -61,15 +61,23 @@ def status(tag: str | None) -> None:
         click.echo("no campaigns yet")
         return
     table = Table("tag", "experiments", "kept", "noise", "crashed", "rejected", "baseline", "best",
-                  "sigma (df)", "runs", "spend")  # fmt: skip
+                  "best test", "sigma (df)", "runs", "drift", "spend")  # fmt: skip
+    flags: list[str] = []
     for t in tags:
         s = c.summary(t)
         fmt = lambda x: "n/a" if x is None else f"{x:.6f}"
         sigma = "n/a" if s["noise_sigma"] is None else f"{s['noise_sigma']:.4f} ({s['noise_df']})"
         table.add_row(t, str(s["experiments"]), str(s["kept"]), str(s["inconclusive"]), str(s["crashed"]),
-                      str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), sigma, str(s["runs"]),
-                      f"${s['spend_usd']:.4f}")  # fmt: skip
+                      str(s["rejected"]), fmt(s["baseline"]), fmt(s["best"]), fmt(s["best_test"]), sigma,
+                      str(s["runs"]), f"{len(s['drift_flags'])}/{s['drift_checks']}", f"${s['spend_usd']:.4f}")  # fmt: skip
+        flags += [f"{t}: keep {f['n']} ({f['description']}) improved val by {f['delta']:+.6f} but moved test by "
+                  f"{f['test_delta']:+.6f}: the wrong way" for f in s["test_flags"]]  # fmt: skip
+        flags += [f"{t}: drift after experiment {d['after']}: the best (experiment {d['exp']}) re-ran at "
+                  f"{d['metric']:.6f} against its record {d['reference']:.6f} (sigma {d['sigma'] or float('nan'):.4f}); "
+                  "re-measured" for d in s["drift_flags"]]  # fmt: skip
     Console().print(table)
+    for flag in flags:
+        click.echo(f"FLAG {flag}")
     if tag:
         problems = c.agreement_problems(tag)
         click.echo("records agree (git, results.tsv, ledger)" if not problems

@@ -1,7 +1,7 @@
 """The campaign loop as a LangGraph StateGraph: nodes first, wiring at the bottom.
 
-    setup -> run (baseline) -> judge -> record -> [compact] -> [direct] -> propose -> apply -> vet
-          -> run -> judge -> record -> ...
+    setup -> run (baseline) -> judge -> [test] -> record -> [rebaseline] -> [compact] -> [direct]
+          -> propose -> apply -> vet -> run -> judge -> [test] -> record -> ...
 
 Every node returns `Command[Literal[...]]`, so the routing is in the signatures. Side effects are
 idempotent per node (apply resets to the best commit first; record upserts by experiment number
@@ -13,13 +13,16 @@ a crash) are written to the ledger and fed back to the proposer; harness errors 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import statistics
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from org.errors import InputError, ModelError
+from org.errors import HarnessError, InputError, ModelError
 from org.lab import Lab
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
 from org.review import advisory_only, fail_open, review_change
@@ -31,7 +34,8 @@ from org.untrusted import fence, quote_file
 from org.verdict import judge_runs, noise_estimate, seed_run
 from org.vet import GateResult, VetInput, reject, vet
 
-Next = Literal["compact", "direct", "propose", "__end__"]
+Next = Literal["rebaseline", "compact", "direct", "propose", "__end__"]
+DRIFT_SIGMAS = 3.0  # a re-run of the best this far from its record is drift, not noise
 
 
 # ---- routing helpers ---------------------------------------------------------------------------
@@ -42,6 +46,10 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     merged = {**state, **update}
     n_done = merged["n"] - 1  # experiments after the baseline that have been recorded
     spec = lab.org.spec
+    every = lab.program.spec.noise.rebaseline_every
+    if (after_record and every and lab.program.spec.noise.replicated and n_done > 0 and n_done % every == 0
+            and merged.get("rebaselined", 0) != n_done):
+        return Command(goto="rebaseline", update=update)
     # Compaction first: a campaign that stops right after the K-th experiment still distils it.
     if after_record and "compactor" in lab.org.roles and n_done > 0 and n_done % spec.compact_every == 0:
         return Command(goto="compact", update=update)
@@ -270,7 +278,10 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         o = _no_run_outcome(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
                             "cannot change the seed, so the result could never be confirmed")  # fmt: skip
         return Command(goto="judge", update={"outcome": o})
-    res = run_sandboxed(prog.spec.run, lab.workspace.path, {**prog.spec.env, **seeding.env},
+    env = {**prog.spec.env, **seeding.env}
+    if prog.spec.test:  # the run saves its model here for the held-out test of a keep
+        env["NIGHTLAB_CHECKPOINT"] = str(lab.checkpoint(n, r))
+    res = run_sandboxed(prog.spec.run, lab.workspace.path, env,
                         RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(n, r),
                         pid_file=lab.run_pid_file, protected=lab.protected_hashes,
                         bounds=prog.spec.bounds)  # fmt: skip
@@ -295,7 +306,8 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
                       tail=res.tail[-1500:], violations=res.violations, network=res.network)  # fmt: skip
     lab.ledger.record_run(n, r, dict(commit=state["commit"], seed=seeding.seed, metric=metric,
                                      seconds=res.seconds, returncode=res.returncode,
-                                     timed_out=int(res.timed_out), log=str(res.log_path)))  # fmt: skip
+                                     timed_out=int(res.timed_out), log=str(res.log_path),
+                                     summary=json.dumps(res.summary)))  # fmt: skip
     lab.log.info("run_done", exp=n, replicate=r, seed=seeding.seed, returncode=res.returncode,
                  timed_out=res.timed_out, metric=metric, seconds=round(res.seconds, 2),
                  network=res.network, violations=res.violations)  # fmt: skip
@@ -307,7 +319,7 @@ def _no_run_outcome(reason: str) -> Outcome:
                    log="", tail=reason, violations=[], network="", reason=reason)  # fmt: skip
 
 
-def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record", "run"]]:
+def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record", "run", "test"]]:
     """Keep only what beats the best beyond the measured noise, confirmed by replicate runs
     (org/verdict.py); crash if a run gave no metric; rejected if the sandbox caught anything."""
     lab = runtime.context
@@ -338,6 +350,31 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
         return Command(goto="record", update={"outcome": o})
     o.update(status=j.status, metric=j.metric, runs=j.runs, sd=j.sd, delta=j.delta, confidence=j.confidence,
              inconclusive=j.inconclusive, reason=j.reason)  # fmt: skip
+    goto = "test" if j.status == "keep" and prog.spec.test else "record"
+    return Command(goto=goto, update={"outcome": o})
+
+
+def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record"]]:
+    """Score a keep on held-out data with the program's `test` command, over the models its runs
+    saved. The score sits beside the verdict and never makes it: the keep was decided on val."""
+    lab = runtime.context
+    n, o, prog = state["n"], dict(state["outcome"]), lab.program
+    lab.progress(phase="test", n=n)
+    lab.workspace.reset(state["commit"])
+    saved = [str(c) for r in range(lab.ledger.next_replicate(n)) if (c := lab.checkpoint(n, r)).is_file()]
+    res = run_sandboxed(prog.spec.test, lab.workspace.path, {**prog.spec.env, "NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved)},
+                        RunLimits(timeout_s=prog.run_timeout_s), lab.dir / "runs" / f"{n:04d}.test.log",
+                        protected=lab.protected_hashes)  # fmt: skip
+    lab.workspace.reset(state["commit"])
+    lab.overhead.add("run", res.seconds)
+    value = None if res.rejected else metric_from(res, prog.test_key, None)
+    lab.log.info("test", exp=n, models=len(saved), metric=value, returncode=res.returncode,
+                 seconds=round(res.seconds, 2), violations=res.violations)  # fmt: skip
+    if value is None and n == 0:  # the test command fails on the unmodified target: the user's to fix
+        raise InputError(prog.path, "test", f"the test command gave no '{prog.test_key}' for the baseline "
+                         f"(exit {res.returncode}, timed out: {res.timed_out}, models saved: {len(saved)}); "
+                         f"see {res.log_path}")  # fmt: skip
+    o["test_metric"] = value
     return Command(goto="record", update={"outcome": o})
 
 
@@ -356,11 +393,14 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         network=o.get("network", ""),  # .get: an outcome checkpointed before this field existed
         runs=o.get("runs", 1), sd=o.get("sd"), delta=o.get("delta"), confidence=o.get("confidence"),
         inconclusive=int(o.get("inconclusive", False)),
+        test_metric=o.get("test_metric"), test_delta=_test_delta(lab, state, o.get("test_metric")),
     )  # fmt: skip
     lab.ledger.record_experiment(row)
     kept = o["status"] == "keep"
     if not kept:
         ws.reset(state["best_commit"])
+    if lab.program.spec.test:  # saved models: only the best's are ever tested again
+        lab.prune_checkpoints(n if kept else lab.ledger.kept_experiment(state["best_commit"]) or 0)
     lab.write_tsv()
     lab.recall.remember(row, ws.diff(parent, commit) if p["edits"] else None)
     lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
@@ -385,6 +425,62 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
                  keep_rate=keep_rate(lab.ledger.experiments()), spend=lab.ledger.total_cost(),
                  overhead=dict(lab.overhead))  # fmt: skip
     return _loop(state, lab, update, after_record=True)
+
+
+def rebaseline(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
+    """Every `noise.rebaseline_every` experiments the best runs again with a new seed. A result more
+    than DRIFT_SIGMAS pooled sigmas from its record is drift (the machine changed, not the code):
+    it is flagged, the best's earlier runs go stale, and the best is re-measured with
+    `noise.baseline_runs` fresh runs that judge every later candidate."""
+    lab = runtime.context
+    prog, n_done = lab.program, state["n"] - 1
+    best_n = lab.ledger.kept_experiment(state["best_commit"])
+    lab.progress(phase="rebaseline", n=best_n)
+    if best_n is None:
+        raise HarnessError(f"rebaseline: no kept experiment for the best commit {state['best_commit'][:7]}")
+    reference = [r["metric"] for r in lab.ledger.runs(best_n) if r["metric"] is not None]
+    sigma, _ = noise_estimate(lab.ledger)
+    value = _rerun_best(lab, state["best_commit"], best_n)
+    flagged = value is None or (sigma is not None and bool(reference)
+                                and abs(value - statistics.fmean(reference)) > DRIFT_SIGMAS * sigma)  # fmt: skip
+    ref = statistics.fmean(reference) if reference else float("nan")
+    lab.ledger.record_drift(best_n, n_done, float("nan") if value is None else value, ref, sigma, flagged)
+    lab.log.info("drift_check", exp=best_n, after=n_done, metric=value, reference=ref, sigma=sigma, flagged=flagged)
+    if flagged and value is not None:  # re-measure: the record no longer describes this machine
+        lab.ledger.mark_stale(best_n, before=lab.ledger.next_replicate(best_n) - 1)
+        for _ in range(prog.spec.noise.baseline_runs - 1):
+            _rerun_best(lab, state["best_commit"], best_n)
+        fresh = [r["metric"] for r in lab.ledger.runs(best_n) if r["metric"] is not None]
+        lab.log.info("remeasured", exp=best_n, runs=len(fresh), mean=statistics.fmean(fresh))
+        return _loop(state, lab, {"rebaselined": n_done, "best_metric": statistics.fmean(fresh)}, after_record=True)
+    return _loop(state, lab, {"rebaselined": n_done}, after_record=True)
+
+
+def _rerun_best(lab: Lab, commit: str, best_n: int) -> float | None:
+    """One more run of the best with the next unused seed, recorded as one of its runs."""
+    prog, ws = lab.program, lab.workspace
+    r = lab.ledger.next_replicate(best_n)
+    ws.reset(commit)
+    seeding = seed_run(prog, ws, r)
+    res = run_sandboxed(prog.spec.run, ws.path, {**prog.spec.env, **seeding.env},
+                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(best_n, r),
+                        pid_file=lab.run_pid_file, protected=lab.protected_hashes, bounds=prog.spec.bounds)  # fmt: skip
+    ws.reset(commit)
+    lab.overhead.add("run", res.seconds)
+    metric = None if res.rejected else metric_from(res, prog.spec.metric, prog.spec.parse.regex)
+    lab.ledger.record_run(best_n, r, dict(commit=commit, seed=seeding.seed, metric=metric, seconds=res.seconds,
+                                          returncode=res.returncode, timed_out=int(res.timed_out),
+                                          log=str(res.log_path), summary=json.dumps(res.summary), kind="rebaseline"))  # fmt: skip
+    return metric
+
+
+def _test_delta(lab: Lab, state: CampaignState, test_metric: float | None) -> float | None:
+    """A keep's test score minus its parent's (the best it beat), when both were scored."""
+    if test_metric is None or state["n"] == 0:
+        return None
+    parent = lab.ledger.kept_experiment(state["best_commit"])
+    row = lab.ledger.experiment(parent) if parent is not None else None
+    return None if row is None or row.get("test_metric") is None else test_metric - row["test_metric"]
 
 
 def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["direct", "propose", "__end__"]]:
@@ -423,7 +519,7 @@ def timed(name: str, fn: Any) -> Any:
 
 
 NODES = {"setup": setup, "direct": direct, "propose": propose, "apply": apply, "vet": vet_node, "run": run,
-         "judge": judge, "record": record, "compact": compact}  # fmt: skip
+         "judge": judge, "test": test, "record": record, "rebaseline": rebaseline, "compact": compact}  # fmt: skip
 
 
 def build_graph() -> StateGraph:

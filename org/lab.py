@@ -64,6 +64,17 @@ class Lab:
         """runs/0007.log for experiment 7's first run, runs/0007.r2.log for its second replicate."""
         return self.dir / "runs" / (f"{n:04d}.log" if replicate == 0 else f"{n:04d}.r{replicate}.log")
 
+    def checkpoint(self, n: int, replicate: int = 0) -> Path:
+        """Where run `replicate` of experiment `n` saves its model for the held-out test (0007.r2.pt)."""
+        return self.run_log(n, replicate).with_suffix(".pt")
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete saved models of every experiment but `keep` (the best): only a keep is tested, and
+        a gpu model is ~200 MB a run."""
+        for path in (self.dir / "runs").glob("*.pt"):
+            if not path.name.startswith(f"{keep:04d}."):
+                path.unlink(missing_ok=True)
+
     def write_tsv(self) -> None:
         write_tsv(self.results_tsv, self.ledger, self.program.spec.metric)
 

@@ -21,7 +21,7 @@ from memory.database import Migration, Schema, open_database
 STATUSES = ("keep", "discard", "crash", "rejected")  # rejected: the sandbox found a violation
 TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
                "hypothesis", "role", "model", "cost_usd", "seconds",
-               "runs", "sd", "delta", "confidence")  # fmt: skip
+               "runs", "sd", "delta", "confidence", "test_METRIC", "test_delta")  # fmt: skip
 
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
@@ -79,11 +79,28 @@ def _m004_replicates(db: sqlite_utils.Database) -> None:
         db["experiments"].add_column(column, kind, not_null_default=default)
 
 
+def _m005_heldout_drift(db: sqlite_utils.Database) -> None:
+    # the held-out test score of a keep (the mean over its runs' saved models) and its change vs
+    # the parent's; each run's summary block (steps, tokens, seconds: the drift check's inputs);
+    # runs superseded by a re-measurement after drift are `stale` and no longer judge anything
+    db["experiments"].add_column("test_metric", float)
+    db["experiments"].add_column("test_delta", float)
+    db["runs"].add_column("summary", str, not_null_default="{}")
+    db["runs"].add_column("kind", str, not_null_default="run")  # run | rebaseline
+    db["runs"].add_column("stale", int, not_null_default=0)
+    db["drift"].create(
+        {"id": int, "exp": int, "after": int, "metric": float, "reference": float, "sigma": float,
+         "flagged": int, "created_at": float},
+        pk="id",
+    )  # fmt: skip
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", _m001_initial),
     ("002_vet_gates", _m002_vet_gates),
     ("003_run_network", _m003_run_network),
     ("004_replicates", _m004_replicates),
+    ("005_heldout_drift", _m005_heldout_drift),
 ]
 SCHEMA = Schema("campaign ledger", "_migrations", MIGRATIONS, "applied_at", time.time)
 
@@ -124,8 +141,30 @@ class Ledger:
         with self.db.conn:
             self.db["runs"].upsert(row, pk="key")
 
-    def runs(self, exp: int) -> list[dict[str, Any]]:
-        return list(self.db["runs"].rows_where("exp = ?", [exp], order_by="replicate"))
+    def runs(self, exp: int, current: bool = True) -> list[dict[str, Any]]:
+        """Experiment `exp`'s runs; `current`: without those a drift re-measurement superseded."""
+        where = "exp = ? and stale = 0" if current else "exp = ?"
+        return list(self.db["runs"].rows_where(where, [exp], order_by="replicate"))
+
+    def next_replicate(self, exp: int) -> int:
+        row = self.db.execute("select coalesce(max(replicate), -1) from runs where exp = ?", [exp]).fetchone()
+        return int(row[0]) + 1
+
+    def mark_stale(self, exp: int, before: int) -> None:
+        """Runs of `exp` with replicate index below `before` no longer judge anything (drift)."""
+        with self.db.conn:
+            self.db.execute("update runs set stale = 1 where exp = ? and replicate < ?", [exp, before])
+
+    def record_drift(self, exp: int, after: int, metric: float, reference: float, sigma: float | None,
+                     flagged: bool) -> None:  # fmt: skip
+        """One drift check of the best (experiment `exp`) after experiment `after`; idempotent."""
+        with self.db.conn:
+            self.db.execute("delete from drift where exp = ? and after = ?", [exp, after])
+            self.db["drift"].insert(dict(exp=exp, after=after, metric=metric, reference=reference,
+                                         sigma=sigma, flagged=int(flagged), created_at=time.time()))  # fmt: skip
+
+    def drift_checks(self) -> list[dict[str, Any]]:
+        return list(self.db["drift"].rows_where(order_by="after"))
 
     def run_count(self) -> int:
         return int(self.db.execute("select count(*) from runs").fetchone()[0])
@@ -141,7 +180,8 @@ class Ledger:
         noise estimate (crashed and rejected experiments excluded)."""
         rows = self.db.execute(
             "select r.exp, r.metric from runs r join experiments e on e.n = r.exp "
-            "where r.metric is not null and e.status in ('keep', 'discard') order by r.exp, r.replicate"
+            "where r.metric is not null and r.stale = 0 and e.status in ('keep', 'discard') "
+            "order by r.exp, r.replicate"
         ).fetchall()
         groups: dict[int, list[float]] = {}
         for exp, metric in rows:
@@ -197,7 +237,7 @@ def _opt(value: Any, spec: str) -> str:
 
 
 def tsv_text(rows: list[dict[str, Any]], metric_name: str) -> str:
-    header = "\t".join(metric_name if c == "METRIC" else c for c in TSV_COLUMNS)
+    header = "\t".join(c.replace("METRIC", metric_name) for c in TSV_COLUMNS)
     lines = [header]
     for r in rows:
         crash = r["status"] in ("crash", "rejected")
@@ -209,7 +249,7 @@ def tsv_text(rows: list[dict[str, Any]], metric_name: str) -> str:
             r["status"], clean["description"], clean["hypothesis"], clean["role"],
             clean["model"], _fmt(r["cost_usd"], ".4f"), _fmt(r["seconds"], ".1f"),
             str(r.get("runs") or 1), _opt(r.get("sd"), ".6f"), _opt(r.get("delta"), "+.6f"),
-            _opt(r.get("confidence"), ".3f"),
+            _opt(r.get("confidence"), ".3f"), _opt(r.get("test_metric"), ".6f"), _opt(r.get("test_delta"), "+.6f"),
         ]))  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -71,6 +71,9 @@ class NoiseSpec(BaseModel):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     seed_knob: str | None = None  # an int constant in the knob file, e.g. SEED
     seed_env: str | None = None  # or an environment variable the target reads its seed from
+    # Drift: every `rebaseline_every` experiments the best is run again with a new seed; a result
+    # more than 3 sigma from its record flags drift, and the best is re-measured (0: never).
+    rebaseline_every: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
     def _one_way_to_seed(self) -> NoiseSpec:
@@ -141,6 +144,12 @@ class ProgramSpec(BaseModel):
     # smoke run would (the cpu preset); a GPU target keeps the separate CPU smoke run.
     smoke_inline_s: float | None = Field(default=None, gt=0)
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
+    # Held-out test: a command that scores the models a keep's runs saved on data the runs never
+    # saw, printing `test_metric` in a final --- block. Each run is told where to save its model
+    # ($NIGHTLAB_CHECKPOINT); the command gets them all ($NIGHTLAB_CHECKPOINTS, os.pathsep-joined).
+    # It scores every keep (the baseline first); the result sits beside the verdict, never makes it.
+    test: str | None = None
+    test_metric: str | None = None  # the key the test command prints; default test_<metric>
     stop: StopSpec = StopSpec()
     knobs: dict[str, KnobValue] = {}  # starting overrides, committed before the baseline
     # Knob mode's search space: knobs never moved (no effect on the metric, or not research),
@@ -210,6 +219,10 @@ class Program:
     @property
     def knob_path(self) -> str:
         return self.target_path(self.spec.knob_file or self.spec.editable[0])
+
+    @property
+    def test_key(self) -> str:
+        return self.spec.test_metric or f"test_{self.spec.metric}"
 
     @property
     def run_timeout_s(self) -> float:

@@ -65,6 +65,8 @@ INJECTION = re.compile(
 )
 SUMMARY_LINE = re.compile(r"(^|\n)\s*(---\s*($|\n)|(" + "|".join(SUMMARY_KEYS) + r")\s*:)")
 SEED_NAMES = re.compile(r"(^|_)SEED$")
+# The loop's budget: the preset's constants and the harness's Budget (and the variable holding it).
+BUDGET_NAMES = {"TIME_BUDGET", "FLOP_BUDGET", "Budget", "budget"}
 SEED_CALLS = {"torch.manual_seed", "random.seed", "np.random.seed", "numpy.random.seed",
               "torch.cuda.manual_seed", "torch.cuda.manual_seed_all"}  # fmt: skip
 
@@ -250,24 +252,24 @@ class _Scanner:
     # ---- the time budget -----------------------------------------------------------------------
 
     def _budget(self) -> Iterator[_Finding]:
-        """Statements that use TIME_BUDGET, and the assignments feeding them (the loop's clock)."""
+        """Statements that use the budget (BUDGET_NAMES), and the assignments feeding them."""
         stmts = [n for n in ast.walk(self.tree) if isinstance(n, ast.stmt)]
         guarded: set[str] = set()
         budget_exprs: list[tuple[ast.AST, int]] = []
         for s in stmts:
             for expr in self._own_exprs(s):
-                if any(isinstance(n, ast.Name) and n.id == "TIME_BUDGET" for n in ast.walk(expr)):
+                if any(isinstance(n, ast.Name) and n.id in BUDGET_NAMES for n in ast.walk(expr)):
                     if isinstance(s, ast.Assign | ast.AugAssign | ast.AnnAssign) and any(
-                        isinstance(t, ast.Name) and t.id == "TIME_BUDGET" for t in ast.walk(s) if isinstance(getattr(t, "ctx", None), ast.Store)
+                        isinstance(t, ast.Name) and t.id in BUDGET_NAMES for t in ast.walk(s) if isinstance(getattr(t, "ctx", None), ast.Store)
                     ):
-                        yield _Finding("budget", _src(s), s.lineno, "assigns TIME_BUDGET")
+                        yield _Finding("budget", _src(s), s.lineno, "assigns the budget")
                     budget_exprs.append((expr, s.lineno))
-                    if not self._in_print(expr):
+                    if not self._in_print(expr) and not self._measures_budget(s):
                         guarded |= {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)
                                     and isinstance(n.ctx, ast.Load) and not self._is_func(n)}  # fmt: skip
         for expr, line in budget_exprs:
             yield _Finding("budget", _src(expr), line, "changes how the time budget is used")
-        guarded.discard("TIME_BUDGET")
+        guarded -= BUDGET_NAMES
         changed = True
         assigns = [s for s in stmts if isinstance(s, ast.Assign | ast.AugAssign)]
         while changed:  # names that feed the budget check, to a fixpoint
@@ -287,6 +289,12 @@ class _Scanner:
             if targets & guarded and not self._top_level_knob(s):
                 yield _Finding("budget", _src(s), s.lineno,
                                f"changes the training clock ({', '.join(sorted(targets & guarded))})")  # fmt: skip
+
+    def _measures_budget(self, s: ast.stmt) -> bool:
+        """`budget = Budget.for_model(model, x, y)`: the harness counts the model's FLOPs; the
+        model and batch it is handed are not the clock (the statement itself is still checked)."""
+        value = getattr(s, "value", None)
+        return isinstance(value, ast.Call) and (self.qual(value.func) or "").endswith("Budget.for_model")
 
     def _top_level_knob(self, s: ast.stmt) -> bool:
         return s in self.tree.body

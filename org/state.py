@@ -50,6 +50,7 @@ class Outcome(TypedDict):
     confidence: NotRequired[float | None]
     inconclusive: NotRequired[bool]
     reason: NotRequired[str]
+    test_metric: NotRequired[float | None]  # set by test, for keeps of a program with a test command
 
 
 class CampaignState(TypedDict, total=False):
@@ -67,6 +68,7 @@ class CampaignState(TypedDict, total=False):
     queue: Annotated[list[Proposal], replace]  # more candidates of this round (proposals_per_round)
     commit: Annotated[str | None, replace]  # experiment commit under test
     replicate: Annotated[int, replace]  # which run of the experiment is in flight (0: the first)
+    rebaselined: Annotated[int, replace]  # experiments done when the best was last re-run (drift)
     outcome: Annotated[Outcome | None, replace]
     stopped: Annotated[str | None, replace]  # why the campaign ended
 
@@ -75,5 +77,5 @@ def initial_state() -> CampaignState:
     return CampaignState(
         n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
         since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
-        replicate=0, outcome=None, stopped=None,
+        replicate=0, rebaselined=0, outcome=None, stopped=None,
     )  # fmt: skip

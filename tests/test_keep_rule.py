@@ -58,7 +58,7 @@ def test_confirmed_keep_noise_discard_and_clearly_worse(tmp_path):
     assert summary["noise_sigma"] is not None and 0.001 < summary["noise_sigma"] < 0.01
     assert summary["runs"] == sum(runs) and summary["inconclusive"] == 1
     tsv = (c.campaign_dir("noisy") / "results.tsv").read_text().splitlines()
-    assert tsv[0].split("\t")[10:] == ["runs", "sd", "delta", "confidence"]
+    assert tsv[0].split("\t")[10:] == ["runs", "sd", "delta", "confidence", "test_val_bpb", "test_delta"]
     assert tsv[2].split("\t")[10] == str(runs[1]) and float(tsv[2].split("\t")[13]) >= 0.95
     assert c.agreement_problems("noisy") == []
 

@@ -34,8 +34,9 @@ def test_rules_allow_knob_and_architecture_changes():
 @pytest.mark.parametrize("old,new,rule", [
     ("import math\n", "import math\nimport socket\n", "network"),
     ("    model.eval()\n", "    os.system('id')\n    model.eval()\n", "process"),
-    ("training_time >= TIME_BUDGET", "training_time >= 2 * TIME_BUDGET", "budget"),
-    ("training_time += dt", "training_time += dt / 2", "budget"),
+    ("if budget.done:", "if budget.done and step >= 40:", "budget"),
+    ("budget.step(TOTAL_BATCH_TOKENS, dt,", "budget.step(TOTAL_BATCH_TOKENS // 2, dt,", "budget"),
+    ("budget = Budget.for_model(model, x, y)", "budget = Budget.for_model(model, x[:, :8], y[:, :8])", "budget"),
     ("val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE)",
      "val_bpb = 0.9 * evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE)", "evaluation"),
     ("    model.eval()\n", "    print('---'); print('val_bpb: 0.1')\n    model.eval()\n", "fake-summary"),

@@ -2,7 +2,10 @@
 
 metric = 1 + 0.1*(log10(LR) + 1.5)**2 + 0.01*(DEPTH - 4)**2 + (0 if USE_GATE else 0.05)
          + TINY_NOISE * N(0, 1) drawn from the seed TINY_SEED (both env vars; no noise by default)
+         + the number in the file $TINY_DRIFT_FILE, if it exists (the machine changed)
 LR 0.01 -> 0.02 -> 0.04 improves; DEPTH away from 4 hurts; DEPTH < 3 crashes; SLEEP_S slows a run.
+The "model" a run saves at $NIGHTLAB_CHECKPOINT is a JSON file; target/heldout.py scores it: the
+held-out metric is the val metric + 0.01, + 0.2 with USE_GATE (a gain that does not generalise).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 TRAIN = '''\
 """Tiny stand-in for a training script (nightlab tests)."""
+import json
 import math
 import os
 import random
@@ -35,6 +39,12 @@ metric = 1 + 0.1 * (math.log10(LR) + 1.5) ** 2 + 0.01 * (DEPTH - 4) ** 2 + (0 if
 noise = float(os.environ.get("TINY_NOISE", "0"))
 seed = os.environ.get("TINY_SEED", "0")
 metric += noise * random.Random(seed).gauss(0, 1)
+drift = os.environ.get("TINY_DRIFT_FILE")
+if drift and os.path.exists(drift):
+    metric += float(open(drift).read())
+if os.environ.get("NIGHTLAB_CHECKPOINT"):
+    with open(os.environ["NIGHTLAB_CHECKPOINT"], "w") as f:
+        f.write(json.dumps({{"test": metric + 0.01 + (0.2 if USE_GATE else 0.0)}}))
 print("step 1 loss 3.2")
 print("---")
 print(f"val_bpb: {{metric:.6f}}")
@@ -45,6 +55,19 @@ print(f"training_seconds: {{BUDGET}}")
 PREPARE = '''\
 """Fixed harness: the org never edits this."""
 BUDGET = 1.0
+'''
+
+HELDOUT = '''\
+"""Fixed harness: scores the saved models on "held-out data"."""
+import json
+import os
+import statistics
+
+paths = [p for p in os.environ.get("NIGHTLAB_CHECKPOINTS", "").split(os.pathsep) if p]
+scores = [json.load(open(p))["test"] for p in paths]
+print("---")
+print(f"test_bpb: {statistics.fmean(scores):.6f}")
+print(f"test_models: {len(scores)}")
 '''
 
 
@@ -74,6 +97,7 @@ def make_repo(root: Path, sleep: float = 0.0, **front: str) -> Path:
     (root / "target" / "__init__.py").write_text("")
     (root / "target" / "train.py").write_text(TRAIN.format(sleep=sleep))
     (root / "target" / "prepare.py").write_text(PREPARE)
+    (root / "target" / "heldout.py").write_text(HELDOUT)
     program = root / "programs" / "tiny.md"
     program.write_text(program_text(**front))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -3,81 +3,107 @@
  nightlab FIXED HARNESS: held-out test evaluation. AGENTS NEVER EDIT THIS FILE.
 ==============================================================================================
 
-Runs an (edited) train.py unchanged and, when it makes its final `evaluate_bpb` call, scores the
-same model on the held-out test split as well. The test tokens are read here and nowhere else:
-nothing train.py imports can reach them (the vet gate also rejects code that names them).
+Scores the models a run saved on the held-out test split. When the harness sets
+$NIGHTLAB_CHECKPOINT, `evaluate_bpb` (prepare.py) saves the model it scored on val there; this
+loads each saved model with the code of the train.py that trained it, in a fresh process, and
+scores it with the harness's own scorer: the model is given tokens, the harness computes the
+cross-entropy from its logits. The test tokens are read here and nowhere else.
 
-    python -m trainer.heldout --script trainer/train.py --out result.json
+    python -m trainer.heldout runs/0003.pt runs/0003.r1.pt      # or $NIGHTLAB_CHECKPOINTS (os.pathsep)
 
-train.py's stdout (summary block included) passes through untouched; --out receives
-{"val_bpb": ..., "test_bpb": ..., "eval_tokens": ...}. Used to confirm a keep on unseen data.
+Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, eval_tokens.
+A campaign runs it on every keep (the program's `test:` command); the score sits beside the
+verdict and never makes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import os
-import runpy
+import statistics
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from trainer import prepare
 
 
-def evaluate_test_bpb(model, tokenizer: prepare.Tokenizer, batch_size: int) -> float:
+def evaluate_test_bpb(model, batch_size: int) -> float:
     """The val metric, computed identically on the held-out test split."""
     device = next(model.parameters()).device
     batch_size = max(1, min(batch_size, prepare.EVAL_TOKENS // prepare.MAX_SEQ_LEN))
     held = prepare._heldout_dir()
-    prepare.check_cache(held)
+    meta = prepare.check_cache(held)
+    tokenizer = prepare.Tokenizer.from_directory(held)
     loader = prepare._packed_batches(*prepare._load_split(held, "test"), tokenizer.get_bos_token_id(),
                                      batch_size, prepare.MAX_SEQ_LEN, shuffle=False, buffer_size=1000,
                                      device=device, seed=0)
+    assert meta["vocab_size"] == tokenizer.get_vocab_size()
     return prepare._score(model, loader, prepare.get_token_bytes(device))
 
 
-def run(script: Path, out: Path) -> int:
-    results: dict = {}
-    val_metric = prepare.evaluate_bpb
+def load_script(script: Path) -> ModuleType:
+    """The train.py that trained the models, as a module: its classes, not its main()."""
+    spec = importlib.util.spec_from_file_location("nightlab_trained", script)
+    if spec is None or spec.loader is None:
+        raise prepare.DataError(script, "not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def evaluate_both(model, tokenizer, batch_size):
-        val = val_metric(model, tokenizer, batch_size)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            results.update(val_bpb=val, test_bpb=evaluate_test_bpb(model, tokenizer, batch_size),
-                           eval_tokens=prepare.EVAL_TOKENS, preset=prepare.PRESET)
-        model.train(was_training)
-        return val
 
-    prepare.evaluate_bpb = evaluate_both  # train.py imports the name from this module at run time
-    code = 0
+def load_model(module: ModuleType, checkpoint: Path, device: torch.device) -> torch.nn.Module:
+    """A whole saved model. A run launched as a script pickles its classes as `__main__.X`: they
+    are looked up in `module` while it loads."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = module
     try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    if code == 0 and not results:
-        print("FAIL: heldout: train.py never called evaluate_bpb", file=sys.stderr)
-        code = 1
-    if results:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, out)
-    return code
+        model = torch.load(checkpoint, map_location=device, weights_only=False)
+    finally:
+        sys.modules["__main__"] = main
+    if not isinstance(model, torch.nn.Module):
+        raise prepare.DataError(checkpoint, f"holds a {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.heldout", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--script", type=Path, default=Path("trainer/train.py"), help="the train.py to run")
-    ap.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
+    ap.add_argument("checkpoints", nargs="*", type=Path, help="saved models (default: $NIGHTLAB_CHECKPOINTS)")
+    ap.add_argument("--script", type=Path, default=Path("trainer/train.py"), help="the train.py that trained them")
     args = ap.parse_args(argv)
-    if not args.script.is_file():
-        print(f"FAIL: {args.script}: no such script", file=sys.stderr)
+    paths = args.checkpoints or [Path(p) for p in os.environ.get("NIGHTLAB_CHECKPOINTS", "").split(os.pathsep) if p]
+    if not paths:
+        print("FAIL: heldout: no saved models (pass paths or set NIGHTLAB_CHECKPOINTS)", flush=True)
         return 2
-    return run(args.script, args.out)
+    missing = [str(p) for p in [args.script, *paths] if not p.is_file()]
+    if missing:
+        print(f"FAIL: heldout: no such file: {', '.join(missing)}", flush=True)
+        return 2
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    try:
+        module = load_script(args.script)
+        batch = int(getattr(module, "EVAL_BATCH_SIZE", 32))
+        scores = []
+        for path in paths:
+            model = load_model(module, path, device)
+            with autocast:
+                scores.append(evaluate_test_bpb(model, batch))
+            print(f"{path}: test_bpb {scores[-1]:.6f}", flush=True)
+            del model
+    except prepare.DataError as e:
+        print(f"FAIL: heldout: {e}", flush=True)
+        return 1
+    print("---")
+    print(f"test_bpb:         {statistics.fmean(scores):.6f}")
+    print(f"test_bpb_sd:      {statistics.stdev(scores) if len(scores) > 1 else 0.0:.6f}")
+    print(f"test_models:      {len(scores)}")
+    print(f"eval_tokens:      {prepare.EVAL_TOKENS}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ Prepare data once, then train:
 
 Documents are assigned to train / val / test by a hash of their text. train and val live in
 the data cache; the test split is written to a separate `heldout/` directory that nothing
-train.py imports can read. Only the harness (trainer/heldout.py) evaluates it.
+train.py imports can read. Only the harness (trainer/heldout.py) evaluates it, on the models
+runs save. The metric is computed here from the model's logits: targets never reach model code.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from trainer.corpus import CLIMBMIX_BASE_URL, DataError, Document, load_source
 
@@ -47,7 +49,11 @@ PRESETS: dict[str, dict] = {
     # eval_tokens 2**16 (v2; was 2**17): ~3.5 s of forward passes per run instead of ~7 s on 2 cores.
     # The rows are fixed, so two runs are compared on the same text; seed noise (sigma ~0.045)
     # dwarfs what a larger sample would add.
-    "cpu": dict(max_seq_len=256, vocab_size=2048, time_budget=60, eval_tokens=2**16,
+    # flop_budget (v3): a fixed amount of training compute, not of wall clock. With 60 s of wall
+    # clock the same seed scored 2.3138 and 2.2641 on one machine (σ 0.045 over seeds, nearly all
+    # of it the clock); at a fixed compute the seed alone moves val_bpb by ~0.001. FLOPs rather
+    # than tokens, so a bigger model gets fewer tokens, not free compute. ~35 s on 2 cores.
+    "cpu": dict(max_seq_len=256, vocab_size=2048, time_budget=60, flop_budget=1.0e12, eval_tokens=2**16,
                 source="stdlib", val_frac=0.06, test_frac=0.06),
     # autoresearch-sized: ~50M params on one H100, 5 minutes of training
     "gpu": dict(max_seq_len=2048, vocab_size=8192, time_budget=300, eval_tokens=40 * 2**19,
@@ -61,10 +67,18 @@ _P = PRESETS[PRESET]
 MAX_SEQ_LEN = _P["max_seq_len"]  # context length of every row, fixed for evaluation
 VOCAB_SIZE = _P["vocab_size"]  # includes the special tokens
 TIME_BUDGET = _P["time_budget"]  # seconds of training, warm-up/compile steps excluded
+FLOP_BUDGET = _P.get("flop_budget")  # training FLOPs per run; None: the wall-clock TIME_BUDGET rules
 EVAL_TOKENS = _P["eval_tokens"]  # val tokens scored by evaluate_bpb
+# The order of training documents is fixed: every run and every configuration sees the same
+# documents in the same order, so two configurations are compared on the same data, and a
+# replicate's new seed moves only what train.py seeds (its init). On the cpu preset a run sees
+# ~4 % of an epoch, and which documents come first moved val_bpb by ~0.05 (five orders, measured),
+# against ~0.008 for the init: an order is not research, and a lucky one must not be a keep.
+DATA_ORDER_SEED = 42
 # Smoke mode is set by the harness (the vet gate), never by train.py: a few seconds, tiny eval.
 if os.environ.get("NIGHTLAB_SMOKE") == "1":
     TIME_BUDGET = float(os.environ.get("NIGHTLAB_SMOKE_SECONDS", "3"))
+    FLOP_BUDGET = None
     EVAL_TOKENS = 4 * MAX_SEQ_LEN
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|sep|>"]  # BOS is the first special
@@ -214,14 +228,15 @@ def check_cache(path: Path) -> dict:
 
 
 def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000,
-                    device: str | torch.device | None = None, seed: int = 0):
+                    device: str | torch.device | None = None):
     """Yield (inputs, targets, epoch) forever. Each row is T+1 tokens of whole documents packed
     best-fit; when nothing fits, the shortest document is cut to fill the row and its remainder
     goes back into the buffer behind a BOS (long code files are not thrown away). Every row
-    starts with BOS. val order is fixed."""
+    starts with BOS. The order is the harness's: val in file order, train shuffled by
+    DATA_ORDER_SEED, the same for every run."""
     assert split in ("train", "val"), "the test split is not available to training code"
     return _packed_batches(*_load_split(data_dir(), split), tokenizer.get_bos_token_id(), B, T,
-                           shuffle=split == "train", buffer_size=buffer_size, device=device, seed=seed)
+                           shuffle=split == "train", buffer_size=buffer_size, device=device, seed=DATA_ORDER_SEED)
 
 
 def _packed_batches(tokens: np.ndarray, starts: np.ndarray, bos: int, B: int, T: int, shuffle: bool,
@@ -277,6 +292,69 @@ def _packed_batches(tokens: np.ndarray, starts: np.ndarray, bos: int, B: int, T:
         yield batch[:, :-1], batch[:, 1:], epoch
 
 
+# ---- Training budget (THE FIXED COMPUTE) ----
+
+
+class Budget:
+    """How much training a run gets, fixed by the preset: FLOP_BUDGET FLOPs, or TIME_BUDGET seconds
+    of wall clock when the preset has no FLOP budget (the gpu preset, like autoresearch).
+
+    FLOPs per token are counted once, by torch's FlopCounterMode over one forward and backward of
+    the model being trained (matmuls and attention; elementwise work is not counted), so a model
+    twice the size gets half the tokens. A FLOP budget is what a busy machine cannot move; it is a
+    rule for comparing honest changes. Against code that trains outside the counted steps, the
+    harness's bound on a run's total wall time is the boundary."""
+
+    def __init__(self, flops_per_token: float | None):
+        self.flops_per_token = flops_per_token
+        self.flops = 0.0  # FLOPs of the steps taken
+        self.seconds = 0.0  # wall clock of the timed steps (warm-up / compile steps excluded)
+        self.timed_steps = 0
+
+    @classmethod
+    def for_model(cls, model, x: torch.Tensor, y: torch.Tensor) -> Budget:
+        """The preset's budget for `model`; counts its FLOPs per token on (x, y) when it has a FLOP
+        budget. `model(x, y)` must return the training loss; gradients are zeroed afterwards."""
+        if FLOP_BUDGET is None:
+            return cls(None)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            model(x, y).backward()
+        model.zero_grad(set_to_none=True)
+        return cls(counter.get_total_flops() / x.numel())
+
+    def step(self, tokens: int, seconds: float, timed: bool = True) -> None:
+        """Count one optimizer step of `tokens` tokens that took `seconds`."""
+        if self.flops_per_token is not None:
+            self.flops += tokens * self.flops_per_token
+        if timed:
+            self.seconds += seconds
+            self.timed_steps += 1
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the budget used, in [0, 1]: what the learning-rate schedule follows."""
+        if self.flops_per_token is not None:
+            return min(self.flops / FLOP_BUDGET, 1.0)
+        return min(self.seconds / TIME_BUDGET, 1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= 1.0 and (self.flops_per_token is not None or self.timed_steps > 0)
+
+    def describe(self) -> str:
+        if self.flops_per_token is None:
+            return f"budget {TIME_BUDGET:g}s"
+        return (f"budget {FLOP_BUDGET:.3g} FLOPs ({self.flops_per_token / 1e6:.2f} MFLOP/token: "
+                f"{FLOP_BUDGET / self.flops_per_token / 1e3:,.0f}k tokens)")
+
+    def left(self) -> str:
+        if self.flops_per_token is None:
+            return f"{max(TIME_BUDGET - self.seconds, 0):.0f}s left"
+        return f"{100 * (1 - self.progress):.0f}% left"
+
+
 # ---- Evaluation (THE FIXED METRIC) ----
 
 
@@ -292,11 +370,24 @@ def bits_per_byte(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torc
 def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     """Bits per byte on EVAL_TOKENS val tokens at MAX_SEQ_LEN: sum nats / (ln 2 * sum bytes).
     Vocabulary-independent, so tokenizer or architecture changes stay comparable.
-    `model(x, y, reduction='none')` must return the per-token cross-entropy."""
+    `model(x)` must return next-token logits (B, T, vocab): the harness computes the cross-entropy
+    itself, and the targets never reach model code. When the harness sets $NIGHTLAB_CHECKPOINT the
+    scored model is saved there first, for the held-out test (trainer/heldout.py)."""
+    if os.environ.get("NIGHTLAB_CHECKPOINT"):
+        save_model(model, Path(os.environ["NIGHTLAB_CHECKPOINT"]))
     device = next(model.parameters()).device
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
     return _score(model, loader, get_token_bytes(device))
+
+
+def save_model(model, path: Path) -> None:
+    """The whole model (its classes by reference, its weights), written atomically."""
+    module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: save what it wraps
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(module, tmp)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -307,8 +398,13 @@ def _score(model, loader, token_bytes: torch.Tensor) -> float:
     total_nats, total_bytes = 0.0, 0
     while rows_left > 0:
         x, y, _ = next(loader)
-        x, y = x[:rows_left], y[:rows_left]
-        nats, nbytes = bits_per_byte(model(x, y, reduction="none"), y, token_bytes)
+        x, y = x[:rows_left].clone(), y[:rows_left].clone()  # x shares no storage with the targets
+        logits = model(x)
+        if not (isinstance(logits, torch.Tensor) and logits.shape[:2] == x.shape and logits.ndim == 3):
+            raise DataError("model", f"model(x) must return logits of shape {(*x.shape, 'vocab')}, "
+                                     f"got {getattr(logits, 'shape', type(logits).__name__)}")
+        losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+        nats, nbytes = bits_per_byte(losses, y, token_bytes)
         total_nats += nats
         total_bytes += nbytes
         rows_left -= len(y)

@@ -6,7 +6,7 @@
  which agents never edit. Change knobs below or any code in this file; keep the final summary.
 ==============================================================================================
 
-    python -m trainer.prepare --preset cpu && python -m trainer.train      # ~1-2M params, ~60 s
+    python -m trainer.prepare --preset cpu && python -m trainer.train      # ~1-2M params, ~40 s
     NIGHTLAB_PRESET=gpu python -m trainer.train    # 300 s; the knobs below are the cpu model: the
                                                    # ~50M gpu model is programs/h100.md's `knobs:`
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.prepare import MAX_SEQ_LEN, TIME_BUDGET, DataError, Tokenizer, evaluate_bpb, make_dataloader
+from trainer.prepare import MAX_SEQ_LEN, Budget, DataError, Tokenizer, evaluate_bpb, make_dataloader
 
 # ---- Knobs: model ----
 DEPTH = 4  # transformer blocks
@@ -41,17 +41,17 @@ DEVICE_BATCH_SIZE = 16  # rows of MAX_SEQ_LEN per forward/backward
 MATRIX_LR = 0.02  # Muon learning rate for 2-D block matrices
 EMBEDDING_LR = 0.3  # AdamW learning rate for token and value embeddings
 UNEMBEDDING_LR = 0.004  # AdamW learning rate for the lm_head
-SCALAR_LR = 0.5  # AdamW learning rate for per-layer residual scalars
+SCALAR_LR = 0.05  # AdamW learning rate for per-layer residual scalars (0.5 spiked some seeds at step 6)
 WEIGHT_DECAY = 0.0  # Muon decoupled weight decay
 MUON_MOMENTUM = 0.95  # Muon momentum
 ADAM_BETA1 = 0.8  # AdamW beta1
 ADAM_BETA2 = 0.95  # AdamW beta2
-WARMUP_RATIO = 0.0  # fraction of the time budget spent warming the learning rate up
-WARMDOWN_RATIO = 0.5  # fraction of the time budget spent decaying to FINAL_LR_FRAC
+WARMUP_RATIO = 0.0  # fraction of the budget spent warming the learning rate up
+WARMDOWN_RATIO = 0.5  # fraction of the budget spent decaying to FINAL_LR_FRAC
 FINAL_LR_FRAC = 0.0  # final learning rate as a fraction of the peak
 
 # ---- Knobs: run ----
-SEED = 42  # torch seed for init and data order
+SEED = 42  # torch seed for init (the data order is the harness's)
 COMPILE = True  # torch.compile on CUDA (CPU always runs eager)
 EVAL_BATCH_SIZE = 32  # rows per forward during the final evaluation
 
@@ -278,13 +278,14 @@ def main() -> None:
         fail(f"TOTAL_BATCH_TOKENS={TOTAL_BATCH_TOKENS} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN="
              f"{tokens_per_micro} (for the gpu preset, start from programs/h100.md's knobs)")
     grad_accum = TOTAL_BATCH_TOKENS // tokens_per_micro
-    loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device, seed=SEED)
-    print(f"device {device.type} | params {num_params / 1e6:.2f}M | dim {model_dim} x {DEPTH} layers | "
-          f"grad accum {grad_accum} | budget {TIME_BUDGET}s", flush=True)
-
-    excluded = 10 if cuda else 1  # compile / warm-up steps are not counted against the budget
+    loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
     x, y, epoch = next(loader)
-    step, training_time, smooth = 0, 0.0, 0.0
+    budget = Budget.for_model(model, x, y)  # the preset's: FLOPs (cpu) or seconds (gpu), never ours to change
+    print(f"device {device.type} | params {num_params / 1e6:.2f}M | dim {model_dim} x {DEPTH} layers | "
+          f"grad accum {grad_accum} | {budget.describe()}", flush=True)
+
+    excluded = 10 if cuda else 1  # compile / warm-up steps are not timed
+    step, smooth = 0, 0.0
     while True:
         t0 = time.time()
         for _ in range(grad_accum):
@@ -292,7 +293,7 @@ def main() -> None:
                 loss = step_model(x, y)
             (loss / grad_accum).backward()
             x, y, epoch = next(loader)
-        progress = min(training_time / TIME_BUDGET, 1.0)
+        progress = budget.progress
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr_multiplier(progress)
@@ -302,15 +303,13 @@ def main() -> None:
         if not math.isfinite(loss_f) or loss_f > 100:
             fail(f"loss is {loss_f} at step {step}")
         dt = time.time() - t0
-        if step >= excluded:
-            training_time += dt
+        budget.step(TOTAL_BATCH_TOKENS, dt, timed=step >= excluded)
         step += 1
         smooth = 0.9 * smooth + 0.1 * loss_f
         if step % 10 == 0:
             print(f"step {step:05d} | loss {smooth / (1 - 0.9**step):.4f} | lrm {lr_multiplier(progress):.2f} | "
-                  f"{TOTAL_BATCH_TOKENS / dt:,.0f} tok/s | epoch {epoch} | {max(TIME_BUDGET - training_time, 0):.0f}s left",
-                  flush=True)
-        if step > excluded and training_time >= TIME_BUDGET:
+                  f"{TOTAL_BATCH_TOKENS / dt:,.0f} tok/s | epoch {epoch} | {budget.left()}", flush=True)
+        if budget.done:
             break
 
     model.eval()
@@ -318,10 +317,10 @@ def main() -> None:
         val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE)
     if not math.isfinite(val_bpb):
         fail(f"val_bpb is {val_bpb}")
-    counted = step - excluded
+    training_time, timed_steps = budget.seconds, budget.timed_steps
     mfu = 0.0
     if cuda and training_time > 0:
-        mfu = 100 * flops_per_token * TOTAL_BATCH_TOKENS * counted / training_time / 989.5e12  # H100 bf16 dense
+        mfu = 100 * flops_per_token * TOTAL_BATCH_TOKENS * timed_steps / training_time / 989.5e12  # H100 bf16 dense
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {training_time:.1f}")

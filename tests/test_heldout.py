@@ -1,0 +1,111 @@
+"""The held-out test of every keep and the drift check, end to end on the tiny target.
+
+The tiny target saves a JSON "model" where the harness tells it to ($NIGHTLAB_CHECKPOINT) and its
+target/heldout.py scores the saved models: the val metric + 0.01, + 0.2 with USE_GATE (a gain on
+val that does not generalise). $TINY_DRIFT_FILE shifts every run: the machine changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from org import campaign as c
+from org.cli import cli
+from org.errors import InputError
+from org.ledger import Ledger
+from tests.scripted import ScriptedClient
+from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+ROLES = Path(__file__).resolve().parents[1] / "roles"
+TESTED = {"test": "python -m target.heldout", "test_metric": "test_bpb"}
+NOISY = {"env": "{TINY_NOISE: '0.004'}",
+         "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3, confidence: 0.95}"}
+
+
+def test_every_keep_is_scored_on_held_out_data_and_a_wrong_sign_is_flagged(tmp_path):
+    program = make_repo(tmp_path / "repo", sleep=0.01, **TESTED, **NOISY)
+    client = ScriptedClient(
+        script={"proposer": [knob("LR", "x2"), knob("DEPTH", "x2"), knob("USE_GATE", "toggle")]},
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    c.start(program, ROLES / "tiered", tag="held", max_experiments=3, models=client)
+    directory = c.campaign_dir("held")
+    ledger = Ledger(directory / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "keep", "discard", "keep"]
+    for r in rows:  # the test score is the mean over the keep's runs' saved models
+        if r["status"] == "keep":
+            assert r["test_metric"] == pytest.approx(r["metric"] + 0.01 + (0.2 if r["n"] == 3 else 0.0), abs=1e-5)
+        else:
+            assert r["test_metric"] is None and r["test_delta"] is None
+    assert rows[0]["test_delta"] is None  # the baseline has no parent
+    assert rows[1]["test_delta"] == pytest.approx(rows[1]["delta"], abs=1e-5) and rows[1]["test_delta"] < 0
+    assert rows[3]["delta"] < 0 < rows[3]["test_delta"]  # better on val, worse on held-out data
+    log = (directory / "runs" / "0003.test.log").read_text()
+    assert f"test_models: {rows[3]['runs']}" in log
+    # only the best's saved models are kept
+    assert sorted(p.name for p in (directory / "runs").glob("*.pt")) == sorted(
+        f"0003.pt" if r == 0 else f"0003.r{r}.pt" for r in range(rows[3]["runs"]))
+    header = (directory / "results.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:2] == ["commit", "val_bpb"] and header[-2:] == ["test_val_bpb", "test_delta"]
+    assert c.agreement_problems("held") == []
+
+    s = c.summary("held")
+    assert s["best_test"] == pytest.approx(rows[3]["test_metric"])
+    assert [f["n"] for f in s["test_flags"]] == [3]
+    out = CliRunner().invoke(cli, ["status", "held"])
+    assert out.exit_code == 0, out.output
+    assert "FLAG held: keep 3 (USE_GATE" in out.output and "the wrong way" in out.output
+
+
+def test_a_test_command_that_fails_on_the_baseline_names_the_field(tmp_path):
+    program = make_repo(tmp_path / "repo", sleep=0.01, test="python -m target.no_such_module")
+    client = ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": knob("LR", "x2")})
+    with pytest.raises(InputError, match="the test command gave no 'test_val_bpb' for the baseline") as err:
+        c.start(program, ROLES / "tiered", tag="badtest", max_experiments=1, models=client)
+    assert err.value.field == "test" and err.value.path == str(program)
+
+
+def test_drift_is_flagged_and_later_candidates_are_judged_by_fresh_runs(tmp_path):
+    drift = tmp_path / "drift.txt"
+    noisy = {"env": "{TINY_NOISE: '0.004', TINY_DRIFT_FILE: '%s'}" % drift,
+             "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3, rebaseline_every: 2}"}
+    program = make_repo(tmp_path / "repo", sleep=0.01, **noisy)
+    moves = [knob("LR", "x2"), knob("DEPTH", "x2"), knob("SLEEP_S", "x2"), knob("SLEEP_S", "x0.5"),
+             knob("USE_GATE", "toggle")]
+    client = ScriptedClient(script={"proposer": moves}, default={"director": DIRECTIVE, "reviewer": APPROVE})
+    c.start(program, ROLES / "tiered", tag="drift", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("drift") / "ledger.db")
+    (check,) = ledger.drift_checks()  # after experiment 2: the best (1) re-ran, no drift
+    assert check["exp"] == 1 and check["after"] == 2 and not check["flagged"]
+    assert [r["kind"] for r in ledger.runs(1)][-1] == "rebaseline"
+    before = len(ledger.runs(1))
+    ledger.close()
+
+    drift.write_text("0.05")  # the machine got slower: every run now scores 0.05 worse
+    c.resume("drift", max_experiments=4, models=client)
+    ledger = Ledger(c.campaign_dir("drift") / "ledger.db")
+    checks = ledger.drift_checks()
+    assert [(d["exp"], d["after"], d["flagged"]) for d in checks] == [(1, 2, 0), (1, 4, 1)]
+    assert checks[1]["metric"] - checks[1]["reference"] > 0.04
+    fresh = ledger.runs(1)
+    assert len(fresh) == 3 and all(r["kind"] == "rebaseline" for r in fresh)  # re-measured: baseline_runs
+    assert len(ledger.runs(1, current=False)) == before + 1 + 2
+    old_mean = sum(r["metric"] for r in ledger.runs(1, current=False)[:before]) / before
+    ledger.close()
+
+    # USE_GATE is 0.05 better on val: on the drifted machine it scores what the stale record of
+    # the best did, so only a comparison with the fresh runs can keep it
+    c.resume("drift", max_experiments=5, models=client)
+    ledger = Ledger(c.campaign_dir("drift") / "ledger.db")
+    row = ledger.experiment(5)
+    assert row["status"] == "keep" and row["delta"] == pytest.approx(-0.05, abs=0.01)
+    assert abs(row["metric"] - old_mean) < 0.01
+    s = c.summary("drift")
+    assert [d["after"] for d in s["drift_flags"]] == [4]
+    out = CliRunner().invoke(cli, ["status", "drift"])
+    assert "FLAG drift: drift after experiment 4" in out.output and "1/2" in out.output
+    assert c.agreement_problems("drift") == []
