@@ -319,7 +319,10 @@ def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_exper
             if lab.stop_reason(snapshot.values["n"] - 1, 0):
                 lab.close()
                 return dict(snapshot.values)
-            graph_input = Command(goto="propose", update={"stopped": None})
+            from org.graph import rebaseline_due
+
+            goto = "rebaseline" if rebaseline_due(snapshot.values, program) else "propose"
+            graph_input = Command(goto=goto, update={"stopped": None})
     return _drive(lab, graph_input)
 
 
@@ -367,7 +370,8 @@ def summary(tag: str) -> dict[str, Any]:
         kept = [r for r in rows if r["status"] == "keep"]
         best_row = (min if record.direction == "min" else max)(kept, key=lambda r: r["metric"]) if kept else None
         best = best_row["metric"] if best_row else None
-        worse = (lambda d: d >= 0) if record.direction == "min" else (lambda d: d <= 0)
+        worse = (lambda d: d > 0) if record.direction == "min" else (lambda d: d < 0)
+        tested = any(r.get("test_metric") is not None for r in rows)  # the program has a test command
         return {
             "tag": tag, "experiments": len(runs), "kept": sum(r["status"] == "keep" for r in runs),
             "crashed": sum(r["status"] == "crash" for r in runs),
@@ -381,9 +385,11 @@ def summary(tag: str) -> dict[str, Any]:
             "test_flags": [{"n": r["n"], "description": r["description"], "delta": r["delta"],
                             "test_delta": r["test_delta"]}
                            for r in kept if r["n"] > 0 and r.get("test_delta") is not None and worse(r["test_delta"])],
+            "untested": [r["n"] for r in kept if tested and r.get("test_metric") is None],
             "drift_checks": len(ledger.drift_checks()),
             "drift_flags": [{"exp": d["exp"], "after": d["after"], "metric": d["metric"], "reference": d["reference"],
                              "sigma": d["sigma"]} for d in ledger.drift_checks() if d["flagged"]],
+            "drift_failed": [d["after"] for d in ledger.drift_checks() if d["metric"] is None],
         }  # fmt: skip
     finally:
         ledger.close()

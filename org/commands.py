@@ -73,8 +73,11 @@ def status(tag: str | None) -> None:
         flags += [f"{t}: keep {f['n']} ({f['description']}) improved val by {f['delta']:+.6f} but moved test by "
                   f"{f['test_delta']:+.6f}: the wrong way" for f in s["test_flags"]]  # fmt: skip
         flags += [f"{t}: drift after experiment {d['after']}: the best (experiment {d['exp']}) re-ran at "
-                  f"{d['metric']:.6f} against its record {d['reference']:.6f} (sigma {d['sigma'] or float('nan'):.4f}); "
+                  f"{d['metric']:.6f} against its record {d['reference']:.6f} (sigma {d['sigma']:.4f}); "
                   "re-measured" for d in s["drift_flags"]]  # fmt: skip
+        flags += [f"{t}: keep {n} has no held-out test score (see its test log)" for n in s["untested"]]
+        flags += [f"{t}: the drift check after experiment {a} failed: the best's re-run gave no metric"
+                  for a in s["drift_failed"]]  # fmt: skip
     Console().print(table)
     for flag in flags:
         click.echo(f"FLAG {flag}")

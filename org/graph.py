@@ -36,6 +36,7 @@ from org.vet import GateResult, VetInput, reject, vet
 
 Next = Literal["rebaseline", "compact", "direct", "propose", "__end__"]
 DRIFT_SIGMAS = 3.0  # a re-run of the best this far from its record is drift, not noise
+RESCORE_TOLERANCE = 5e-4  # relative: the harness's re-score of a keep's saved models vs what its runs printed
 
 
 # ---- routing helpers ---------------------------------------------------------------------------
@@ -46,10 +47,6 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     merged = {**state, **update}
     n_done = merged["n"] - 1  # experiments after the baseline that have been recorded
     spec = lab.org.spec
-    every = lab.program.spec.noise.rebaseline_every
-    if (after_record and every and lab.program.spec.noise.replicated and n_done > 0 and n_done % every == 0
-            and merged.get("rebaselined", 0) != n_done):
-        return Command(goto="rebaseline", update=update)
     # Compaction first: a campaign that stops right after the K-th experiment still distils it.
     if after_record and "compactor" in lab.org.roles and n_done > 0 and n_done % spec.compact_every == 0:
         return Command(goto="compact", update=update)
@@ -57,10 +54,20 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     if reason:
         lab.log.info("stop", reason=reason)
         return Command(goto=END, update={**update, "stopped": reason})
+    # The drift check only when another experiment follows: nothing is judged after the last.
+    if rebaseline_due(merged, lab.program):
+        return Command(goto="rebaseline", update=update)
     if "director" in lab.org.roles:
         if merged["since_direct"] >= spec.director_every or on_plateau(merged, spec.plateau_after):
             return Command(goto="direct", update=update)
     return Command(goto="propose", update=update)
+
+
+def rebaseline_due(state: CampaignState | dict[str, Any], program: Any) -> bool:
+    """Is the best due a drift check before the next experiment (every `noise.rebaseline_every`)?"""
+    noise, n_done = program.spec.noise, state["n"] - 1
+    return bool(noise.rebaseline_every and noise.replicated and n_done > 0
+                and n_done % noise.rebaseline_every == 0 and state.get("rebaselined", 0) != n_done)  # fmt: skip
 
 
 def on_plateau(state: CampaignState | dict[str, Any], plateau_after: int) -> bool:
@@ -281,6 +288,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     env = {**prog.spec.env, **seeding.env}
     if prog.spec.test:  # the run saves its model here for the held-out test of a keep
         env["NIGHTLAB_CHECKPOINT"] = str(lab.checkpoint(n, r))
+        lab.checkpoint(n, r).unlink(missing_ok=True)  # never one an earlier attempt left
     res = run_sandboxed(prog.spec.run, lab.workspace.path, env,
                         RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(n, r),
                         pid_file=lab.run_pid_file, protected=lab.protected_hashes,
@@ -356,25 +364,39 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
 
 def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record"]]:
     """Score a keep on held-out data with the program's `test` command, over the models its runs
-    saved. The score sits beside the verdict and never makes it: the keep was decided on val."""
+    saved. The score sits beside the verdict and never makes it: the keep was decided on val.
+    If the command also prints the metric itself (the harness's re-score of the saved models on
+    val) it must agree with what the runs printed: a keep whose runs reported a better number than
+    their models score is rejected as a forged metric."""
     lab = runtime.context
     n, o, prog = state["n"], dict(state["outcome"]), lab.program
     lab.progress(phase="test", n=n)
     lab.workspace.reset(state["commit"])
     saved = [str(c) for r in range(lab.ledger.next_replicate(n)) if (c := lab.checkpoint(n, r)).is_file()]
-    res = run_sandboxed(prog.spec.test, lab.workspace.path, {**prog.spec.env, "NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved)},
-                        RunLimits(timeout_s=prog.run_timeout_s), lab.dir / "runs" / f"{n:04d}.test.log",
+    env = {**prog.spec.env, "NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved)}
+    res = run_sandboxed(prog.spec.test, lab.workspace.path, env, RunLimits(timeout_s=prog.run_timeout_s),
+                        lab.dir / "runs" / f"{n:04d}.test.log", pid_file=lab.run_pid_file,
                         protected=lab.protected_hashes)  # fmt: skip
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
     value = None if res.rejected else metric_from(res, prog.test_key, None)
-    lab.log.info("test", exp=n, models=len(saved), metric=value, returncode=res.returncode,
-                 seconds=round(res.seconds, 2), violations=res.violations)  # fmt: skip
+    rescored = None if value is None else parse_number(res.summary.get(prog.spec.metric))
+    reason = "" if value is not None else (
+        f"no saved models (runs of experiment {n} saved none: see their logs)" if not saved else
+        f"the test command gave no '{prog.test_key}' (exit {res.returncode}, timed out: {res.timed_out}); "
+        f"see {res.log_path}")  # fmt: skip
+    lab.log.info("test", exp=n, models=len(saved), metric=value, rescored=rescored, returncode=res.returncode,
+                 seconds=round(res.seconds, 2), violations=res.violations, reason=reason)  # fmt: skip
     if value is None and n == 0:  # the test command fails on the unmodified target: the user's to fix
-        raise InputError(prog.path, "test", f"the test command gave no '{prog.test_key}' for the baseline "
-                         f"(exit {res.returncode}, timed out: {res.timed_out}, models saved: {len(saved)}); "
-                         f"see {res.log_path}")  # fmt: skip
-    o["test_metric"] = value
+        raise InputError(prog.path, "test", f"on the baseline: {reason}")
+    o.update(test_metric=value, test_reason=reason)
+    if rescored is not None and abs(rescored - o["metric"]) > RESCORE_TOLERANCE * max(1.0, abs(o["metric"])):
+        why = (f"forged metric: the runs reported {prog.spec.metric} {o['metric']:.6f} on average, the "
+               f"harness re-scored their saved models at {rescored:.6f}")  # fmt: skip
+        if n == 0:
+            raise InputError(prog.path, "test", f"the unmodified target's {why}; see {res.log_path}")
+        lab.log.info("rejected", exp=n, stage="test", reason=why)
+        o.update(status="rejected", violations=[why], reason=why)
     return Command(goto="record", update={"outcome": o})
 
 
@@ -428,32 +450,43 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
 
 
 def rebaseline(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
-    """Every `noise.rebaseline_every` experiments the best runs again with a new seed. A result more
-    than DRIFT_SIGMAS pooled sigmas from its record is drift (the machine changed, not the code):
-    it is flagged, the best's earlier runs go stale, and the best is re-measured with
-    `noise.baseline_runs` fresh runs that judge every later candidate."""
+    """Every `noise.rebaseline_every` experiments the best runs again with a new seed. A result
+    further from its record's mean than DRIFT_SIGMAS standard errors of the difference (pooled
+    sigma, sqrt(1 + 1/k) for a mean of k runs) is drift: the machine changed, not the code. It is
+    flagged, the best's earlier runs go stale, and the best is re-measured with
+    `noise.baseline_runs` fresh runs that judge every later candidate. A re-run that crashes is
+    recorded as a failed check and changes nothing. Safe to re-run after a kill: a check already
+    recorded for this point is not repeated, only its re-measurement completed."""
     lab = runtime.context
-    prog, n_done = lab.program, state["n"] - 1
-    best_n = lab.ledger.kept_experiment(state["best_commit"])
+    prog, n_done, commit = lab.program, state["n"] - 1, state["best_commit"]
+    best_n = lab.ledger.kept_experiment(commit)
     lab.progress(phase="rebaseline", n=best_n)
     if best_n is None:
-        raise HarnessError(f"rebaseline: no kept experiment for the best commit {state['best_commit'][:7]}")
-    reference = [r["metric"] for r in lab.ledger.runs(best_n) if r["metric"] is not None]
-    sigma, _ = noise_estimate(lab.ledger)
-    value = _rerun_best(lab, state["best_commit"], best_n)
-    flagged = value is None or (sigma is not None and bool(reference)
-                                and abs(value - statistics.fmean(reference)) > DRIFT_SIGMAS * sigma)  # fmt: skip
-    ref = statistics.fmean(reference) if reference else float("nan")
-    lab.ledger.record_drift(best_n, n_done, float("nan") if value is None else value, ref, sigma, flagged)
-    lab.log.info("drift_check", exp=best_n, after=n_done, metric=value, reference=ref, sigma=sigma, flagged=flagged)
-    if flagged and value is not None:  # re-measure: the record no longer describes this machine
-        lab.ledger.mark_stale(best_n, before=lab.ledger.next_replicate(best_n) - 1)
-        for _ in range(prog.spec.noise.baseline_runs - 1):
-            _rerun_best(lab, state["best_commit"], best_n)
-        fresh = [r["metric"] for r in lab.ledger.runs(best_n) if r["metric"] is not None]
-        lab.log.info("remeasured", exp=best_n, runs=len(fresh), mean=statistics.fmean(fresh))
-        return _loop(state, lab, {"rebaselined": n_done, "best_metric": statistics.fmean(fresh)}, after_record=True)
-    return _loop(state, lab, {"rebaselined": n_done}, after_record=True)
+        raise HarnessError(f"rebaseline: no kept experiment for the best commit {commit[:7]}")
+    check = lab.ledger.drift_check(best_n, n_done)
+    if check is None:
+        runs = lab.ledger.runs(best_n)
+        # a best recorded before replicates existed has no runs rows: its one recorded metric
+        reference = [r["metric"] for r in runs if r["metric"] is not None] or [lab.ledger.experiment(best_n)["metric"]]
+        sigma, _ = noise_estimate(lab.ledger)
+        ref = statistics.fmean(reference)
+        value = _rerun_best(lab, commit, best_n)
+        limit = None if sigma is None else DRIFT_SIGMAS * sigma * (1 + 1 / len(reference)) ** 0.5
+        flagged = value is not None and limit is not None and abs(value - ref) > limit
+        lab.ledger.record_drift(best_n, n_done, value, ref, sigma, flagged)
+        lab.log.info("drift_check", exp=best_n, after=n_done, metric=value, reference=ref, sigma=sigma,
+                     limit=limit, flagged=flagged)  # fmt: skip
+        if flagged:  # the record no longer describes this machine: only the fresh runs judge
+            lab.ledger.mark_stale(best_n, before=lab.ledger.next_replicate(best_n) - 1)
+        check = lab.ledger.drift_check(best_n, n_done)
+    update: dict[str, Any] = {"rebaselined": n_done}
+    if check["flagged"]:
+        while len(fresh := [r for r in lab.ledger.runs(best_n) if r["metric"] is not None]) < prog.spec.noise.baseline_runs:
+            if _rerun_best(lab, commit, best_n) is None:
+                break  # the best no longer runs: the candidates after it will say so
+        update["best_metric"] = statistics.fmean(r["metric"] for r in fresh)
+        lab.log.info("remeasured", exp=best_n, runs=len(fresh), mean=update["best_metric"])
+    return _loop(state, lab, update, after_record=False)
 
 
 def _rerun_best(lab: Lab, commit: str, best_n: int) -> float | None:

@@ -71,8 +71,8 @@ class Lab:
     def prune_checkpoints(self, keep: int) -> None:
         """Delete saved models of every experiment but `keep` (the best): only a keep is tested, and
         a gpu model is ~200 MB a run."""
-        for path in (self.dir / "runs").glob("*.pt"):
-            if not path.name.startswith(f"{keep:04d}."):
+        for path in (self.dir / "runs").glob("*.pt*"):  # *.pt.tmp: a save a kill cut short
+            if path.suffix == ".tmp" or not path.name.startswith(f"{keep:04d}."):
                 path.unlink(missing_ok=True)
 
     def write_tsv(self) -> None:

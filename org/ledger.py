@@ -155,13 +155,18 @@ class Ledger:
         with self.db.conn:
             self.db.execute("update runs set stale = 1 where exp = ? and replicate < ?", [exp, before])
 
-    def record_drift(self, exp: int, after: int, metric: float, reference: float, sigma: float | None,
+    def record_drift(self, exp: int, after: int, metric: float | None, reference: float, sigma: float | None,
                      flagged: bool) -> None:  # fmt: skip
-        """One drift check of the best (experiment `exp`) after experiment `after`; idempotent."""
+        """One drift check of the best (experiment `exp`) after experiment `after`: its re-run's
+        metric (None: the re-run crashed) against the mean it was recorded with."""
         with self.db.conn:
             self.db.execute("delete from drift where exp = ? and after = ?", [exp, after])
             self.db["drift"].insert(dict(exp=exp, after=after, metric=metric, reference=reference,
                                          sigma=sigma, flagged=int(flagged), created_at=time.time()))  # fmt: skip
+
+    def drift_check(self, exp: int, after: int) -> dict[str, Any] | None:
+        rows = list(self.db["drift"].rows_where("exp = ? and after = ?", [exp, after]))
+        return rows[0] if rows else None
 
     def drift_checks(self) -> list[dict[str, Any]]:
         return list(self.db["drift"].rows_where(order_by="after"))

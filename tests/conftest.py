@@ -7,7 +7,14 @@ temp cache is shared by the whole session to avoid rebuilding it in every test.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -21,6 +28,16 @@ OFFLINE_ENV = {
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("nightlab-cache")
+
+
+@pytest.fixture(scope="session")
+def prepared_cpu(session_cache) -> Path:
+    """The real offline cpu-preset cache, built once per session by the CLI."""
+    env = {**os.environ, "NIGHTLAB_CACHE": str(session_cache), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "trainer.prepare", "--preset", "cpu"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return session_cache
 
 
 @pytest.fixture(autouse=True)

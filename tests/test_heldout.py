@@ -64,7 +64,7 @@ def test_every_keep_is_scored_on_held_out_data_and_a_wrong_sign_is_flagged(tmp_p
 def test_a_test_command_that_fails_on_the_baseline_names_the_field(tmp_path):
     program = make_repo(tmp_path / "repo", sleep=0.01, test="python -m target.no_such_module")
     client = ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": knob("LR", "x2")})
-    with pytest.raises(InputError, match="the test command gave no 'test_val_bpb' for the baseline") as err:
+    with pytest.raises(InputError, match="on the baseline: the test command gave no 'test_val_bpb' \\(exit 1") as err:
         c.start(program, ROLES / "tiered", tag="badtest", max_experiments=1, models=client)
     assert err.value.field == "test" and err.value.path == str(program)
 
@@ -77,16 +77,18 @@ def test_drift_is_flagged_and_later_candidates_are_judged_by_fresh_runs(tmp_path
     moves = [knob("LR", "x2"), knob("DEPTH", "x2"), knob("SLEEP_S", "x2"), knob("SLEEP_S", "x0.5"),
              knob("USE_GATE", "toggle")]
     client = ScriptedClient(script={"proposer": moves}, default={"director": DIRECTIVE, "reviewer": APPROVE})
-    c.start(program, ROLES / "tiered", tag="drift", max_experiments=2, models=client)
+    c.start(program, ROLES / "tiered", tag="drift", max_experiments=3, models=client)
     ledger = Ledger(c.campaign_dir("drift") / "ledger.db")
-    (check,) = ledger.drift_checks()  # after experiment 2: the best (1) re-ran, no drift
+    (check,) = ledger.drift_checks()  # after experiment 2, before 3: the best (1) re-ran, no drift
     assert check["exp"] == 1 and check["after"] == 2 and not check["flagged"]
     assert [r["kind"] for r in ledger.runs(1)][-1] == "rebaseline"
     before = len(ledger.runs(1))
     ledger.close()
 
     drift.write_text("0.05")  # the machine got slower: every run now scores 0.05 worse
-    c.resume("drift", max_experiments=4, models=client)
+    # experiment 4 runs on the drifted machine, then the check after it finds the drift; the
+    # campaign stops after experiment 5, so nothing is checked after it (it would judge nothing)
+    c.resume("drift", max_experiments=5, models=client)
     ledger = Ledger(c.campaign_dir("drift") / "ledger.db")
     checks = ledger.drift_checks()
     assert [(d["exp"], d["after"], d["flagged"]) for d in checks] == [(1, 2, 0), (1, 4, 1)]
@@ -95,17 +97,58 @@ def test_drift_is_flagged_and_later_candidates_are_judged_by_fresh_runs(tmp_path
     assert len(fresh) == 3 and all(r["kind"] == "rebaseline" for r in fresh)  # re-measured: baseline_runs
     assert len(ledger.runs(1, current=False)) == before + 1 + 2
     old_mean = sum(r["metric"] for r in ledger.runs(1, current=False)[:before]) / before
-    ledger.close()
-
     # USE_GATE is 0.05 better on val: on the drifted machine it scores what the stale record of
     # the best did, so only a comparison with the fresh runs can keep it
-    c.resume("drift", max_experiments=5, models=client)
-    ledger = Ledger(c.campaign_dir("drift") / "ledger.db")
     row = ledger.experiment(5)
     assert row["status"] == "keep" and row["delta"] == pytest.approx(-0.05, abs=0.01)
     assert abs(row["metric"] - old_mean) < 0.01
+    assert ledger.experiment(4)["status"] == "discard"
     s = c.summary("drift")
     assert [d["after"] for d in s["drift_flags"]] == [4]
     out = CliRunner().invoke(cli, ["status", "drift"])
     assert "FLAG drift: drift after experiment 4" in out.output and "1/2" in out.output
     assert c.agreement_problems("drift") == []
+
+
+def test_a_keep_whose_runs_print_a_better_number_than_their_models_score_is_rejected(tmp_path):
+    """Edit mode, adversarial: a real improvement plus a forged printout (no rule objects: the
+    line names no metric or summary key). The harness re-scores the saved models: rejected."""
+    program = make_repo(tmp_path / "repo", sleep=0.01, **TESTED, **NOISY)
+    forged = {"hypothesis": "higher lr trains faster", "edits": [
+        {"path": "train.py", "search": "LR = 0.01", "replace": "LR = 0.02"},
+        {"path": "train.py", "search": 'print("step 1 loss 3.2")', "replace": 'metric -= 0.1\nprint("step 1 loss 3.2")'}]}
+    honest = {"hypothesis": "doubling the step size reaches a lower loss within the budget", "edits": [
+        {"path": "train.py", "search": "LR = 0.01", "replace": "LR = 0.02"}]}
+    client = ScriptedClient(script={"proposer": [forged, honest]})
+    c.start(program, ROLES / "solo", tag="forged", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("forged") / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "rejected", "keep"]
+    assert rows[1]["metric"] < rows[2]["metric"] - 0.09  # what the forger printed
+    events = (c.campaign_dir("forged") / "events.jsonl").read_text()
+    assert "forged metric: the runs reported val_bpb" in events
+    assert c.summary("forged")["best"] == pytest.approx(rows[2]["metric"])
+    assert c.agreement_problems("forged") == []
+
+
+def test_a_crashed_drift_check_is_recorded_and_changes_nothing(tmp_path):
+    drift = tmp_path / "drift.txt"
+    noisy = {"env": "{TINY_NOISE: '0.004', TINY_DRIFT_FILE: '%s'}" % drift,
+             "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3, rebaseline_every: 1}",
+             "smoke_timeout_s": "null"}  # the candidate's own run crashes, not a smoke run first
+    program = make_repo(tmp_path / "repo", sleep=0.01, **noisy)
+    client = ScriptedClient(script={"proposer": [knob("DEPTH", "x2"), knob("SLEEP_S", "x2")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})
+    c.start(program, ROLES / "tiered", tag="crashcheck", max_experiments=1, models=client)
+    drift.write_text("not a number")  # every run now crashes: the check's re-run of the best too
+    c.resume("crashcheck", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("crashcheck") / "ledger.db")
+    (check,) = ledger.drift_checks()
+    assert check["metric"] is None and not check["flagged"]
+    assert len(ledger.runs(0)) == 4 and all(not r["stale"] for r in ledger.runs(0, current=False))
+    s = c.summary("crashcheck")
+    assert s["drift_failed"] == [1] and s["drift_flags"] == []
+    assert ledger.experiment(2)["status"] == "crash"
+    out = CliRunner().invoke(cli, ["status", "crashcheck"])
+    assert out.exit_code == 0, out.output
+    assert "the drift check after experiment 1 failed" in out.output

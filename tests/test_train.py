@@ -17,16 +17,6 @@ SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_mem_mb", "
                 "total_tokens_M", "num_steps", "num_params_M", "depth"]
 
 
-@pytest.fixture(scope="session")
-def prepared_cpu(session_cache) -> Path:
-    """The real offline cpu-preset cache, built once per session by the CLI."""
-    env = {**os.environ, "NIGHTLAB_CACHE": str(session_cache), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "trainer.prepare", "--preset", "cpu"], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    return session_cache
-
-
 def run_train(script: Path, cache: Path, timeout: int, smoke: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "NIGHTLAB_CACHE": str(cache), "PYTHONPATH": str(REPO), "NIGHTLAB_PRESET": "cpu"}
     if smoke:
@@ -174,7 +164,7 @@ def test_targets_never_reach_model_code(prepared_cpu, monkeypatch):
         def forward(self, x, targets=None, reduction="mean"):
             return torch.zeros(x.shape)  # a per-token "loss", not logits
 
-    with pytest.raises(prepare.DataError, match="model: model\\(x\\) must return logits"):
+    with pytest.raises(prepare.DataError, match="model: model\\(x\\) must return a plain tensor of logits"):
         prepare.evaluate_bpb(NotLogits(), tokenizer, 32)
 
 

@@ -5,7 +5,8 @@ metric = 1 + 0.1*(log10(LR) + 1.5)**2 + 0.01*(DEPTH - 4)**2 + (0 if USE_GATE els
          + the number in the file $TINY_DRIFT_FILE, if it exists (the machine changed)
 LR 0.01 -> 0.02 -> 0.04 improves; DEPTH away from 4 hurts; DEPTH < 3 crashes; SLEEP_S slows a run.
 The "model" a run saves at $NIGHTLAB_CHECKPOINT is a JSON file; target/heldout.py scores it: the
-held-out metric is the val metric + 0.01, + 0.2 with USE_GATE (a gain that does not generalise).
+held-out metric is the val metric + 0.01, + 0.2 with USE_GATE (a gain that does not generalise),
+and it re-scores val (the metric the run computed, whatever the run then printed).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if drift and os.path.exists(drift):
     metric += float(open(drift).read())
 if os.environ.get("NIGHTLAB_CHECKPOINT"):
     with open(os.environ["NIGHTLAB_CHECKPOINT"], "w") as f:
-        f.write(json.dumps({{"test": metric + 0.01 + (0.2 if USE_GATE else 0.0)}}))
+        f.write(json.dumps({{"val": metric, "test": metric + 0.01 + (0.2 if USE_GATE else 0.0)}}))
 print("step 1 loss 3.2")
 print("---")
 print(f"val_bpb: {{metric:.6f}}")
@@ -64,10 +65,11 @@ import os
 import statistics
 
 paths = [p for p in os.environ.get("NIGHTLAB_CHECKPOINTS", "").split(os.pathsep) if p]
-scores = [json.load(open(p))["test"] for p in paths]
+models = [json.load(open(p)) for p in paths]
 print("---")
-print(f"test_bpb: {statistics.fmean(scores):.6f}")
-print(f"test_models: {len(scores)}")
+print(f"test_bpb: {statistics.fmean(m['test'] for m in models):.6f}")
+print(f"test_models: {len(models)}")
+print(f"val_bpb: {statistics.fmean(m['val'] for m in models):.6f}")
 '''
 
 

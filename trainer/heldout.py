@@ -11,9 +11,10 @@ cross-entropy from its logits. The test tokens are read here and nowhere else.
 
     python -m trainer.heldout runs/0003.pt runs/0003.r1.pt      # or $NIGHTLAB_CHECKPOINTS (os.pathsep)
 
-Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, eval_tokens.
-A campaign runs it on every keep (the program's `test:` command); the score sits beside the
-verdict and never makes it.
+Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, val_bpb (the
+same models re-scored on val here: the campaign checks it against what the runs printed), and
+eval_tokens. A campaign runs it on every keep (the program's `test:` command); the test score
+sits beside the verdict and never makes it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from types import ModuleType
 import torch
 
 from trainer import prepare
+
+
+def evaluate_val_bpb(model, batch_size: int) -> float:
+    """The val metric again, in this process, on the saved model: what the run should have printed."""
+    tokenizer = prepare.Tokenizer.from_directory()
+    with torch.no_grad():
+        return prepare.evaluate_bpb(model, tokenizer, batch_size)
 
 
 def evaluate_test_bpb(model, batch_size: int) -> float:
@@ -51,6 +59,7 @@ def load_script(script: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise prepare.DataError(script, "not a Python file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickle look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -88,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = load_script(args.script)
         batch = int(getattr(module, "EVAL_BATCH_SIZE", 32))
-        scores = []
+        scores, vals = [], []
         for path in paths:
             model = load_model(module, path, device)
             with autocast:
                 scores.append(evaluate_test_bpb(model, batch))
-            print(f"{path}: test_bpb {scores[-1]:.6f}", flush=True)
+                vals.append(evaluate_val_bpb(model, batch))
+            print(f"{path}: test_bpb {scores[-1]:.6f} val_bpb {vals[-1]:.6f}", flush=True)
             del model
     except prepare.DataError as e:
         print(f"FAIL: heldout: {e}", flush=True)
@@ -102,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test_bpb:         {statistics.fmean(scores):.6f}")
     print(f"test_bpb_sd:      {statistics.stdev(scores) if len(scores) > 1 else 0.0:.6f}")
     print(f"test_models:      {len(scores)}")
+    print(f"val_bpb:          {statistics.fmean(vals):.6f}")
     print(f"eval_tokens:      {prepare.EVAL_TOKENS}")
     return 0
 
