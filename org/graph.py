@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import statistics
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from org.errors import HarnessError, InputError, ModelError
+from org.drift import check_drift
+from org.errors import InputError, ModelError
 from org.lab import Lab
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
 from org.review import advisory_only, fail_open, review_change
@@ -31,12 +31,10 @@ from org.sandbox import RunLimits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
 from org.untrusted import fence, quote_file
-from org.verdict import judge_runs, noise_estimate, seed_run
+from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
 from org.vet import GateResult, VetInput, reject, vet
 
 Next = Literal["rebaseline", "compact", "direct", "propose", "__end__"]
-DRIFT_SIGMAS = 3.0  # a re-run of the best this far from its record is drift, not noise
-RESCORE_TOLERANCE = 5e-4  # relative: the harness's re-score of a keep's saved models vs what its runs printed
 
 
 # ---- routing helpers ---------------------------------------------------------------------------
@@ -364,10 +362,9 @@ def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["recor
 
 def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record"]]:
     """Score a keep on held-out data with the program's `test` command, over the models its runs
-    saved. The score sits beside the verdict and never makes it: the keep was decided on val.
-    If the command also prints the metric itself (the harness's re-score of the saved models on
-    val) it must agree with what the runs printed: a keep whose runs reported a better number than
-    their models score is rejected as a forged metric."""
+    saved (org/verdict.py: `judge_test`). The score sits beside the verdict and never makes it;
+    but a keep whose saved models the harness refuses, or re-scores worse than its runs printed,
+    is rejected."""
     lab = runtime.context
     n, o, prog = state["n"], dict(state["outcome"]), lab.program
     lab.progress(phase="test", n=n)
@@ -379,24 +376,15 @@ def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record
                         protected=lab.protected_hashes)  # fmt: skip
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
-    value = None if res.rejected else metric_from(res, prog.test_key, None)
-    rescored = None if value is None else parse_number(res.summary.get(prog.spec.metric))
-    reason = "" if value is not None else (
-        f"no saved models (runs of experiment {n} saved none: see their logs)" if not saved else
-        f"the test command gave no '{prog.test_key}' (exit {res.returncode}, timed out: {res.timed_out}); "
-        f"see {res.log_path}")  # fmt: skip
-    lab.log.info("test", exp=n, models=len(saved), metric=value, rescored=rescored, returncode=res.returncode,
-                 seconds=round(res.seconds, 2), violations=res.violations, reason=reason)  # fmt: skip
-    if value is None and n == 0:  # the test command fails on the unmodified target: the user's to fix
-        raise InputError(prog.path, "test", f"on the baseline: {reason}")
-    o.update(test_metric=value, test_reason=reason)
-    if rescored is not None and abs(rescored - o["metric"]) > RESCORE_TOLERANCE * max(1.0, abs(o["metric"])):
-        why = (f"forged metric: the runs reported {prog.spec.metric} {o['metric']:.6f} on average, the "
-               f"harness re-scored their saved models at {rescored:.6f}")  # fmt: skip
-        if n == 0:
-            raise InputError(prog.path, "test", f"the unmodified target's {why}; see {res.log_path}")
-        lab.log.info("rejected", exp=n, stage="test", reason=why)
-        o.update(status="rejected", violations=[why], reason=why)
+    t = judge_test(prog, o["metric"], res, n_saved=len(saved))
+    lab.log.info("test", exp=n, models=len(saved), metric=t.metric, rescored=t.rescored, returncode=res.returncode,
+                 seconds=round(res.seconds, 2), reason=t.reason, rejected=t.rejected)  # fmt: skip
+    if n == 0 and (t.metric is None or t.rejected):  # on the unmodified target: the user's to fix
+        raise InputError(prog.path, "test", f"on the baseline: {t.rejected or t.reason}")
+    o.update(test_metric=t.metric, test_reason=t.reason)
+    if t.rejected:
+        lab.log.info("rejected", exp=n, stage="test", reason=t.rejected)
+        o.update(status="rejected", violations=[t.rejected], reason=t.rejected)
     return Command(goto="record", update={"outcome": o})
 
 
@@ -450,61 +438,17 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
 
 
 def rebaseline(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
-    """Every `noise.rebaseline_every` experiments the best runs again with a new seed. A result
-    further from its record's mean than DRIFT_SIGMAS standard errors of the difference (pooled
-    sigma, sqrt(1 + 1/k) for a mean of k runs) is drift: the machine changed, not the code. It is
-    flagged, the best's earlier runs go stale, and the best is re-measured with
-    `noise.baseline_runs` fresh runs that judge every later candidate. A re-run that crashes is
-    recorded as a failed check and changes nothing. Safe to re-run after a kill: a check already
-    recorded for this point is not repeated, only its re-measurement completed."""
+    """Every `noise.rebaseline_every` experiments the best runs again with a new seed; drift (a
+    result beyond 3 sigma of its record) re-measures it, and the fresh runs judge what follows
+    (org/drift.py)."""
     lab = runtime.context
-    prog, n_done, commit = lab.program, state["n"] - 1, state["best_commit"]
-    best_n = lab.ledger.kept_experiment(commit)
-    lab.progress(phase="rebaseline", n=best_n)
-    if best_n is None:
-        raise HarnessError(f"rebaseline: no kept experiment for the best commit {commit[:7]}")
-    check = lab.ledger.drift_check(best_n, n_done)
-    if check is None:
-        runs = lab.ledger.runs(best_n)
-        # a best recorded before replicates existed has no runs rows: its one recorded metric
-        reference = [r["metric"] for r in runs if r["metric"] is not None] or [lab.ledger.experiment(best_n)["metric"]]
-        sigma, _ = noise_estimate(lab.ledger)
-        ref = statistics.fmean(reference)
-        value = _rerun_best(lab, commit, best_n)
-        limit = None if sigma is None else DRIFT_SIGMAS * sigma * (1 + 1 / len(reference)) ** 0.5
-        flagged = value is not None and limit is not None and abs(value - ref) > limit
-        lab.ledger.record_drift(best_n, n_done, value, ref, sigma, flagged)
-        lab.log.info("drift_check", exp=best_n, after=n_done, metric=value, reference=ref, sigma=sigma,
-                     limit=limit, flagged=flagged)  # fmt: skip
-        if flagged:  # the record no longer describes this machine: only the fresh runs judge
-            lab.ledger.mark_stale(best_n, before=lab.ledger.next_replicate(best_n) - 1)
-        check = lab.ledger.drift_check(best_n, n_done)
+    n_done = state["n"] - 1
+    lab.progress(phase="rebaseline", n=n_done)
+    fresh_mean = check_drift(lab, state["best_commit"], n_done)
     update: dict[str, Any] = {"rebaselined": n_done}
-    if check["flagged"]:
-        while len(fresh := [r for r in lab.ledger.runs(best_n) if r["metric"] is not None]) < prog.spec.noise.baseline_runs:
-            if _rerun_best(lab, commit, best_n) is None:
-                break  # the best no longer runs: the candidates after it will say so
-        update["best_metric"] = statistics.fmean(r["metric"] for r in fresh)
-        lab.log.info("remeasured", exp=best_n, runs=len(fresh), mean=update["best_metric"])
+    if fresh_mean is not None:
+        update["best_metric"] = fresh_mean
     return _loop(state, lab, update, after_record=False)
-
-
-def _rerun_best(lab: Lab, commit: str, best_n: int) -> float | None:
-    """One more run of the best with the next unused seed, recorded as one of its runs."""
-    prog, ws = lab.program, lab.workspace
-    r = lab.ledger.next_replicate(best_n)
-    ws.reset(commit)
-    seeding = seed_run(prog, ws, r)
-    res = run_sandboxed(prog.spec.run, ws.path, {**prog.spec.env, **seeding.env},
-                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(best_n, r),
-                        pid_file=lab.run_pid_file, protected=lab.protected_hashes, bounds=prog.spec.bounds)  # fmt: skip
-    ws.reset(commit)
-    lab.overhead.add("run", res.seconds)
-    metric = None if res.rejected else metric_from(res, prog.spec.metric, prog.spec.parse.regex)
-    lab.ledger.record_run(best_n, r, dict(commit=commit, seed=seeding.seed, metric=metric, seconds=res.seconds,
-                                          returncode=res.returncode, timed_out=int(res.timed_out),
-                                          log=str(res.log_path), summary=json.dumps(res.summary), kind="rebaseline"))  # fmt: skip
-    return metric
 
 
 def _test_delta(lab: Lab, state: CampaignState, test_metric: float | None) -> float | None:

@@ -19,7 +19,10 @@ from org.knobs import set_knobs
 from org.ledger import Ledger
 from org.noise import decide, pooled_sigma
 from org.program import Program
+from org.runner import RunResult, metric_from, parse_number
 from org.workspace import Workspace
+
+RESCORE_TOLERANCE = 5e-4  # relative: the harness's re-score of a keep's saved models vs what its runs printed
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,33 @@ def judge_runs(program: Program, ledger: Ledger, n: int, best_n: int | None) -> 
                min_improvement=spec.min_improvement, confidence=noise.confidence,
                max_runs=1 + noise.max_replicates)  # fmt: skip
     return Judgement(d.verdict, mean, len(values), sd, delta, d.confidence, d.inconclusive, d.reason)
+
+
+@dataclass(frozen=True)
+class TestJudgement:
+    metric: float | None  # the held-out score (None: none came back; `reason` says why)
+    rescored: float | None  # the keep's metric as the harness re-scored its saved models, if printed
+    reason: str  # why there is no test score ('' when there is)
+    rejected: str  # why the keep must be rejected after all ('' when it stands)
+
+
+def judge_test(program: Program, reported: float, res: RunResult, n_saved: int) -> TestJudgement:
+    """What the test command's output means for a keep whose runs reported `reported` on average.
+    The test score sits beside the verdict; the keep is rejected only when the harness refused its
+    saved models (`rejected:` in the test command's block: a scoring check failed) or re-scored
+    them on val further from what the runs printed than float noise (a forged printout)."""
+    metric = metric_from(res, program.test_key, None)
+    summary = res.summary if res.returncode == 0 and not res.timed_out else {}
+    refused = summary.get("rejected", "")
+    rescored = parse_number(summary.get(program.spec.metric)) if metric is not None else None
+    reason = "" if metric is not None or refused else (
+        "no saved models (the runs saved none: see their logs)" if not n_saved else
+        f"the test command gave no '{program.test_key}' (exit {res.returncode}, timed out: {res.timed_out}); "
+        f"see {res.log_path}")  # fmt: skip
+    rejected = f"the harness refused the saved models: {refused}" if refused else ""
+    if violations := getattr(res, "violations", None):  # train.py's code runs in the test process too
+        metric, rejected = None, f"the test run broke the sandbox: {'; '.join(violations)}"
+    if not rejected and rescored is not None and abs(rescored - reported) > RESCORE_TOLERANCE * max(1.0, abs(reported)):
+        rejected = (f"forged metric: the runs reported {program.spec.metric} {reported:.6f} on average, the "
+                    f"harness re-scored their saved models at {rescored:.6f}")  # fmt: skip
+    return TestJudgement(metric, rescored, reason, rejected)

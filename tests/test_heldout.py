@@ -152,3 +152,67 @@ def test_a_crashed_drift_check_is_recorded_and_changes_nothing(tmp_path):
     out = CliRunner().invoke(cli, ["status", "crashcheck"])
     assert out.exit_code == 0, out.output
     assert "the drift check after experiment 1 failed" in out.output
+
+
+E2E_PROGRAM = """---
+name: e2e
+target: trainer/
+editable: [train.py]
+protected: [prepare.py, corpus.py, scoring.py, heldout.py]
+run: python -m trainer.train
+env: {NIGHTLAB_PRESET: cpu, NIGHTLAB_SMOKE: "1", NIGHTLAB_SMOKE_FLOPS: "3e11"}
+metric: val_bpb
+time_budget_s: 30
+run_timeout_s: 300
+smoke_timeout_s: null
+test: python -m trainer.heldout
+test_metric: test_bpb
+knobs: {UNEMBEDDING_LR: 0.00004}
+noise: {seed_knob: SEED, baseline_runs: 3, max_replicates: 3}
+---
+The lm_head learning rate starts 100 times too small.
+"""
+
+
+@pytest.mark.slow
+def test_cpu_preset_end_to_end_a_real_fix_is_kept_with_its_test_score_and_a_noop_is_discarded(prepared_cpu, tmp_path):
+    """The real trainer on the cpu preset with a tiny FLOP budget (5 steps, so the runs repeat
+    exactly per seed): a replicated baseline that starts 100x too low on UNEMBEDDING_LR, a no-op
+    (EVAL_BATCH_SIZE: the same rows are scored) discarded, the fix kept on three runs and scored
+    on the held-out test split by the harness from the models the runs saved."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "trainer").mkdir(parents=True)
+    (repo / "programs").mkdir()
+    for name in ("__init__.py", "prepare.py", "corpus.py", "scoring.py", "heldout.py", "train.py"):
+        shutil.copy(ROLES.parent / "trainer" / name, repo / "trainer" / name)
+    (repo / "programs" / "e2e.md").write_text(E2E_PROGRAM)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "trainer"], cwd=repo, check=True)
+
+    noop = {"hypothesis": "a smaller eval batch", "edits": [
+        {"path": "train.py", "search": "EVAL_BATCH_SIZE = 32", "replace": "EVAL_BATCH_SIZE = 16"}]}
+
+    def fix(_schema, messages):
+        line = next(l for m in messages for l in m["content"].splitlines() if l.startswith("UNEMBEDDING_LR = "))
+        return {"hypothesis": "the lm_head learning rate is 100x too small", "edits": [
+            {"path": "train.py", "search": line, "replace": "UNEMBEDDING_LR = 0.004  # restored"}]}
+
+    client = ScriptedClient(script={"proposer": [noop, fix]})
+    c.start(repo / "programs" / "e2e.md", ROLES / "solo", tag="e2e", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("e2e") / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "discard", "keep"], [(r["status"], r["metric"]) for r in rows]
+    assert rows[0]["runs"] == 3 and rows[1]["runs"] == 2 and rows[1]["inconclusive"] == 1
+    assert abs(rows[1]["delta"]) < 1e-3  # the no-op: the same rows scored, training equal but for float order
+    assert rows[2]["runs"] >= 3 and rows[2]["delta"] < -0.5 and rows[2]["confidence"] >= 0.95
+    for r in (rows[0], rows[2]):  # the harness's test score beside each keep
+        assert r["test_metric"] is not None and 0.5 < r["test_metric"] < 8.0 and r["test_metric"] != r["metric"]
+    assert rows[2]["test_delta"] < -0.5  # the fix generalises
+    assert [p.name for p in sorted((c.campaign_dir("e2e") / "runs").glob("*.pt"))] == [
+        "0002.pt", *[f"0002.r{i}.pt" for i in range(1, rows[2]["runs"])]]
+    assert c.agreement_problems("e2e") == []

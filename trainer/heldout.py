@@ -13,7 +13,9 @@ cross-entropy from its logits. The test tokens are read here and nowhere else.
 
 Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, val_bpb (the
 same models re-scored on val here: the campaign checks it against what the runs printed), and
-eval_tokens. A campaign runs it on every keep (the program's `test:` command); the test score
+eval_tokens; or `rejected: <why>` when a model fails one of the scoring checks (causality,
+statelessness, output, an unpatched harness: trainer/scoring.py). Here the harness is imported
+before any of train.py's code runs. A campaign runs it on every keep (the program's `test:` command); the test score
 sits beside the verdict and never makes it.
 """
 
@@ -30,6 +32,7 @@ from types import ModuleType
 import torch
 
 from trainer import prepare
+from trainer.scoring import ScoringError, score
 
 
 def evaluate_val_bpb(model, batch_size: int) -> float:
@@ -50,7 +53,7 @@ def evaluate_test_bpb(model, batch_size: int) -> float:
                                      batch_size, prepare.MAX_SEQ_LEN, shuffle=False, buffer_size=1000,
                                      device=device, seed=0)
     assert meta["vocab_size"] == tokenizer.get_vocab_size()
-    return prepare._score(model, loader, prepare.get_token_bytes(device))
+    return score(model, loader, prepare.EVAL_TOKENS // prepare.MAX_SEQ_LEN, prepare.get_token_bytes(device))
 
 
 def load_script(script: Path) -> ModuleType:
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     try:
         module = load_script(args.script)
-        batch = int(getattr(module, "EVAL_BATCH_SIZE", 32))
+        batch = getattr(module, "EVAL_BATCH_SIZE", 32)
+        batch = batch if type(batch) is int and batch > 0 else 32
         scores, vals = [], []
         for path in paths:
             model = load_model(module, path, device)
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                 vals.append(evaluate_val_bpb(model, batch))
             print(f"{path}: test_bpb {scores[-1]:.6f} val_bpb {vals[-1]:.6f}", flush=True)
             del model
+    except ScoringError as e:  # the model failed a check: the campaign rejects the keep
+        print(f"heldout: {path}: {e}", flush=True)
+        print("---")
+        print(f"rejected:         {e.check} check failed on {path.name}: {e}")
+        return 0
     except prepare.DataError as e:
         print(f"FAIL: heldout: {e}", flush=True)
         return 1

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer.corpus import CLIMBMIX_BASE_URL, DataError, Document, load_source
+from trainer.scoring import bits_per_byte, score  # noqa: F401  (bits_per_byte: the metric, re-exported)
 
 # ---- Presets (fixed per campaign; train.py reads these, never changes them) ----
 
@@ -395,14 +395,6 @@ class Budget:
 
 
 @torch.no_grad()
-def bits_per_byte(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
-    """Sum of per-token cross-entropy (nats) over non-special targets and their UTF-8 byte count."""
-    nbytes = token_bytes[targets.reshape(-1)]
-    mask = nbytes > 0
-    return float((losses.reshape(-1).float() * mask).sum()), int(nbytes.sum())
-
-
-@torch.no_grad()
 def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     """Bits per byte on EVAL_TOKENS val tokens at MAX_SEQ_LEN: sum nats / (ln 2 * sum bytes).
     Vocabulary-independent, so tokenizer or architecture changes stay comparable.
@@ -412,7 +404,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     device = next(model.parameters()).device
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
-    bpb = _score(model, loader, get_token_bytes(device))
+    bpb = score(model, loader, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device))
     if os.environ.get("NIGHTLAB_CHECKPOINT"):
         save_model(model, Path(os.environ["NIGHTLAB_CHECKPOINT"]))
     return bpb
@@ -433,31 +425,6 @@ def save_model(model, path: Path) -> None:
               flush=True)  # fmt: skip
         return
     os.replace(tmp, path)
-
-
-@torch.no_grad()
-def _score(model, loader, token_bytes: torch.Tensor) -> float:
-    # Exactly EVAL_TOKENS // MAX_SEQ_LEN rows whatever the batch size (the last batch is cut), so
-    # EVAL_BATCH_SIZE in train.py changes speed only, never which tokens are scored.
-    rows_left = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
-    total_nats, total_bytes = 0.0, 0
-    while rows_left > 0:
-        x, y, _ = next(loader)
-        x, y = x[:rows_left].clone(), y[:rows_left].clone()  # x shares no storage with the targets
-        logits = model(x)
-        vocab = token_bytes.numel()  # the cache's tokenizer
-        if type(logits) is not torch.Tensor or logits.shape != (*x.shape, vocab):
-            # a Tensor subclass could override what the harness computes from it
-            raise DataError("model", f"model(x) must return a plain tensor of logits of shape "
-                                     f"{(*x.shape, vocab)}, got {type(logits).__name__} "
-                                     f"{tuple(getattr(logits, 'shape', ()))}")  # fmt: skip
-        with torch._C.DisableTorchFunctionSubclass():
-            losses = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1), reduction="none")
-        nats, nbytes = bits_per_byte(losses, y, token_bytes)
-        total_nats += nats
-        total_bytes += nbytes
-        rows_left -= len(y)
-    return total_nats / (math.log(2) * total_bytes)
 
 
 # ---- Preparation ----

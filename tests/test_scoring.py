@@ -1,0 +1,166 @@
+"""The harness scores, and checks what it scores (trainer/scoring.py), against a hostile model.
+
+Each attack class is tried in several forms, as a proposer writing train.py would: models that
+read the future, that keep state or train while being scored, that hand back a Tensor subclass,
+and code that patches what the harness scores with. A plain causal model passes, as does one
+with its own causal mask.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer import prepare
+from trainer.scoring import ScoringError
+
+
+@pytest.fixture
+def tokenizer(prepared_cpu, monkeypatch):
+    monkeypatch.setenv("NIGHTLAB_CACHE", str(prepared_cpu))
+    return prepare.Tokenizer.from_directory()
+
+
+class Unigram(torch.nn.Module):
+    """Causal by construction: the logits at t depend on token t only."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(vocab, 16)
+        self.head = torch.nn.Linear(16, vocab)
+
+    def forward(self, x):
+        return self.head(self.emb(x))
+
+
+class MaskedAttention(Unigram):
+    """Legitimate: attention with its own explicit lower-triangular mask."""
+
+    def forward(self, x):
+        h = self.emb(x)
+        T = x.size(1)
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        return self.head(F.scaled_dot_product_attention(h, h, h, attn_mask=mask))
+
+
+def score(model, tokenizer) -> float:
+    return prepare.evaluate_bpb(model.eval(), tokenizer, 32)
+
+
+def test_causal_models_pass_and_score_the_same_every_time(tokenizer):
+    vocab = tokenizer.get_vocab_size()
+    a, b = score(Unigram(vocab), tokenizer), score(Unigram(vocab), tokenizer)
+    assert a == b and 1.0 < a < 20.0
+    assert 1.0 < score(MaskedAttention(vocab), tokenizer) < 20.0
+
+
+class PeekNext(Unigram):
+    def forward(self, x):  # the next token, through a roll
+        return self.head(self.emb(x) + self.emb(torch.roll(x, -1, dims=1)))
+
+
+class BidirectionalInEval(Unigram):
+    def forward(self, x):  # causal while training, full attention when scored
+        h = self.emb(x)
+        return self.head(F.scaled_dot_product_attention(h, h, h, is_causal=self.training))
+
+
+class ReverseCumsum(Unigram):
+    def forward(self, x):  # a summary of everything to the right
+        h = self.emb(x)
+        return self.head(h + h.flip(1).cumsum(1).flip(1) / x.size(1))
+
+
+@pytest.mark.parametrize("cheat", [PeekNext, BidirectionalInEval, ReverseCumsum])
+def test_a_model_that_reads_the_future_is_refused(tokenizer, cheat):
+    with pytest.raises(ScoringError, match="causality check") as err:
+        score(cheat(tokenizer.get_vocab_size()), tokenizer)
+    assert err.value.check == "causality"
+
+
+class TrainsWhileScored(Unigram):
+    def forward(self, x):  # a gradient step on the bigram objective inside every call
+        with torch.enable_grad():
+            loss = F.cross_entropy(self.head(self.emb(x[:, :-1])).reshape(-1, self.head.out_features),
+                                   x[:, 1:].reshape(-1))
+            loss.backward()
+        with torch.no_grad():
+            for p in self.parameters():
+                p -= 0.5 * p.grad
+                p.grad = None
+        return self.head(self.emb(x))
+
+
+class Counter(Unigram):
+    def __init__(self, vocab: int):
+        super().__init__(vocab)
+        self.calls = 0
+
+    def forward(self, x):  # state outside the parameters: a python attribute
+        self.calls += 1
+        return self.head(self.emb(x)) * (1.0 + 0.5 * (self.calls > 2))
+
+
+class SharpensWithABuffer(Unigram):
+    def __init__(self, vocab: int):
+        super().__init__(vocab)
+        self.register_buffer("seen", torch.zeros(vocab))
+
+    def forward(self, x):  # a unigram prior learned from the scored text itself
+        self.seen += torch.bincount(x.reshape(-1), minlength=self.seen.numel())
+        return self.head(self.emb(x)) + torch.log1p(self.seen)
+
+
+@pytest.mark.parametrize("cheat,check", [(TrainsWhileScored, "causality"), (Counter, "statelessness"),
+                                         (SharpensWithABuffer, "causality")])
+def test_a_model_that_learns_or_keeps_state_while_scored_is_refused(tokenizer, cheat, check):
+    """Whichever check first sees the model change catches it: one that changes from its first
+    call on fails the causality probe (its second call), one that waits fails the re-score."""
+    with pytest.raises(ScoringError, match=f"{check} check"):
+        score(cheat(tokenizer.get_vocab_size()), tokenizer)
+
+
+class Shrinking(torch.Tensor):
+    """A Tensor subclass that scales down whatever loss is computed from it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out * 0.5 if func is F.cross_entropy else out
+
+
+class SubclassLogits(Unigram):
+    def forward(self, x):
+        return super().forward(x).as_subclass(Shrinking)
+
+
+class TupleOut(Unigram):
+    def forward(self, x):
+        return super().forward(x), None
+
+
+class WrongVocab(Unigram):
+    def forward(self, x):
+        return super().forward(x)[..., :100]
+
+
+@pytest.mark.parametrize("cheat", [SubclassLogits, TupleOut, WrongVocab])
+def test_anything_but_a_plain_tensor_of_logits_is_refused(tokenizer, cheat):
+    with pytest.raises(ScoringError, match="output check"):
+        score(cheat(tokenizer.get_vocab_size()), tokenizer)
+
+
+@pytest.mark.parametrize("owner,name", [(F, "cross_entropy"), (torch._C._nn, "cross_entropy_loss"),
+                                        (torch.Tensor, "sum"), (torch, "allclose")])
+def test_patching_what_the_harness_scores_with_is_refused(tokenizer, monkeypatch, owner, name):
+    original = getattr(owner, name)
+
+    def patched(*args, **kwargs):  # the real thing, scaled down where it can be
+        out = original(*args, **kwargs)
+        return out * 0.5 if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+    monkeypatch.setattr(owner, name, patched)
+    with pytest.raises(ScoringError, match=f"harness check: .*{name} was replaced"):
+        score(Unigram(tokenizer.get_vocab_size()), tokenizer)
