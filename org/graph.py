@@ -369,14 +369,15 @@ def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record
     n, o, prog = state["n"], dict(state["outcome"]), lab.program
     lab.progress(phase="test", n=n)
     lab.workspace.reset(state["commit"])
-    saved = [str(c) for r in range(lab.ledger.next_replicate(n)) if (c := lab.checkpoint(n, r)).is_file()]
+    runs = [r for r in lab.ledger.runs(n) if r["metric"] is not None and lab.checkpoint(n, r["replicate"]).is_file()]
+    saved = [str(lab.checkpoint(n, r["replicate"])) for r in runs]
     env = {**prog.spec.env, "NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved)}
     res = run_sandboxed(prog.spec.test, lab.workspace.path, env, RunLimits(timeout_s=prog.run_timeout_s),
                         lab.dir / "runs" / f"{n:04d}.test.log", pid_file=lab.run_pid_file,
                         protected=lab.protected_hashes)  # fmt: skip
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
-    t = judge_test(prog, o["metric"], res, n_saved=len(saved))
+    t = judge_test(prog, [r["metric"] for r in runs], res)
     lab.log.info("test", exp=n, models=len(saved), metric=t.metric, rescored=t.rescored, returncode=res.returncode,
                  seconds=round(res.seconds, 2), reason=t.reason, rejected=t.rejected)  # fmt: skip
     if n == 0 and (t.metric is None or t.rejected):  # on the unmodified target: the user's to fix

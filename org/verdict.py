@@ -107,23 +107,32 @@ class TestJudgement:
     rejected: str  # why the keep must be rejected after all ('' when it stands)
 
 
-def judge_test(program: Program, reported: float, res: RunResult, n_saved: int) -> TestJudgement:
-    """What the test command's output means for a keep whose runs reported `reported` on average.
-    The test score sits beside the verdict; the keep is rejected only when the harness refused its
-    saved models (`rejected:` in the test command's block: a scoring check failed) or re-scored
-    them on val further from what the runs printed than float noise (a forged printout)."""
+def judge_test(program: Program, reported: list[float], res: RunResult) -> TestJudgement:
+    """What the test command's output means for a keep whose saved models' runs printed
+    `reported` (one metric per model, in the order the models were given). The test score sits
+    beside the verdict; the keep is rejected only when the harness refused its saved models
+    (`rejected:` in the test command's block: a scoring check failed) or re-scored one of them on
+    val further from what its run printed than float noise (a forged printout). A test command
+    that prints no re-scores (`<metric>_1`, ... or `<metric>` for the mean) is not checked."""
     metric = metric_from(res, program.test_key, None)
     summary = res.summary if res.returncode == 0 and not res.timed_out else {}
     refused = summary.get("rejected", "")
-    rescored = parse_number(summary.get(program.spec.metric)) if metric is not None else None
+    key = program.spec.metric
+    rescored = parse_number(summary.get(key)) if metric is not None else None
+    pairs = [(i, parse_number(summary.get(f"{key}_{i}")), r) for i, r in enumerate(reported, 1)]
+    if metric is not None and rescored is not None and not any(v is not None for _, v, _ in pairs) and reported:
+        pairs = [(0, rescored, statistics.fmean(reported))]  # only the mean was re-scored
     reason = "" if metric is not None or refused else (
-        "no saved models (the runs saved none: see their logs)" if not n_saved else
+        "no saved models (the runs saved none: see their logs)" if not reported else
         f"the test command gave no '{program.test_key}' (exit {res.returncode}, timed out: {res.timed_out}); "
         f"see {res.log_path}")  # fmt: skip
     rejected = f"the harness refused the saved models: {refused}" if refused else ""
     if violations := getattr(res, "violations", None):  # train.py's code runs in the test process too
         metric, rejected = None, f"the test run broke the sandbox: {'; '.join(violations)}"
-    if not rejected and rescored is not None and abs(rescored - reported) > RESCORE_TOLERANCE * max(1.0, abs(reported)):
-        rejected = (f"forged metric: the runs reported {program.spec.metric} {reported:.6f} on average, the "
-                    f"harness re-scored their saved models at {rescored:.6f}")  # fmt: skip
+    for i, value, printed in pairs if metric is not None and not rejected else []:
+        if value is not None and abs(value - printed) > RESCORE_TOLERANCE * max(1.0, abs(printed)):
+            which = f"model {i}'s run" if i else "the runs (on average)"
+            rejected = (f"forged metric: {which} printed {key} {printed:.6f}, the harness re-scored the saved "
+                        f"model at {value:.6f}")  # fmt: skip
+            break
     return TestJudgement(metric, rescored, reason, rejected)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from trainer import prepare as P
+from trainer import scoring
 from trainer.corpus import DataError, Document, download_file, folder_documents, parquet_documents
 
 TINY = dict(max_seq_len=32, vocab_size=300, time_budget=1, eval_tokens=64, source="folder",
@@ -56,13 +57,13 @@ def test_bits_per_byte_matches_hand_computation():
     assert nats / (math.log(2) * nbytes) == pytest.approx(3.75 / (math.log(2) * 10))
 
 
-def test_evaluate_bpb_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corpus, monkeypatch, tmp_path):
+def test_the_metric_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corpus, monkeypatch, tmp_path):
+    """The harness's scorer on a tiny cache (the harness's own constants are left alone: the scorer
+    refuses to count once they are reassigned)."""
     monkeypatch.setenv("NIGHTLAB_CACHE", str(tmp_path / "cache"))
     P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None)
-    monkeypatch.setattr(P, "PRESET", tiny_preset)
-    monkeypatch.setattr(P, "MAX_SEQ_LEN", 32)
-    monkeypatch.setattr(P, "EVAL_TOKENS", 128)
-    tok = P.Tokenizer.from_directory()
+    data = P.data_dir(tiny_preset)
+    tok = P.Tokenizer.from_directory(data)
     V = tok.get_vocab_size()
 
     class Uniform(torch.nn.Module):
@@ -73,17 +74,22 @@ def test_evaluate_bpb_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corp
         def forward(self, x):  # logits: the harness computes the cross-entropy
             return torch.zeros(*x.shape, V) + self.w
 
-    bpb = P.evaluate_bpb(Uniform(), tok, batch_size=2)
+    def val_batches():
+        return P._packed_batches(*P._load_split(data, "val"), tok.get_bos_token_id(), 2, 32, shuffle=False,
+                                 buffer_size=1000, device="cpu", seed=0)  # fmt: skip
+
+    tb = P.get_token_bytes("cpu", data)
+    bpb = scoring.score(Uniform(), val_batches(), 4, tb)
     # by hand: the same 2 batches of 2 rows the evaluation sees
-    loader = P.make_dataloader(tok, 2, 32, "val", device="cpu")
-    tb = P.get_token_bytes()
+    loader = val_batches()
     ys = torch.cat([next(loader)[1] for _ in range(2)])
     counted = int((tb[ys] > 0).sum())
     expected = counted * math.log(V) / (math.log(2) * int(tb[ys].sum()))
     assert bpb == pytest.approx(expected, rel=1e-5)
-    # the batch size is train.py's knob: it must not change which tokens are scored (4 rows here)
-    for batch_size in (1, 3, 4, 64):
-        assert P.evaluate_bpb(Uniform(), tok, batch_size=batch_size) == pytest.approx(bpb, rel=1e-6)
+
+    monkeypatch.setattr(P, "EVAL_TOKENS", 128)  # fewer tokens scored: refused, whoever did it
+    with pytest.raises(scoring.ScoringError, match="harness check: trainer.prepare.EVAL_TOKENS was replaced"):
+        P.evaluate_bpb(Uniform(), tok, 2)
 
 
 # ---- splits ----

@@ -164,3 +164,59 @@ def test_patching_what_the_harness_scores_with_is_refused(tokenizer, monkeypatch
     monkeypatch.setattr(owner, name, patched)
     with pytest.raises(ScoringError, match=f"harness check: .*{name} was replaced"):
         score(Unigram(tokenizer.get_vocab_size()), tokenizer)
+
+
+class ChunkedBidirectional(Unigram):
+    """Full attention inside aligned chunks of 128: a single probe at T // 2 cannot see it."""
+
+    def forward(self, x):
+        h = self.emb(x)
+        chunk = torch.arange(x.size(1)) // 128
+        return self.head(F.scaled_dot_product_attention(h, h, h, attn_mask=chunk[:, None] == chunk[None, :]))
+
+
+def test_attention_that_reads_ahead_inside_aligned_chunks_is_refused(tokenizer):
+    for _ in range(3):  # the probe positions are drawn afresh each time: never all on a boundary
+        with pytest.raises(ScoringError, match="causality check"):
+            score(ChunkedBidirectional(tokenizer.get_vocab_size()), tokenizer)
+
+
+def test_a_torch_function_mode_left_active_is_refused(tokenizer):
+    from torch.overrides import TorchFunctionMode
+
+    class Shrink(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            return out * 0.97 if func is F.cross_entropy else out
+
+    mode = Shrink()
+    mode.__enter__()  # as train.py's module code could, and never leave
+    try:
+        with pytest.raises(ScoringError, match="harness check: a torch function or dispatch mode is active"):
+            score(Unigram(tokenizer.get_vocab_size()), tokenizer)
+    finally:
+        mode.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("how", ["setattr", "dunder", "globals"])
+def test_replacing_the_harness_own_functions_is_refused(tokenizer, how):
+    """The harness's modules' globals are compared value by value, however they were replaced."""
+    import trainer.prepare as hp
+    import trainer.scoring as hs
+
+    target, name = (hp, "score") if how != "globals" else (hs, "bits_per_byte")
+    real = getattr(target, name)
+    def fake(*args, **kwargs):  # the real thing: only its identity gives it away
+        return real(*args, **kwargs)
+
+    try:
+        if how == "setattr":
+            setattr(target, name, fake)
+        elif how == "dunder":
+            [target][0].__setattr__(name, fake)
+        else:
+            vars(target)[name] = fake
+        with pytest.raises(ScoringError, match=f"harness check: trainer\\.\\w+\\.{name} was replaced"):
+            score(Unigram(tokenizer.get_vocab_size()), tokenizer)
+    finally:
+        setattr(target, name, real)

@@ -11,8 +11,9 @@ cross-entropy from its logits. The test tokens are read here and nowhere else.
 
     python -m trainer.heldout runs/0003.pt runs/0003.r1.pt      # or $NIGHTLAB_CHECKPOINTS (os.pathsep)
 
-Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, val_bpb (the
-same models re-scored on val here: the campaign checks it against what the runs printed), and
+Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, val_bpb and
+val_bpb_1, val_bpb_2, ... (the models re-scored on val here, in the order given: the campaign
+holds each against what the run that saved it printed), and
 eval_tokens; or `rejected: <why>` when a model fails one of the scoring checks (causality,
 statelessness, output, an unpatched harness: trainer/scoring.py). Here the harness is imported
 before any of train.py's code runs. A campaign runs it on every keep (the program's `test:` command); the test score
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.set_float32_matmul_precision("high")  # as train.py evaluates
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     try:
         module = load_script(args.script)
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test_bpb_sd:      {statistics.stdev(scores) if len(scores) > 1 else 0.0:.6f}")
     print(f"test_models:      {len(scores)}")
     print(f"val_bpb:          {statistics.fmean(vals):.6f}")
+    for i, v in enumerate(vals, 1):  # each model's own, to hold against the run that saved it
+        print(f"val_bpb_{i}:        {v:.6f}")
     print(f"eval_tokens:      {prepare.EVAL_TOKENS}")
     return 0
 

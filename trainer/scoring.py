@@ -8,10 +8,14 @@ special tokens excluded. The model is given tokens only: `model(x)` returns logi
 harness computes the cross-entropy, so targets never reach model code. Before a score counts:
 
 - the logits are a plain tensor of the right shape (a Tensor subclass could rewrite the loss);
-- causality: changing every token from position t on leaves the logits before t unchanged;
+- causality: changing every token from position t on leaves the logits before t unchanged, for
+  PROBES positions t drawn at random for each evaluation (a fixed t would let attention that
+  reads ahead within aligned chunks through);
 - statelessness: the first batch scored again at the end gives the same logits, and no parameter
   changed while scoring;
-- the functions the harness scores with are the ones it imported (not patched since).
+- the functions the harness scores with are the ones it imported (not patched since: the torch
+  namespaces it uses and its own modules' globals, compared value by value), and no torch
+  function or dispatch mode is active.
 
 A failed check raises ScoringError naming it. In a process that ran train.py's code first these
 checks are hints; trainer/heldout.py re-scores a keep's saved models in a fresh process where the
@@ -21,6 +25,7 @@ harness was imported before any of it.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 
 import torch
@@ -28,11 +33,26 @@ import torch.nn.functional as F
 
 from trainer.corpus import DataError
 
+PROBES = 3  # causality probes, at positions drawn afresh for every evaluation
+
 # What the harness scores with, as imported: a later reassignment is caught before a score counts.
-_PINNED = [(torch._C._nn, "cross_entropy_loss"), (F, "cross_entropy"), (torch, "allclose"),
-           (torch.Tensor, "float"), (torch.Tensor, "reshape"), (torch.Tensor, "sum"), (torch.Tensor, "__mul__"),
-           (torch.Tensor, "__getitem__"), (torch.Tensor, "numel"), (torch.nn.Module, "__call__")]  # fmt: skip
+# Whole namespaces where nothing legitimate reassigns anything (the harness's own modules are added
+# by `pin`), single attributes of the classes torch itself may extend.
+_PINNED = [(torch, "allclose"), (torch, "equal"), (torch.Tensor, "float"), (torch.Tensor, "reshape"),
+           (torch.Tensor, "sum"), (torch.Tensor, "__mul__"), (torch.Tensor, "__getitem__"),
+           (torch.Tensor, "numel"), (torch.Tensor, "clone"), (torch.nn.Module, "__call__")]  # fmt: skip
 _ORIGINALS = [getattr(owner, name) for owner, name in _PINNED]
+_NAMESPACES: list[tuple[str, object, dict[str, object]]] = []
+_random = random.SystemRandom()  # probe positions the model cannot predict from a seed
+
+
+def pin(module: object) -> None:
+    """Record every global of `module` as it is now; `score` refuses to count if any was replaced."""
+    _NAMESPACES.append((getattr(module, "__name__", str(module)), module, dict(vars(module))))
+
+
+pin(F)
+pin(torch._C._nn)
 
 
 class ScoringError(DataError):
@@ -56,6 +76,14 @@ def _unpatched() -> None:
         if getattr(owner, name) is not original:
             raise ScoringError("harness", f"{getattr(owner, '__name__', owner)}.{name} was replaced after the "
                                "harness imported it")  # fmt: skip
+    for label, module, snapshot in _NAMESPACES:
+        now = vars(module)
+        for name, value in snapshot.items():
+            if now.get(name) is not value:
+                raise ScoringError("harness", f"{label}.{name} was replaced after the harness imported it")
+    # a TorchFunctionMode / TorchDispatchMode left active would see (and could rewrite) every op
+    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
+        raise ScoringError("harness", "a torch function or dispatch mode is active while scoring")
 
 
 def _logits(model, x: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -98,20 +126,22 @@ def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows
         logits = _logits(model, x, vocab)
         if first is None:
             first = (x, logits)
-            k = x.size(1) // 2
-            later = x.clone()
-            later[:, k:] = (later[:, k:] + 1) % vocab  # every token from position k on changed
-            if not _close(_logits(model, later, vocab)[:, :k], logits[:, :k]):
-                raise ScoringError("causality", "the logits before a position changed when only later tokens "
-                                   "changed: the model reads the future")  # fmt: skip
+            for k in sorted(_random.sample(range(1, x.size(1)), min(PROBES, x.size(1) - 1))):
+                later = x.clone()
+                later[:, k:] = (later[:, k:] + 1 + _random.randrange(vocab - 1)) % vocab  # every token from k on
+                if not _close(_logits(model, later, vocab)[:, :k], logits[:, :k]):
+                    raise ScoringError("causality", f"the logits before position {k} changed when only tokens "
+                                       "from it on changed: the model reads the future (or is not deterministic)")  # fmt: skip
         with torch._C.DisableTorchFunctionSubclass():
             losses = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1), reduction="none")
         nats, nbytes = bits_per_byte(losses, y, token_bytes)
+        _unpatched()  # after every batch: a patch the model makes and undoes within the loop
         total_nats += nats
         total_bytes += nbytes
         rows_left -= len(y)
     if not _close(_logits(model, first[0], vocab), first[1]):
-        raise ScoringError("statelessness", "the first batch scored again at the end gave other logits")
+        raise ScoringError("statelessness", "the first batch scored again at the end gave other logits (state "
+                           "kept between calls, or a model that is not deterministic)")
     if not torch.equal(_fingerprint(model), params):
         raise ScoringError("statelessness", "the model's parameters changed while it was being scored")
     _unpatched()
