@@ -126,7 +126,7 @@ def test_a_keep_whose_runs_print_a_better_number_than_their_models_score_is_reje
     assert [r["status"] for r in rows] == ["keep", "rejected", "keep"]
     assert rows[1]["metric"] < rows[2]["metric"] - 0.09  # what the forger printed
     events = (c.campaign_dir("forged") / "events.jsonl").read_text()
-    assert "forged metric: the runs reported val_bpb" in events
+    assert "forged metric: model 1's run printed val_bpb" in events
     assert c.summary("forged")["best"] == pytest.approx(rows[2]["metric"])
     assert c.agreement_problems("forged") == []
 
@@ -216,3 +216,38 @@ def test_cpu_preset_end_to_end_a_real_fix_is_kept_with_its_test_score_and_a_noop
     assert [p.name for p in sorted((c.campaign_dir("e2e") / "runs").glob("*.pt"))] == [
         "0002.pt", *[f"0002.r{i}.pt" for i in range(1, rows[2]["runs"])]]
     assert c.agreement_problems("e2e") == []
+
+
+def _judged(tmp_path, summary: dict[str, str], reported: list[float], returncode: int = 0, violations=()):
+    from org.program import load_program
+    from org.sandbox import SandboxResult
+    from org.verdict import judge_test
+
+    made = tmp_path / "repo" / "programs" / "tiny.md"
+    program = load_program(made if made.exists() else make_repo(tmp_path / "repo", **TESTED))
+    res = SandboxResult(returncode=returncode, timed_out=False, seconds=1.0, summary=summary, tail="",
+                        log_path=tmp_path / "t.log", violations=list(violations))  # fmt: skip
+    return judge_test(program, reported, res)
+
+
+def test_judge_test_holds_each_model_against_its_own_run(tmp_path):
+    ok = {"test_bpb": "1.010", "val_bpb": "1.0002", "val_bpb_1": "1.0000", "val_bpb_2": "1.0004"}
+    t = _judged(tmp_path, ok, [1.0, 1.0004])
+    assert t.metric == 1.01 and not t.rejected and not t.reason
+    # one run of three forged by 0.0015: the mean moves by 0.0005, the run's own model gives it away
+    forged = {"test_bpb": "1.010", "val_bpb": "1.0005", "val_bpb_1": "1.0", "val_bpb_2": "1.0015", "val_bpb_3": "1.0"}
+    t = _judged(tmp_path, forged, [1.0, 1.0, 1.0])
+    assert t.rejected.startswith("forged metric: model 2's run printed val_bpb 1.000000")
+
+
+def test_judge_test_refusals_violations_and_missing_scores(tmp_path):
+    t = _judged(tmp_path, {"rejected": "causality check failed on 0003.pt"}, [1.0])
+    assert t.metric is None and t.rejected == "the harness refused the saved models: causality check failed on 0003.pt"
+    t = _judged(tmp_path, {"test_bpb": "0.5"}, [1.0], violations=["wrote outside the run"])
+    assert t.metric is None and "the test run broke the sandbox: wrote outside the run" in t.rejected
+    t = _judged(tmp_path, {}, [1.0], returncode=1)
+    assert t.metric is None and not t.rejected and "the test command gave no 'test_bpb' (exit 1" in t.reason
+    t = _judged(tmp_path, {}, [])
+    assert t.reason.startswith("no saved models")
+    t = _judged(tmp_path, {"test_bpb": "1.2", "val_bpb": "1.1"}, [1.0, 1.0])  # only a mean re-scored
+    assert t.rejected.startswith("forged metric: the runs (on average) printed val_bpb 1.000000")

@@ -89,7 +89,7 @@ def test_the_metric_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corpus
 
     monkeypatch.setattr(P, "EVAL_TOKENS", 128)  # fewer tokens scored: refused, whoever did it
     with pytest.raises(scoring.ScoringError, match="harness check: trainer.prepare.EVAL_TOKENS was replaced"):
-        P.evaluate_bpb(Uniform(), tok, 2)
+        scoring.score(Uniform(), val_batches(), 4, tb)
 
 
 # ---- splits ----

@@ -70,6 +70,8 @@ print("---")
 print(f"test_bpb: {statistics.fmean(m['test'] for m in models):.6f}")
 print(f"test_models: {len(models)}")
 print(f"val_bpb: {statistics.fmean(m['val'] for m in models):.6f}")
+for i, m in enumerate(models, 1):
+    print(f"val_bpb_{i}: {m['val']:.6f}")
 '''
 
 
