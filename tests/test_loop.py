@@ -54,7 +54,7 @@ def test_keep_discard_crash_and_failures(tmp_path):
     lines = (d / "results.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert lines[0].split("\t")[5:] == ["hypothesis", "role", "model", "cost_usd", "seconds",
-                                        "runs", "sd", "delta", "confidence"]
+                                        "runs", "sd", "delta", "confidence", "test_val_bpb", "test_delta"]
     crash = lines[4].split("\t")
     assert crash[1:4] == ["0.000000", "0.0", "crash"]
 

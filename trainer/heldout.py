@@ -33,6 +33,7 @@ from types import ModuleType
 import torch
 
 from trainer import prepare
+from trainer import scoring
 from trainer.scoring import ScoringError, score
 
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eval_tokens:      {prepare.EVAL_TOKENS}")
     return 0
 
+
+scoring.pin(sys.modules[__name__])  # train.py's code runs in this process: none of this may change
 
 if __name__ == "__main__":
     sys.exit(main())
