@@ -164,7 +164,7 @@ def test_targets_never_reach_model_code(prepared_cpu, monkeypatch):
         def forward(self, x, targets=None, reduction="mean"):
             return torch.zeros(x.shape)  # a per-token "loss", not logits
 
-    with pytest.raises(prepare.DataError, match="model: model\\(x\\) must return a plain tensor of logits"):
+    with pytest.raises(prepare.DataError, match="model: output check: model\\(x\\) must return a plain tensor of logits"):
         prepare.evaluate_bpb(NotLogits(), tokenizer, 32)
 
 
