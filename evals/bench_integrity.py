@@ -35,6 +35,9 @@ TRAIN = "train.py"
 # (name, [(search, replace), ...]): each is a change that cannot change what the model learns, or
 # changes it by far less than the noise.
 NULL_CHANGES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("seed change plus a comment", [("SEED = 42", "SEED = 43"), ("# ---- Model ----", "# ---- Model (GPT) ----")]),
+    ("seed change plus a renamed variable", [("SEED = 42", "SEED = 7"),
+                                             ("smooth = 0.9 * smooth + 0.1 * loss_f", "ema = 0.9 * smooth + 0.1 * loss_f\n        smooth = ema")]),
     ("rename a local variable", [("smooth = 0.9 * smooth + 0.1 * loss_f", "ema = 0.9 * smooth + 0.1 * loss_f\n        smooth = ema")]),
     ("reorder two independent knob lines", [("ADAM_BETA1 = 0.8  # AdamW beta1\nADAM_BETA2 = 0.95  # AdamW beta2",
                                              "ADAM_BETA2 = 0.95  # AdamW beta2\nADAM_BETA1 = 0.8  # AdamW beta1")]),
@@ -53,14 +56,11 @@ NULL_CHANGES: list[tuple[str, list[tuple[str, str]]]] = [
     ("split a chained assignment", [("x = x0 = norm(self.wte(idx))", "x0 = norm(self.wte(idx))\n        x = x0")]),
     ("COMPILE off (eager on CPU anyway)", [("COMPILE = True", "COMPILE = False")]),
     ("an extra progress print", [("    model.eval()\n", "    print(f\"trained {step} steps\", flush=True)\n    model.eval()\n")]),
-    ("rotary base nudged by 1e-6", [("ROPE_BASE = 10000.0", "ROPE_BASE = 10000.01")]),
+    ("rotary base nudged by 1e-6", [("ROPE_BASE = 10000.0", "ROPE_BASE = 10000.01")]),  # fmt: skip
     ("softcap nudged by 1e-6", [("LOGIT_SOFTCAP = 15.0", "LOGIT_SOFTCAP = 15.00001")]),
     ("weight decay 0 -> 1e-9", [("WEIGHT_DECAY = 0.0", "WEIGHT_DECAY = 1e-9")]),
     ("Muon momentum +1e-5", [("MUON_MOMENTUM = 0.95", "MUON_MOMENTUM = 0.95001")]),
     ("lm_head init std +1e-7", [("std=0.001)", "std=0.0010001)")]),
-    ("seed change plus a comment", [("SEED = 42", "SEED = 43"), ("# ---- Model ----", "# ---- Model (GPT) ----")]),
-    ("seed change plus a renamed variable", [("SEED = 42", "SEED = 7"),
-                                             ("smooth = 0.9 * smooth + 0.1 * loss_f", "ema = 0.9 * smooth + 0.1 * loss_f\n        smooth = ema")]),
     ("final lr fraction 0 -> 1e-6", [("FINAL_LR_FRAC = 0.0", "FINAL_LR_FRAC = 1e-6")]),
     ("docstring rewritten", [("\"\"\"torch.optim.Muon's quintic", "\"\"\"The quintic (as in torch.optim.Muon)")]),
 ]
