@@ -56,7 +56,7 @@ NULL_CHANGES: list[tuple[str, list[tuple[str, str]]]] = [
     ("split a chained assignment", [("x = x0 = norm(self.wte(idx))", "x0 = norm(self.wte(idx))\n        x = x0")]),
     ("COMPILE off (eager on CPU anyway)", [("COMPILE = True", "COMPILE = False")]),
     ("an extra progress print", [("    model.eval()\n", "    print(f\"trained {step} steps\", flush=True)\n    model.eval()\n")]),
-    ("rotary base nudged by 1e-6", [("ROPE_BASE = 10000.0", "ROPE_BASE = 10000.01")]),  # fmt: skip
+    ("rotary base nudged by 1e-6", [("ROPE_BASE = 10000.0", "ROPE_BASE = 10000.01")]),
     ("softcap nudged by 1e-6", [("LOGIT_SOFTCAP = 15.0", "LOGIT_SOFTCAP = 15.00001")]),
     ("weight decay 0 -> 1e-9", [("WEIGHT_DECAY = 0.0", "WEIGHT_DECAY = 1e-9")]),
     ("Muon momentum +1e-5", [("MUON_MOMENTUM = 0.95", "MUON_MOMENTUM = 0.95001")]),

@@ -48,7 +48,7 @@ def test_every_keep_is_scored_on_held_out_data_and_a_wrong_sign_is_flagged(tmp_p
     assert f"test_models: {rows[3]['runs']}" in log
     # only the best's saved models are kept
     assert sorted(p.name for p in (directory / "runs").glob("*.pt")) == sorted(
-        f"0003.pt" if r == 0 else f"0003.r{r}.pt" for r in range(rows[3]["runs"]))
+        "0003.pt" if r == 0 else f"0003.r{r}.pt" for r in range(rows[3]["runs"]))
     header = (directory / "results.tsv").read_text().splitlines()[0].split("\t")
     assert header[:2] == ["commit", "val_bpb"] and header[-2:] == ["test_val_bpb", "test_delta"]
     assert c.agreement_problems("held") == []

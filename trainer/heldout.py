@@ -32,8 +32,7 @@ from types import ModuleType
 
 import torch
 
-from trainer import prepare
-from trainer import scoring
+from trainer import prepare, scoring
 from trainer.scoring import ScoringError, score
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import pickle
 import shutil
@@ -38,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.corpus import CLIMBMIX_BASE_URL, DataError, Document, load_source
 from trainer import scoring
+from trainer.corpus import CLIMBMIX_BASE_URL, DataError, Document, load_source
 from trainer.scoring import bits_per_byte, score  # noqa: F401  (bits_per_byte: the metric, re-exported)
 
 # ---- Presets (fixed per campaign; train.py reads these, never changes them) ----
