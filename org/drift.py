@@ -15,8 +15,6 @@ import statistics
 
 from org.errors import HarnessError
 from org.lab import Lab
-from org.runner import metric_from
-from org.sandbox import RunLimits, run_sandboxed
 from org.verdict import noise_estimate, seed_run
 
 DRIFT_SIGMAS = 3.0  # a re-run of the best this far from its record is drift, not noise
@@ -62,16 +60,11 @@ def check_drift(lab: Lab, commit: str, n_done: int) -> float | None:
 
 def rerun_best(lab: Lab, commit: str, best_n: int) -> float | None:
     """One more run of the best with the next unused seed, recorded as one of its runs."""
-    prog, ws = lab.program, lab.workspace
     r = lab.ledger.next_replicate(best_n)
-    ws.reset(commit)
-    seeding = seed_run(prog, ws, r)
-    res = run_sandboxed(prog.spec.run, ws.path, {**prog.spec.env, **seeding.env},
-                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(best_n, r),
-                        pid_file=lab.run_pid_file, protected=lab.protected_hashes, bounds=prog.spec.bounds)  # fmt: skip
-    ws.reset(commit)
-    lab.overhead.add("run", res.seconds)
-    metric = None if res.rejected else metric_from(res, prog.spec.metric, prog.spec.parse.regex)
+    lab.workspace.reset(commit)
+    seeding = seed_run(lab.program, lab.workspace, r)
+    res = lab.run_target(commit, best_n, r, seeding.env)
+    metric = lab.metric_of(res)
     lab.ledger.record_run(best_n, r, dict(commit=commit, seed=seeding.seed, metric=metric, seconds=res.seconds,
                                           returncode=res.returncode, timed_out=int(res.timed_out),
                                           log=str(res.log_path), summary=json.dumps(res.summary), kind="rebaseline"))  # fmt: skip

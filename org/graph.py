@@ -26,7 +26,7 @@ from org.errors import InputError, ModelError
 from org.lab import Lab
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
 from org.review import advisory_only, fail_open, review_change
-from org.runner import metric_from, parse_number, run_command
+from org.runner import parse_number, run_command
 from org.sandbox import RunLimits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
@@ -283,16 +283,11 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         o = _no_run_outcome(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
                             "cannot change the seed, so the result could never be confirmed")  # fmt: skip
         return Command(goto="judge", update={"outcome": o})
-    env = {**prog.spec.env, **seeding.env}
+    env = dict(seeding.env)
     if prog.spec.test:  # the run saves its model here for the held-out test of a keep
         env["NIGHTLAB_CHECKPOINT"] = str(lab.checkpoint(n, r))
         lab.checkpoint(n, r).unlink(missing_ok=True)  # never one an earlier attempt left
-    res = run_sandboxed(prog.spec.run, lab.workspace.path, env,
-                        RunLimits(timeout_s=prog.run_timeout_s), lab.run_log(n, r),
-                        pid_file=lab.run_pid_file, protected=lab.protected_hashes,
-                        bounds=prog.spec.bounds)  # fmt: skip
-    lab.workspace.reset(state["commit"])  # the seed edit and whatever the run left are not the change
-    lab.overhead.add("run", res.seconds)
+    res = lab.run_target(state["commit"], n, r, env)
     inline = prog.spec.smoke_inline_s
     if inline is not None and n > 0 and r == 0 and not res.violations:
         # the run was its own smoke test: failing in the window a smoke run covers is a vet
@@ -305,7 +300,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
             lab.log.info("vet", exp=state["n"], ok=False, gate="smoke", reason=reason,
                          gates=[("smoke", False, round(res.seconds, 2))])  # fmt: skip
             return _failed(state, lab, "vet:smoke", reason, state["proposal"])
-    metric = None if res.rejected else metric_from(res, prog.spec.metric, prog.spec.parse.regex)
+    metric = lab.metric_of(res)
     mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
     outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
                       metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),

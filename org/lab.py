@@ -22,6 +22,8 @@ from org.overhead import Overhead
 from org.program import Program, StopSpec
 from org.recall import Recall
 from org.roles import Org
+from org.runner import metric_from
+from org.sandbox import RunLimits, SandboxResult, run_sandboxed
 from org.workspace import Workspace
 
 
@@ -67,6 +69,24 @@ class Lab:
     def checkpoint(self, n: int, replicate: int = 0) -> Path:
         """Where run `replicate` of experiment `n` saves its model for the held-out test (0007.r2.pt)."""
         return self.run_log(n, replicate).with_suffix(".pt")
+
+    def run_target(self, commit: str, n: int, replicate: int, env: dict[str, str]) -> SandboxResult:
+        """Run the program's run command once, sandboxed, in the worktree as it stands (at `commit`,
+        seeded for `replicate`), logging to its run log; then reset the worktree to `commit` (the
+        seed edit and whatever the run left are not the change). The run's time is overhead's."""
+        prog = self.program
+        res = run_sandboxed(prog.spec.run, self.workspace.path, {**prog.spec.env, **env},
+                            RunLimits(timeout_s=prog.run_timeout_s), self.run_log(n, replicate),
+                            pid_file=self.run_pid_file, protected=self.protected_hashes,
+                            bounds=prog.spec.bounds)  # fmt: skip
+        self.workspace.reset(commit)
+        self.overhead.add("run", res.seconds)
+        return res
+
+    def metric_of(self, res: SandboxResult) -> float | None:
+        """The run's metric, or None: it crashed, or the sandbox rejected it."""
+        spec = self.program.spec
+        return None if res.rejected else metric_from(res, spec.metric, spec.parse.regex)
 
     def prune_checkpoints(self, keep: int) -> None:
         """Delete saved models of every experiment but `keep` (the best): only a keep is tested, and
