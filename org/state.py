@@ -51,7 +51,6 @@ class Outcome(TypedDict):
     inconclusive: NotRequired[bool]
     reason: NotRequired[str]
     test_metric: NotRequired[float | None]  # set by test, for keeps of a program with a test command
-    test_reason: NotRequired[str]  # why a keep has no test score ('' when it has one)
 
 
 class CampaignState(TypedDict, total=False):

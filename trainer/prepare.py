@@ -72,8 +72,8 @@ EVAL_TOKENS = _P["eval_tokens"]  # val tokens scored by evaluate_bpb
 # The order of training documents is fixed: every run and every configuration sees the same
 # documents in the same order, so two configurations are compared on the same data, and a
 # replicate's new seed moves only what train.py seeds (its init). On the cpu preset a run sees
-# ~4 % of an epoch, and which documents come first moved val_bpb by ~0.05 (five orders, measured),
-# against ~0.008 for the init: an order is not research, and a lucky one must not be a keep.
+# ~4 % of an epoch, and which documents come first moved val_bpb by ~0.1, against ~0.002 for the
+# init (docs/BENCHMARKS.md): an order is not research, and a lucky one must not be a keep.
 DATA_ORDER_SEED = 42
 # Smoke mode is set by the harness (the vet gate), never by train.py: a few seconds, tiny eval.
 if os.environ.get("NIGHTLAB_SMOKE") == "1":
@@ -331,8 +331,8 @@ class Budget:
     FLOPs per token are counted once, by torch's FlopCounterMode over one forward and backward of
     the model being trained (matmuls and attention; elementwise work is not counted), so a model
     twice the size gets half the tokens. A FLOP budget is what a busy machine cannot move; it is a
-    rule for comparing honest changes. Against code that trains outside the counted steps, the
-    harness's bound on a run's total wall time is the boundary."""
+    rule for comparing honest changes. Against code that trains outside the counted steps the only
+    bound today is the program's run timeout (a bound on total compute is issue 13's)."""
 
     def __init__(self, flops_per_token: float | None):
         self.flops_per_token = flops_per_token
@@ -400,7 +400,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     Vocabulary-independent, so tokenizer or architecture changes stay comparable.
     `model(x)` must return next-token logits (B, T, vocab): the harness computes the cross-entropy
     itself, and the targets never reach model code. When the harness sets $NIGHTLAB_CHECKPOINT the
-    scored model is saved there first, for the held-out test (trainer/heldout.py)."""
+    scored model is then saved there, for the held-out test (trainer/heldout.py)."""
     device = next(model.parameters()).device
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
