@@ -55,6 +55,7 @@ class CampaignRecord(BaseModel):
     editable: list[str]
     protected_hashes: dict[str, str]
     max_experiments: int | None = None  # --max-experiments override of the program's stop limit
+    unsandboxed: bool = False  # --unsandboxed: runs without bubblewrap, by the user's choice
 
 
 def campaigns_dir() -> Path:
@@ -192,7 +193,7 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
         models=models, memory=memory, stop=stop,
         started_at=record.created_at, base_commit=record.base_commit,
         protected_hashes=record.protected_hashes, log=_event_log(events, record.tag), event_file=events,
-        progress=progress or (lambda **_: None),
+        progress=progress or (lambda **_: None), sandboxed=sandboxing(org, record.unsandboxed),
     )  # fmt: skip
 
 
@@ -217,15 +218,36 @@ def _drive(lab: Lab, graph_input: Any) -> dict[str, Any]:
         lab.close()
 
 
+def sandboxing(org: Org, unsandboxed: bool) -> bool:
+    """Do runs go under bubblewrap (org/bwrap.py)? Edit-mode proposers write code, and code a model
+    wrote runs only under bubblewrap unless the user says `--unsandboxed` (recorded with every
+    run). Knob-mode orgs change constants only: without bubblewrap they run with process-level
+    isolation, and each run records that."""
+    from org import bwrap
+
+    if unsandboxed:
+        return False
+    why = bwrap.unavailable()
+    if why is None:
+        return True
+    edit = sorted(name for name, role in org.roles.items() if role.spec.mode == "edit")
+    if edit:
+        raise InputError(org.path, "sandbox", f"{why}. This org's {', '.join(edit)} write code (edit mode), "
+                         "which runs only under bubblewrap; or pass --unsandboxed to run it with process "
+                         "isolation only (every run records it)")  # fmt: skip
+    return False
+
+
 def default_tag(program: Program) -> str:
     return f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def start(program_path: str | Path, org_path: str | Path, tag: str | None = None,
           max_experiments: int | None = None, models: Any = None, memory: Any = None,
-          progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
+          progress: Callable[..., None] | None = None, unsandboxed: bool = False) -> dict[str, Any]:  # fmt: skip
     """Create a campaign, run its baseline, then loop until a stop condition."""
     program, org = validate_inputs(program_path, org_path)
+    sandboxing(org, unsandboxed)  # InputError before anything is written: edit mode needs bubblewrap
     if models is None:  # the real client (tests inject a scripted one)
         preflight(org)
     if memory is None:
@@ -243,22 +265,24 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
         raise InputError(None, "tag", f"branch {branch_name(tag)} already exists in {program.repo}")
     directory.mkdir(parents=True)
     with _locked(directory, tag):
-        return _start_locked(program, org, tag, directory, max_experiments, models, memory, progress)
+        return _start_locked(program, org, tag, directory, max_experiments, models, memory, progress, unsandboxed)
 
 
 def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_experiments: int | None,
-                  models: Any, memory: Any, progress: Callable[..., None] | None) -> dict[str, Any]:  # fmt: skip
+                  models: Any, memory: Any, progress: Callable[..., None] | None,
+                  unsandboxed: bool) -> dict[str, Any]:  # fmt: skip
     ws = Workspace.create(program.repo, directory / "worktree", tag)
     record = CampaignRecord(
         tag=tag, program=str(program.path), org=str(org.path.resolve()), repo=str(program.repo),
         base_commit=ws.head(), created_at=time.time(), metric=program.spec.metric,
         direction=program.spec.direction, editable=program.editable_paths,
         protected_hashes={p: ws.blob_hash(p) for p in program.protected_paths},
-        max_experiments=max_experiments,
+        max_experiments=max_experiments, unsandboxed=unsandboxed,
     )  # fmt: skip
     _save_record(directory, record)
     lab = _open_lab(record, program, org, models, memory, progress)
-    lab.log.info("campaign_start", program=record.program, org=record.org, base=record.base_commit)
+    lab.log.info("campaign_start", program=record.program, org=record.org, base=record.base_commit,
+                 sandboxed=lab.sandboxed, unsandboxed=unsandboxed)  # fmt: skip
     try:
         return _drive(lab, initial_state())
     except InputError:

@@ -15,17 +15,25 @@ from rich.table import Table
 @click.option("--tag", default=None, help="Campaign name; default <program>-<date>-<time>.")
 @click.option("--max-experiments", type=int, default=None,
               help="Stop after this many experiments (overrides the program's stop limit).")
-def campaign(program: str, org: str, tag: str | None, max_experiments: int | None) -> None:
+@click.option("--unsandboxed", is_flag=True, default=False,
+              help="Run without bubblewrap (process isolation only; every run records it). Edit-mode "
+                   "orgs refuse to start without bubblewrap unless given this.")
+def campaign(program: str, org: str, tag: str | None, max_experiments: int | None, unsandboxed: bool) -> None:
     """Start a campaign: baseline first, then propose -> vet -> run -> keep/revert, all night."""
     from org import campaign as c
     from org.progress import Dashboard
 
     prog, org_ = c.validate_inputs(program, org)  # fail fast, before any output
+    if not c.sandboxing(org_, unsandboxed):  # InputError for edit mode without bubblewrap
+        from org import bwrap
+
+        click.echo(f"warning: runs are not sandboxed: {bwrap.unavailable() or '--unsandboxed'}", err=True)
     c.preflight(org_)
     tag = tag or c.default_tag(prog)
     click.echo(f"campaign {tag}: {c.campaign_dir(tag)}", err=True)
     with Dashboard(tag, prog.spec.metric) as dash:
-        state = c.start(program, org, tag=tag, max_experiments=max_experiments, progress=dash)
+        state = c.start(program, org, tag=tag, max_experiments=max_experiments, progress=dash,
+                        unsandboxed=unsandboxed)
     _done(state)
 
 

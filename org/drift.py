@@ -67,5 +67,6 @@ def rerun_best(lab: Lab, commit: str, best_n: int) -> float | None:
     metric = lab.metric_of(res)
     lab.ledger.record_run(best_n, r, dict(commit=commit, seed=seeding.seed, metric=metric, seconds=res.seconds,
                                           returncode=res.returncode, timed_out=int(res.timed_out),
-                                          log=str(res.log_path), summary=json.dumps(res.summary), kind="rebaseline"))  # fmt: skip
+                                          log=str(res.log_path), summary=json.dumps(res.summary), kind="rebaseline",
+                                          cpu_seconds=res.cpu_seconds, isolation=res.network))  # fmt: skip
     return metric

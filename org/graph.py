@@ -15,15 +15,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from org import manifest
 from org.drift import check_drift
 from org.errors import InputError, ModelError
 from org.lab import Lab
+from org.measure import child_env, view
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
 from org.review import advisory_only, fail_open, review_change
 from org.runner import parse_number, run_command
@@ -104,11 +107,12 @@ def setup(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run"]
     ws, prog = lab.workspace, lab.program
     ws.reset(lab.base_commit)  # idempotent if a kill interrupted an earlier attempt
     if prog.spec.setup:
-        res = run_command(prog.spec.setup, ws.path, prog.spec.env, prog.spec.setup_timeout_s,
+        res = run_command(prog.spec.setup, ws.path, child_env(prog, {}), prog.spec.setup_timeout_s,
                           lab.dir / "runs" / "setup.log")  # fmt: skip
         if res.returncode != 0:
             raise InputError(prog.path, "setup", f"setup command failed (exit {res.returncode}, "
                              f"timed out: {res.timed_out}); see {res.log_path}")  # fmt: skip
+    manifest.save(lab.data_manifest, manifest.digest(lab.data_roots()))  # checked before every run
     description = "baseline"
     if prog.spec.knobs:
         from org.knobs import set_knobs
@@ -239,7 +243,8 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
     p = state["proposal"]
     v = VetInput(workspace=lab.workspace, program=lab.program, best_commit=state["best_commit"],
                  protected_hashes=lab.protected_hashes, hypothesis=p["hypothesis"],
-                 knob_move=p["knob_move"], log_dir=lab.dir / "runs" / f"vet-{state['attempt']:04d}")  # fmt: skip
+                 knob_move=p["knob_move"], log_dir=lab.dir / "runs" / f"vet-{state['attempt']:04d}",
+                 sandboxed=lab.sandboxed)  # fmt: skip
 
     def duplicate(v: VetInput) -> GateResult | None:
         return reject(lab.recall.repeat(p, v.diff))
@@ -283,11 +288,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         o = _no_run_outcome(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
                             "cannot change the seed, so the result could never be confirmed")  # fmt: skip
         return Command(goto="judge", update={"outcome": o})
-    env = dict(seeding.env)
-    if prog.spec.test:  # the run saves its model here for the held-out test of a keep
-        env["NIGHTLAB_CHECKPOINT"] = str(lab.checkpoint(n, r))
-        lab.checkpoint(n, r).unlink(missing_ok=True)  # never one an earlier attempt left
-    res = lab.run_target(state["commit"], n, r, env)
+    res = lab.run_target(state["commit"], n, r, dict(seeding.env))
     inline = prog.spec.smoke_inline_s
     if inline is not None and n > 0 and r == 0 and not res.violations:
         # the run was its own smoke test: failing in the window a smoke run covers is a vet
@@ -308,7 +309,8 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     lab.ledger.record_run(n, r, dict(commit=state["commit"], seed=seeding.seed, metric=metric,
                                      seconds=res.seconds, returncode=res.returncode,
                                      timed_out=int(res.timed_out), log=str(res.log_path),
-                                     summary=json.dumps(res.summary)))  # fmt: skip
+                                     summary=json.dumps(res.summary), cpu_seconds=res.cpu_seconds,
+                                     isolation=res.network))  # fmt: skip
     lab.log.info("run_done", exp=n, replicate=r, seed=seeding.seed, returncode=res.returncode,
                  timed_out=res.timed_out, metric=metric, seconds=round(res.seconds, 2),
                  network=res.network, violations=res.violations)  # fmt: skip
@@ -366,10 +368,12 @@ def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record
     lab.workspace.reset(state["commit"])
     runs = [r for r in lab.ledger.runs(n) if r["metric"] is not None and lab.checkpoint(n, r["replicate"]).is_file()]
     saved = [str(lab.checkpoint(n, r["replicate"])) for r in runs]
-    env = {**prog.spec.env, "NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved)}
+    env = child_env(prog, {"NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved)})
+    ro = tuple(Path(p) for p in saved)  # the test sandbox reads the models and the test split
     res = run_sandboxed(prog.spec.test, lab.workspace.path, env, RunLimits(timeout_s=prog.run_timeout_s),
                         lab.dir / "runs" / f"{n:04d}.test.log", pid_file=lab.run_pid_file,
-                        protected=lab.protected_hashes)  # fmt: skip
+                        protected=lab.protected_hashes,
+                        view=view(prog, "test", lab.workspace.path, extra_reads=ro) if lab.sandboxed else None)  # fmt: skip
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
     t = judge_test(prog, [r["metric"] for r in runs], res)

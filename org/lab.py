@@ -10,20 +10,23 @@ log, run logs, results.tsv) and the composition of the parts the nodes use:
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from org import manifest
 from org.calls import Calls, StructuredClient
 from org.ledger import Ledger, write_tsv
+from org.measure import CHECKPOINT, Caps, measure
 from org.overhead import Overhead
 from org.program import Program, StopSpec
 from org.recall import Recall
 from org.roles import Org
 from org.runner import metric_from
-from org.sandbox import RunLimits, SandboxResult, run_sandboxed
+from org.sandbox import SandboxResult
 from org.workspace import Workspace
 
 
@@ -42,6 +45,7 @@ class Lab:
     base_commit: str  # the repo HEAD the campaign branched from
     protected_hashes: dict[str, str]
     log: Any  # structlog bound logger writing this campaign's events.jsonl
+    sandboxed: bool = True  # runs under bubblewrap (org/bwrap.py); False: process isolation only
     progress: Callable[..., None] = lambda **_: None
     overhead: Overhead = field(default_factory=Overhead)
     event_file: Any = None  # the open events.jsonl behind `log`
@@ -71,17 +75,37 @@ class Lab:
         return self.run_log(n, replicate).with_suffix(".pt")
 
     def run_target(self, commit: str, n: int, replicate: int, env: dict[str, str]) -> SandboxResult:
-        """Run the program's run command once, sandboxed, in the worktree as it stands (at `commit`,
-        seeded for `replicate`), logging to its run log; then reset the worktree to `commit` (the
-        seed edit and whatever the run left are not the change). The run's time is overhead's."""
-        prog = self.program
-        res = run_sandboxed(prog.spec.run, self.workspace.path, {**prog.spec.env, **env},
-                            RunLimits(timeout_s=prog.run_timeout_s), self.run_log(n, replicate),
-                            pid_file=self.run_pid_file, protected=self.protected_hashes,
-                            bounds=prog.spec.bounds)  # fmt: skip
+        """Measure the target once (org/measure.py: train, then evaluate in a separate sandbox), in
+        the worktree as it stands (at `commit`, seeded for `replicate`), logging to its run log;
+        then reset the worktree to `commit` (the seed edit and whatever the run left are not the
+        change). The model it saved is kept at `checkpoint(n, replicate)` for the held-out test.
+        A baseline run is unbounded but for the timeout; later runs are capped by its compute."""
+        manifest.verify(self.data_manifest, self.data_roots())  # InputError: the data changed under us
+        out = self.run_log(n, replicate).with_suffix(".out")
+        self.checkpoint(n, replicate).unlink(missing_ok=True)  # never one an earlier attempt left
+        res = measure(self.program, self.workspace.path, env, self.run_log(n, replicate), out, self.sandboxed,
+                      self.program.run_timeout_s, pid_file=self.run_pid_file, protected=self.protected_hashes,
+                      caps=self.caps() if n > 0 else Caps())  # fmt: skip
+        if (out / CHECKPOINT).is_file():
+            (out / CHECKPOINT).replace(self.checkpoint(n, replicate))
+        shutil.rmtree(out, ignore_errors=True)
         self.workspace.reset(commit)
         self.overhead.add("run", res.seconds)
         return res
+
+    @property
+    def data_manifest(self) -> Path:
+        return self.dir / "data-manifest.json"
+
+    def data_roots(self) -> list[Path]:
+        """Everything any phase's sandbox reads from the data cache: hashed after setup."""
+        return sorted({p for phase in ("run", "evaluate", "test") for p in self.program.sandbox_reads(phase)})
+
+    def caps(self) -> Caps:
+        """The untimed-compute bounds from the baseline's current runs."""
+        runs = [r for r in self.ledger.runs(0) if r["metric"] is not None]
+        return Caps.from_baseline(self.program, [r["cpu_seconds"] for r in runs if r.get("cpu_seconds")],
+                                  [r["seconds"] for r in runs])  # fmt: skip
 
     def metric_of(self, res: SandboxResult) -> float | None:
         """The run's metric, or None: it crashed, or the sandbox rejected it."""

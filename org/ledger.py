@@ -95,12 +95,20 @@ def _m005_heldout_drift(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
 
 
+def _m006_run_compute(db: sqlite_utils.Database) -> None:
+    # each run's CPU seconds (user + system, its whole process tree: the untimed-compute bound's
+    # input) and how it was isolated ("bubblewrap: ..." or process-level only)
+    db["runs"].add_column("cpu_seconds", float)
+    db["runs"].add_column("isolation", str, not_null_default="")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", _m001_initial),
     ("002_vet_gates", _m002_vet_gates),
     ("003_run_network", _m003_run_network),
     ("004_replicates", _m004_replicates),
     ("005_heldout_drift", _m005_heldout_drift),
+    ("006_run_compute", _m006_run_compute),
 ]
 SCHEMA = Schema("campaign ledger", "_migrations", MIGRATIONS, "applied_at", time.time)
 

@@ -114,6 +114,27 @@ class ParseSpec(BaseModel):
         return self
 
 
+Phase = Literal["run", "evaluate", "test"]
+
+
+class SandboxSpec(BaseModel):
+    """What each phase's bubblewrap sandbox may read besides the worktree (org/bwrap.py), and the
+    bounds on compute the budget does not count.
+
+    `reads` paths may use ~ and $NIGHTLAB_CACHE (the data cache nightlab and the target share;
+    nightlab sets it for every child). A path that does not exist is not bound. The training run
+    should read the train split only: a split it can read is a split it can train on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reads: dict[Phase, list[str]] = {}
+    tmp_mb: int = Field(default=2048, ge=16)  # the run's /tmp and /dev/shm tmpfs, each
+    # Untimed compute: a run may use at most this many times the baseline's CPU seconds (user +
+    # system, all its processes) / wall seconds, or it is rejected. None: no bound but the timeout.
+    cpu_slack: float | None = Field(default=None, gt=1)
+    wall_slack: float | None = Field(default=None, gt=1)
+
+
 class ProgramSpec(BaseModel):
     """Front matter of a program file."""
 
@@ -128,6 +149,12 @@ class ProgramSpec(BaseModel):
     setup: str | None = None  # run once in the worktree before the baseline (e.g. data prep)
     setup_timeout_s: float = Field(default=1800, gt=0)
     run: str  # run command; a leading `python` means the interpreter running nightlab
+    # Evaluation in a separate sandbox: after each run the harness runs this command on the model
+    # the run saved ($NIGHTLAB_CHECKPOINTS) and takes the metric from its output, never from the
+    # run's. The run is told to save its model ($NIGHTLAB_CHECKPOINT) and that it is scored
+    # separately ($NIGHTLAB_EVAL=separate). None: the metric is read from the run's own output.
+    evaluate: str | None = None
+    sandbox: SandboxSpec = SandboxSpec()
     env: dict[str, str] = {}
     metric: str
     direction: Literal["min", "max"] = "min"
@@ -224,6 +251,20 @@ class Program:
     def test_key(self) -> str:
         return self.spec.test_metric or f"test_{self.spec.metric}"
 
+    def sandbox_reads(self, phase: Phase) -> tuple[Path, ...]:
+        """The paths `phase`'s sandbox may read, with ~ and $NIGHTLAB_CACHE expanded."""
+        from org.settings import cache_dir
+
+        out = []
+        for raw in self.spec.sandbox.reads.get(phase, []):
+            text = raw.replace("${NIGHTLAB_CACHE}", "$NIGHTLAB_CACHE").replace("$NIGHTLAB_CACHE", str(cache_dir()))
+            path = Path(text).expanduser()
+            if "$" in text or not path.is_absolute():
+                raise InputError(self.path, f"sandbox.reads.{phase}", f"{raw!r}: write an absolute path; "
+                                 "only ~ and $NIGHTLAB_CACHE are expanded")  # fmt: skip
+            out.append(path)
+        return tuple(out)
+
     @property
     def run_timeout_s(self) -> float:
         """Hard limit for one run: startup, compile and evaluation on top of the budget."""
@@ -303,6 +344,8 @@ def load_program(path: str | Path) -> Program:
         if not (repo / rel).is_file():
             raise InputError(path, field, f"{rel} does not exist in {repo}")
     _check_seed(program)
+    for phase in ("run", "evaluate", "test"):
+        program.sandbox_reads(phase)  # InputError naming the field
     overlap = set(program.editable_paths) & set(program.protected_paths)
     if overlap:
         raise InputError(path, "protected", f"{sorted(overlap)} are also listed as editable")

@@ -41,6 +41,7 @@ class RunResult:
     summary: dict[str, str] = field(default_factory=dict)  # final `---` block, raw strings
     tail: str = ""  # last few KB of output (for prompts and error messages)
     log_path: Path | None = None
+    cpu_seconds: float | None = None  # user + system time of the whole process tree (None: killed)
 
 
 def argv_for(command: str) -> list[str]:
@@ -165,11 +166,10 @@ def run_child(
     start = time.monotonic()
     proc, reader = spawn(argv, cwd, env, sink, pid_file, **popen)
     stop = watch(proc.pid) if watch else None
-    timed_out = False
+    timed_out, cpu = False, None
     try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        cpu = _wait(proc, start + timeout_s)
+        timed_out = cpu is None
     finally:
         if stop:
             stop()
@@ -184,8 +184,22 @@ def run_child(
         summary=parse_summary(text) if returncode == 0 else {},
         tail=text[-4000:],
         log_path=log_path,
+        cpu_seconds=cpu,
     )
     return result, text
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> float | None:
+    """Wait for the leader until `deadline` (monotonic); its CPU seconds (user + system, itself and
+    every descendant it reaped) as the kernel counted them, or None at the deadline."""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
 
 
 def run_command(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log_path: Path,

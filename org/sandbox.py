@@ -1,5 +1,9 @@
 """Run an untrusted experiment command: own process group, hard timeout, no secrets, no network.
 
+- given a `View` (org/bwrap.py), the command runs under bubblewrap: it sees only the system, the
+  interpreter, the worktree (read-only), the data its phase may read, a capped tmpfs and its own
+  output directory, in fresh namespaces. Without one (bubblewrap missing, or a campaign started
+  `--unsandboxed`), the process-level isolation below is all there is:
 - own session/process group; the timeout SIGKILLs the whole group. When Linux user namespaces
   are available the command also runs in fresh network + PID namespaces (`unshare -rn --pid
   --fork --kill-child`), so it has only a loopback interface and nothing it spawns (even after
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from org import bwrap
 from org.environment import run_env
 from org.runner import LOG_CAP_BYTES, RunResult, argv_for, kill_group, parse_number, run_child
 
@@ -112,6 +117,7 @@ class _Watchdog(threading.Thread):
         self.free_at_start = {p: _free_bytes(p) for p in fs.values()}
         self.stop = threading.Event()
         self.own_ns = _pid_ns(os.getpid())
+        self.cpu_ticks: dict[int, int] = {}  # pid -> user + system clock ticks, as last seen
 
     def watch(self, leader: int) -> Callable[[], None]:
         """Start watching the group led by `leader`; returns the call that stops watching."""
@@ -134,15 +140,24 @@ class _Watchdog(threading.Thread):
                     fields = fh.read().rsplit(b")", 1)[1].split()
             except OSError:
                 continue
-            # after "pid (comm)": state ppid pgrp session ... num_threads is field 20 (index 17)
-            stats.append((int(entry.name), int(fields[1]), int(fields[3]), int(fields[17])))
-        for pid, ppid, _sid, _threads in stats:
+            # after "pid (comm)": state ppid pgrp session ... utime stime (fields 14, 15: index 11,
+            # 12) ... num_threads (field 20, index 17)
+            stats.append((int(entry.name), int(fields[1]), int(fields[3]), int(fields[17]),
+                          int(fields[11]) + int(fields[12])))  # fmt: skip
+        for pid, ppid, _sid, _threads, _cpu in stats:
             if ppid == self.leader and _pid_ns(pid) not in (None, self.own_ns):
                 ns = _pid_ns(pid)
-        for pid, _ppid, sid, threads in stats:
+        for pid, _ppid, sid, threads, cpu in stats:
             if sid == self.leader or (ns is not None and pid != self.leader and _pid_ns(pid) == ns):
                 n += threads
+                self.cpu_ticks[pid] = cpu
         return n
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of the run's processes as last sampled (a process that lived less than one
+        sampling interval may be missed: the kernel's own count is lost in a PID namespace)."""
+        return sum(self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK")
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
@@ -216,14 +231,22 @@ def run_sandboxed(
     protected: dict[str, str] | None = None,  # repo-relative path (under cwd) -> sha256 expected
     bounds: dict[str, tuple[float, float]] | None = None,
     isolate_network: bool = True,
+    view: bwrap.View | None = None,
 ) -> SandboxResult:
-    prefix, network = network_isolation() if isolate_network else ((), "not isolated: disabled")
+    if view is not None:
+        prefix, network = tuple(bwrap.argv(view)), view.describe()
+        disk = [*view.writes, cwd]
+    else:
+        prefix, network = network_isolation() if isolate_network else ((), "not isolated: disabled")
+        disk = [cwd, Path(tempfile.gettempdir())]
     mem = limits.memory_bytes or int(0.8 * _physical_memory())
     nproc = _user_tasks() + limits.procs
     rl_prefix, preexec = _rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
-    watchdog = _Watchdog(limits.procs, [cwd, Path(tempfile.gettempdir())], limits.disk_bytes)
+    watchdog = _Watchdog(limits.procs, disk, limits.disk_bytes)
     res, text = run_child([*rl_prefix, *prefix, *argv_for(command)], cwd, run_env(env), limits.timeout_s,
                           log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec)  # fmt: skip
+    if res.cpu_seconds is not None:  # the kernel's count stops at a PID namespace: take the larger
+        res.cpu_seconds = max(res.cpu_seconds, watchdog.cpu_seconds)
     violations: list[str] = []
     if watchdog.tripped:
         violations.append(f"spawned more than {limits.procs} processes/threads (fork bomb?)")

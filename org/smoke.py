@@ -7,20 +7,32 @@ errors, shape errors, NaNs (train.py prints FAIL and exits 1) and anything the s
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from org.measure import measure
 from org.runner import parse_number
-from org.sandbox import RunLimits, SandboxResult, run_sandboxed
+from org.sandbox import SandboxResult
 from org.untrusted import fence
+
+if TYPE_CHECKING:
+    from org.program import Program
 
 SMOKE_ENV = {"NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_SECONDS": "2", "NIGHTLAB_PRESET": "cpu",
              "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
 
 
-def smoke_run(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log_path: Path,
+def smoke_run(program: Program, cwd: Path, log_path: Path, sandboxed: bool,
               protected: dict[str, str] | None = None) -> SandboxResult:  # fmt: skip
-    return run_sandboxed(command, cwd, {**env, **SMOKE_ENV}, RunLimits(timeout_s=timeout_s), log_path,
-                         protected=protected)  # fmt: skip
+    """A few seconds of the target, evaluated as a full run is (org/measure.py)."""
+    assert program.spec.smoke_timeout_s is not None
+    out = log_path.with_suffix(".out")
+    try:
+        return measure(program, cwd, dict(SMOKE_ENV), log_path, out, sandboxed, program.spec.smoke_timeout_s,
+                       protected=protected)  # fmt: skip
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def smoke_reason(res: SandboxResult, metric: str) -> str | None:

@@ -31,6 +31,7 @@ class VetInput:
     knob_move: str | None
     diff: str = ""
     log_dir: Path | None = None  # where the smoke log goes (a temp dir if None)
+    sandboxed: bool = True  # the smoke run under bubblewrap, as the campaign's runs
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,7 @@ def smoke_gate(v: VetInput) -> GateResult | None:
     if spec.smoke_timeout_s is None:
         return None
     log_dir = v.log_dir or Path(tempfile.mkdtemp(prefix="nightlab-smoke-"))
-    res = smoke_run(spec.run, v.workspace.path, spec.env, spec.smoke_timeout_s,
-                    log_dir / "smoke.log", protected=v.protected_hashes)  # fmt: skip
+    res = smoke_run(v.program, v.workspace.path, log_dir / "smoke.log", v.sandboxed, protected=v.protected_hashes)
     return reject(smoke_reason(res, spec.metric))
 
 

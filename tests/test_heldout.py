@@ -2,7 +2,7 @@
 
 The tiny target saves a JSON "model" where the harness tells it to ($NIGHTLAB_CHECKPOINT) and its
 target/heldout.py scores the saved models: the val metric + 0.01, + 0.2 with USE_GATE (a gain on
-val that does not generalise). $TINY_DRIFT_FILE shifts every run: the machine changed.
+val that does not generalise). $TINY_DRIFT (the program's env, edited between runs) shifts every run: the machine changed.
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ def test_a_test_command_that_fails_on_the_baseline_names_the_field(tmp_path):
 
 
 def test_drift_is_flagged_and_later_candidates_are_judged_by_fresh_runs(tmp_path):
-    drift = tmp_path / "drift.txt"
-    noisy = {"env": "{TINY_NOISE: '0.004', TINY_DRIFT_FILE: '%s'}" % drift,
+    noisy = {"env": "{TINY_NOISE: '0.004', TINY_DRIFT: '0'}",
              "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3, rebaseline_every: 2}"}
     program = make_repo(tmp_path / "repo", sleep=0.01, **noisy)
     moves = [knob("LR", "x2"), knob("DEPTH", "x2"), knob("SLEEP_S", "x2"), knob("SLEEP_S", "x0.5"),
@@ -85,7 +84,8 @@ def test_drift_is_flagged_and_later_candidates_are_judged_by_fresh_runs(tmp_path
     before = len(ledger.runs(1))
     ledger.close()
 
-    drift.write_text("0.05")  # the machine got slower: every run now scores 0.05 worse
+    program.write_text(program.read_text().replace("TINY_DRIFT: '0'", "TINY_DRIFT: '0.05'"))
+    # the machine got slower: every run now scores 0.05 worse
     # experiment 4 runs on the drifted machine, then the check after it finds the drift; the
     # campaign stops after experiment 5, so nothing is checked after it (it would judge nothing)
     c.resume("drift", max_experiments=5, models=client)
@@ -132,15 +132,15 @@ def test_a_keep_whose_runs_print_a_better_number_than_their_models_score_is_reje
 
 
 def test_a_crashed_drift_check_is_recorded_and_changes_nothing(tmp_path):
-    drift = tmp_path / "drift.txt"
-    noisy = {"env": "{TINY_NOISE: '0.004', TINY_DRIFT_FILE: '%s'}" % drift,
+    noisy = {"env": "{TINY_NOISE: '0.004', TINY_DRIFT: '0'}",
              "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3, rebaseline_every: 1}",
              "smoke_timeout_s": "null"}  # the candidate's own run crashes, not a smoke run first
     program = make_repo(tmp_path / "repo", sleep=0.01, **noisy)
     client = ScriptedClient(script={"proposer": [knob("DEPTH", "x2"), knob("SLEEP_S", "x2")]},
                             default={"director": DIRECTIVE, "reviewer": APPROVE})
     c.start(program, ROLES / "tiered", tag="crashcheck", max_experiments=1, models=client)
-    drift.write_text("not a number")  # every run now crashes: the check's re-run of the best too
+    # every run now crashes: the check's re-run of the best too
+    program.write_text(program.read_text().replace("TINY_DRIFT: '0'", "TINY_DRIFT: 'not a number'"))
     c.resume("crashcheck", max_experiments=2, models=client)
     ledger = Ledger(c.campaign_dir("crashcheck") / "ledger.db")
     (check,) = ledger.drift_checks()
@@ -165,8 +165,14 @@ metric: val_bpb
 time_budget_s: 30
 run_timeout_s: 300
 smoke_timeout_s: null
+evaluate: python -m trainer.heldout --split val
 test: python -m trainer.heldout
 test_metric: test_bpb
+sandbox:
+  reads:
+    run: [$NIGHTLAB_CACHE/data]
+    evaluate: [$NIGHTLAB_CACHE/data, $NIGHTLAB_CACHE/val]
+    test: [$NIGHTLAB_CACHE/data, $NIGHTLAB_CACHE/val, $NIGHTLAB_CACHE/heldout]
 knobs: {UNEMBEDDING_LR: 0.00004}
 noise: {seed_knob: SEED, baseline_runs: 3, max_replicates: 3}
 ---

@@ -46,7 +46,7 @@ def test_keep_discard_crash_and_failures(tmp_path):
     assert rows[0]["metric"] > rows[1]["metric"] > rows[4]["metric"]
     assert rows[2]["metric"] > rows[1]["metric"]
     assert rows[3]["metric"] is None and rows[2]["memory_gb"] == 5 * 512 / 1024
-    assert all(r["network"].startswith(("isolated", "not isolated: ")) for r in rows)  # stated per run
+    assert all(r["network"].startswith(("bubblewrap: no network", "isolated", "not isolated: ")) for r in rows)  # per run
     failures = [f["stage"] for f in ledger.failures()]
     assert sorted(failures) == ["propose", "propose", "vet:review"]
 

@@ -75,7 +75,7 @@ def test_the_metric_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corpus
             return torch.zeros(*x.shape, V) + self.w
 
     def val_batches():
-        return P._packed_batches(*P._load_split(data, "val"), tok.get_bos_token_id(), 2, 32, shuffle=False,
+        return P._packed_batches(*P._load_split(P.val_dir(tiny_preset), "val"), tok.get_bos_token_id(), 2, 32, shuffle=False,
                                  buffer_size=1000, device="cpu", seed=0)  # fmt: skip
 
     tb = P.get_token_bytes("cpu", data)
@@ -104,10 +104,15 @@ def test_splits_are_disjoint_deterministic_and_test_is_kept_apart(tiny_preset, c
     assert all(c > 20 for c in counts.values()), counts
 
     meta = P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None)
-    data, held = P.data_dir(tiny_preset), P._heldout_dir(tiny_preset)
-    assert not held.is_relative_to(data) and not data.is_relative_to(held)
-    assert sorted(p.name for p in data.glob("*.bin")) == ["train.bin", "val.bin"]
+    data, val_dir, held = P.data_dir(tiny_preset), P.val_dir(tiny_preset), P._heldout_dir(tiny_preset)
+    for a, b in [(data, val_dir), (data, held), (val_dir, held)]:  # a sandbox binds each on its own
+        assert not a.is_relative_to(b) and not b.is_relative_to(a)
+    assert [p.name for p in data.glob("*.bin")] == ["train.bin"]
+    assert [p.name for p in val_dir.glob("*.bin")] == ["val.bin"]
     assert [p.name for p in held.glob("*.bin")] == ["test.bin"]
+    for d in (val_dir, held):  # each split's directory stands alone: tokenizer, token bytes, meta
+        assert P.Tokenizer.from_directory(d).enc.n_vocab == P.Tokenizer.from_directory(data).enc.n_vocab
+        assert (d / "token_bytes.npy").read_bytes() == (data / "token_bytes.npy").read_bytes()
     tok = P.Tokenizer.from_directory(data)
 
     def texts(folder: Path, split: str) -> set[str]:
@@ -115,7 +120,7 @@ def test_splits_are_disjoint_deterministic_and_test_is_kept_apart(tiny_preset, c
         starts = np.load(folder / f"{split}.idx.npy")
         return {tok.decode(tokens[a + 1:b].tolist()) for a, b in zip(starts[:-1], starts[1:])}
 
-    train, val, test = texts(data, "train"), texts(data, "val"), texts(held, "test")
+    train, val, test = texts(data, "train"), texts(val_dir, "val"), texts(held, "test")
     assert not (train & val) and not (train & test) and not (val & test)
     assert len(train) + len(val) + len(test) == sum(meta["n_docs"].values()) == 120
     with pytest.raises(AssertionError, match="test split"):

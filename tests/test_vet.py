@@ -40,7 +40,7 @@ def test_rules_allow_knob_and_architecture_changes():
     ("val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE)",
      "val_bpb = 0.9 * evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE)", "evaluation"),
     ("    model.eval()\n", "    print('---'); print('val_bpb: 0.1')\n    model.eval()\n", "fake-summary"),
-    ("from trainer.prepare import MAX_SEQ_LEN", "from trainer.prepare import _heldout_dir, MAX_SEQ_LEN", "test-split"),
+    ("from trainer.prepare import EVAL_SEPARATE", "from trainer.prepare import _heldout_dir, EVAL_SEPARATE", "test-split"),
     ("SEED = 42", "SEED = 7", "seed-only"),
     ("# transformer blocks", "# blocks", "noop"),
 ])  # fmt: skip

@@ -2,7 +2,7 @@
 
 metric = 1 + 0.1*(log10(LR) + 1.5)**2 + 0.01*(DEPTH - 4)**2 + (0 if USE_GATE else 0.05)
          + TINY_NOISE * N(0, 1) drawn from the seed TINY_SEED (both env vars; no noise by default)
-         + the number in the file $TINY_DRIFT_FILE, if it exists (the machine changed)
+         + the number in $TINY_DRIFT (the machine changed: a test edits the program's env)
 LR 0.01 -> 0.02 -> 0.04 improves; DEPTH away from 4 hurts; DEPTH < 3 crashes; SLEEP_S slows a run.
 The "model" a run saves at $NIGHTLAB_CHECKPOINT is a JSON file; target/heldout.py scores it: the
 held-out metric is the val metric + 0.01, + 0.2 with USE_GATE (a gain that does not generalise),
@@ -40,9 +40,7 @@ metric = 1 + 0.1 * (math.log10(LR) + 1.5) ** 2 + 0.01 * (DEPTH - 4) ** 2 + (0 if
 noise = float(os.environ.get("TINY_NOISE", "0"))
 seed = os.environ.get("TINY_SEED", "0")
 metric += noise * random.Random(seed).gauss(0, 1)
-drift = os.environ.get("TINY_DRIFT_FILE")
-if drift and os.path.exists(drift):
-    metric += float(open(drift).read())
+metric += float(os.environ.get("TINY_DRIFT", "0"))
 if os.environ.get("NIGHTLAB_CHECKPOINT"):
     with open(os.environ["NIGHTLAB_CHECKPOINT"], "w") as f:
         f.write(json.dumps({{"val": metric, "test": metric + 0.01 + (0.2 if USE_GATE else 0.0)}}))

@@ -3,15 +3,17 @@
  nightlab FIXED HARNESS: held-out test evaluation. AGENTS NEVER EDIT THIS FILE.
 ==============================================================================================
 
-Scores the models a run saved on the held-out test split. When the harness sets
-$NIGHTLAB_CHECKPOINT, `evaluate_bpb` (prepare.py) saves the model it scored on val there; this
-loads each saved model with the code of the train.py that trained it, in a fresh process, and
-scores it with the harness's own scorer: the model is given tokens, the harness computes the
-cross-entropy from its logits. The test tokens are read here and nowhere else.
+Scores the models runs saved. When the harness sets $NIGHTLAB_CHECKPOINT, `evaluate_bpb`
+(prepare.py) saves the trained model there; this loads each saved model with the code of the
+train.py that trained it, in a fresh process, and scores it with the harness's own scorer: the
+model is given tokens, the harness computes the cross-entropy from its logits.
 
-    python -m trainer.heldout runs/0003.pt runs/0003.r1.pt      # or $NIGHTLAB_CHECKPOINTS (os.pathsep)
+    python -m trainer.heldout --split val runs/0003.pt   # a run's metric (the program's evaluate command)
+    python -m trainer.heldout runs/0003.pt runs/0003.r1.pt      # a keep's test; or $NIGHTLAB_CHECKPOINTS
 
-Prints a `---` block: test_bpb (the mean over the models), test_bpb_sd, test_models, val_bpb and
+With `--split val` (what a campaign runs after every training run, in a sandbox that alone reads
+val) it prints val_bpb and eval_tokens. Otherwise, for a keep, it prints a `---` block:
+test_bpb (the mean over the models), test_bpb_sd, test_models, val_bpb and
 val_bpb_1, val_bpb_2, ... (the models re-scored on val here, in the order given: the campaign
 holds each against what the run that saved it printed), and
 eval_tokens; or `rejected: <why>` when a model fails one of the scoring checks (causality,
@@ -33,28 +35,7 @@ from types import ModuleType
 import torch
 
 from trainer import prepare, scoring
-from trainer.scoring import ScoringError, score
-
-
-def evaluate_val_bpb(model, batch_size: int) -> float:
-    """The val metric again, in this process, on the saved model: what the run should have printed."""
-    tokenizer = prepare.Tokenizer.from_directory()
-    with torch.no_grad():
-        return prepare.evaluate_bpb(model, tokenizer, batch_size)
-
-
-def evaluate_test_bpb(model, batch_size: int) -> float:
-    """The val metric, computed identically on the held-out test split."""
-    device = next(model.parameters()).device
-    batch_size = max(1, min(batch_size, prepare.EVAL_TOKENS // prepare.MAX_SEQ_LEN))
-    held = prepare._heldout_dir()
-    meta = prepare.check_cache(held)
-    tokenizer = prepare.Tokenizer.from_directory(held)
-    loader = prepare._packed_batches(*prepare._load_split(held, "test"), tokenizer.get_bos_token_id(),
-                                     batch_size, prepare.MAX_SEQ_LEN, shuffle=False, buffer_size=1000,
-                                     device=device, seed=0)
-    assert meta["vocab_size"] == tokenizer.get_vocab_size()
-    return score(model, loader, prepare.EVAL_TOKENS // prepare.MAX_SEQ_LEN, prepare.get_token_bytes(device))
+from trainer.scoring import ScoringError
 
 
 def load_script(script: Path) -> ModuleType:
@@ -86,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.heldout", description=__doc__.split("\n\n")[1])
     ap.add_argument("checkpoints", nargs="*", type=Path, help="saved models (default: $NIGHTLAB_CHECKPOINTS)")
     ap.add_argument("--script", type=Path, default=Path("trainer/train.py"), help="the train.py that trained them")
+    ap.add_argument("--split", choices=["test", "val"], default="test",
+                    help="test (default): the held-out test of a keep, with val re-scored; val: the run's metric")
     args = ap.parse_args(argv)
     paths = args.checkpoints or [Path(p) for p in os.environ.get("NIGHTLAB_CHECKPOINTS", "").split(os.pathsep) if p]
     if not paths:
@@ -108,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             model = load_model(module, path, device)
             with autocast:
-                scores.append(evaluate_test_bpb(model, batch))
-                vals.append(evaluate_val_bpb(model, batch))
-            print(f"{path}: test_bpb {scores[-1]:.6f} val_bpb {vals[-1]:.6f}", flush=True)
+                if args.split == "test":
+                    scores.append(prepare.score_split(model, "test", batch))
+                vals.append(prepare.score_split(model, "val", batch))
+            print(f"{path}: " + (f"test_bpb {scores[-1]:.6f} " if scores else "") + f"val_bpb {vals[-1]:.6f}", flush=True)
             del model
     except ScoringError as e:  # the model failed a check: the campaign rejects the keep
         print(f"heldout: {path}: {e}", flush=True)
@@ -121,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: heldout: {e}", flush=True)
         return 1
     print("---")
-    print(f"test_bpb:         {statistics.fmean(scores):.6f}")
-    print(f"test_bpb_sd:      {statistics.stdev(scores) if len(scores) > 1 else 0.0:.6f}")
-    print(f"test_models:      {len(scores)}")
+    if scores:
+        print(f"test_bpb:         {statistics.fmean(scores):.6f}")
+        print(f"test_bpb_sd:      {statistics.stdev(scores) if len(scores) > 1 else 0.0:.6f}")
+        print(f"test_models:      {len(scores)}")
     print(f"val_bpb:          {statistics.fmean(vals):.6f}")
     for i, v in enumerate(vals, 1):  # each model's own, to hold against the run that saved it
         print(f"val_bpb_{i}:        {v:.6f}")

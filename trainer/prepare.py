@@ -13,10 +13,13 @@ Prepare data once, then train:
     python -m trainer.prepare --preset cpu --source folder --path ~/corpus   # .txt / .parquet
     NIGHTLAB_PRESET=cpu python -m trainer.train
 
-Documents are assigned to train / val / test by a hash of their text. train and val live in
-the data cache; the test split is written to a separate `heldout/` directory that nothing
-train.py imports can read. Only the harness (trainer/heldout.py) evaluates it, on the models
-runs save. The metric is computed here from the model's logits: targets never reach model code.
+Documents are assigned to train / val / test by a hash of their text, and each split has its own
+directory in the cache: `data/` (tokenizer, token bytes, train), `val/` and `heldout/` (test).
+Under nightlab a training run's sandbox binds only `data/`: val and test are not readable from
+the training process. The run saves its model and the harness scores it in a separate process
+(`python -m trainer.heldout --split val`, the program's evaluate command), which alone reads
+val; the held-out test of a keep alone reads test. The metric is computed by the harness from
+the model's logits: targets never reach model code.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from trainer.scoring import bits_per_byte, score  # noqa: F401  (bits_per_byte: 
 
 # ---- Presets (fixed per campaign; train.py reads these, never changes them) ----
 
-HARNESS_VERSION = 2  # bump when the cache format or the metric changes; old caches then refuse to load
+HARNESS_VERSION = 3  # (v3: val in its own directory) bump when the cache format or the metric changes; old caches then refuse to load
 PRESETS: dict[str, dict] = {
     # quickstart on a laptop / 2-core CI box: ~1-2M params, ~60 s of training
     # eval_tokens 2**16 (v2; was 2**17): ~3.5 s of forward passes per run instead of ~7 s on 2 cores.
@@ -75,6 +78,9 @@ EVAL_TOKENS = _P["eval_tokens"]  # val tokens scored by evaluate_bpb
 # ~4 % of an epoch, and which documents come first moved val_bpb by ~0.1, against ~0.002 for the
 # init (docs/BENCHMARKS.md): an order is not research, and a lucky one must not be a keep.
 DATA_ORDER_SEED = 42
+# Under nightlab the harness scores the saved model in a separate process that alone reads val
+# (evaluate_bpb then returns NaN); standalone, evaluate_bpb scores it here.
+EVAL_SEPARATE = os.environ.get("NIGHTLAB_EVAL") == "separate"
 # Smoke mode is set by the harness (the vet gate), never by train.py: a few seconds, tiny eval.
 if os.environ.get("NIGHTLAB_SMOKE") == "1":
     TIME_BUDGET = float(os.environ.get("NIGHTLAB_SMOKE_SECONDS", "3"))
@@ -104,13 +110,22 @@ def cache_root() -> Path:
 
 
 def data_dir(preset: str | None = None) -> Path:
-    """Tokenizer, token bytes, train and val tokens for a preset."""
+    """Tokenizer, token bytes and train tokens for a preset: all a training run can read."""
     return cache_root() / "data" / (preset or PRESET)
 
 
+def val_dir(preset: str | None = None) -> Path:
+    """The val split (with its own tokenizer copy). Under nightlab only the evaluation reads it."""
+    return cache_root() / "val" / (preset or PRESET)
+
+
 def _heldout_dir(preset: str | None = None) -> Path:
-    # The test split. Read only by trainer/heldout.py; the vet gate rejects code that names it.
+    # The test split. Read only by trainer/heldout.py's test scoring, in the keep's test sandbox.
     return cache_root() / "heldout" / (preset or PRESET)
+
+
+def split_dir(split: str, preset: str | None = None) -> Path:
+    return {"train": data_dir, "val": val_dir, "test": _heldout_dir}[split](preset)
 
 
 # ---- Splits ----
@@ -204,6 +219,10 @@ def _write_split(out: Path, name: str, tokenizer: Tokenizer, docs: list[Document
 
 
 def _load_split(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if not (path / f"{name}.bin").exists():
+        raise DataError(path, f"no {name} split here. Run python -m trainer.prepare first; under nightlab a "
+                              "training run sees only the train split, and the harness scores its saved model "
+                              "in a separate process")
     tokens = np.memmap(path / f"{name}.bin", dtype=np.uint16, mode="r")
     return tokens, np.load(path / f"{name}.idx.npy")
 
@@ -236,7 +255,7 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     starts with BOS. The order is the harness's: val in file order, train shuffled by
     DATA_ORDER_SEED, the same for every run."""
     assert split in ("train", "val"), "the test split is not available to training code"
-    batches = _packed_batches(*_load_split(data_dir(), split), tokenizer.get_bos_token_id(), B, T,
+    batches = _packed_batches(*_load_split(split_dir(split), split), tokenizer.get_bos_token_id(), B, T,
                               shuffle=split == "train", buffer_size=buffer_size, device=device, seed=DATA_ORDER_SEED)
     return _count_served(batches) if split == "train" else batches
 
@@ -399,15 +418,36 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     """Bits per byte on EVAL_TOKENS val tokens at MAX_SEQ_LEN: sum nats / (ln 2 * sum bytes).
     Vocabulary-independent, so tokenizer or architecture changes stay comparable.
     `model(x)` must return next-token logits (B, T, vocab): the harness computes the cross-entropy
-    itself, and the targets never reach model code. When the harness sets $NIGHTLAB_CHECKPOINT the
-    scored model is then saved there, for the held-out test (trainer/heldout.py)."""
+    itself, and the targets never reach model code.
+
+    Under nightlab ($NIGHTLAB_EVAL=separate) val is not readable here: the model is saved to
+    $NIGHTLAB_CHECKPOINT and NaN returned; the harness scores the saved model in a separate
+    process, and that score is the run's metric. Standalone, the model is scored here (and saved
+    too when $NIGHTLAB_CHECKPOINT is set)."""
+    checkpoint = os.environ.get("NIGHTLAB_CHECKPOINT")
+    if EVAL_SEPARATE:
+        if not checkpoint:
+            raise DataError("$NIGHTLAB_CHECKPOINT", "NIGHTLAB_EVAL=separate needs a path to save the model to")
+        save_model(model, Path(checkpoint))
+        print("evaluate_bpb: the model is saved; the harness scores it on val in a separate process", flush=True)
+        return float("nan")
+    bpb = score_split(model, "val", batch_size)
+    if checkpoint:
+        save_model(model, Path(checkpoint))
+    return bpb
+
+
+@torch.no_grad()
+def score_split(model, split: str, batch_size: int) -> float:
+    """The metric on the first EVAL_TOKENS tokens of `split` ("val" or "test"), in file order."""
     device = next(model.parameters()).device
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
-    bpb = score(model, loader, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device))
-    if os.environ.get("NIGHTLAB_CHECKPOINT"):
-        save_model(model, Path(os.environ["NIGHTLAB_CHECKPOINT"]))
-    return bpb
+    path = split_dir(split)
+    check_cache(path)
+    tokenizer = Tokenizer.from_directory(path)
+    batches = _packed_batches(*_load_split(path, split), tokenizer.get_bos_token_id(), batch_size, MAX_SEQ_LEN,
+                              shuffle=False, buffer_size=1000, device=device, seed=0)
+    return score(model, batches, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device))
 
 
 def save_model(model, path: Path) -> None:
@@ -449,7 +489,7 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
                                  cache=cache_root() / "downloads", log=log)
     key = hashlib.sha256(json.dumps([HARNESS_VERSION, preset, manifest], sort_keys=True).encode()).hexdigest()[:16]
     out, held = data_dir(preset), _heldout_dir(preset)
-    if not force and (out / "meta.json").exists() and (held / "meta.json").exists():
+    if not force and all((d / "meta.json").exists() for d in (out, held, val_dir(preset))):
         try:
             meta = json.loads((out / "meta.json").read_text())
         except (OSError, ValueError):
@@ -481,12 +521,14 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".prep-{preset}-", dir=root))
     tmp_held = Path(tempfile.mkdtemp(prefix=f".held-{preset}-", dir=root))
+    tmp_val = Path(tempfile.mkdtemp(prefix=f".val-{preset}-", dir=root))
+    into = {"train": tmp, "val": tmp_val, "test": tmp_held}
     try:
         with open(tmp / "tokenizer.pkl", "wb") as f:
             pickle.dump(tokenizer.enc, f)
         np.save(tmp / "token_bytes.npy", tokenizer.token_byte_lengths())
         with ThreadPoolExecutor(3) as pool:
-            futs = {name: pool.submit(_write_split, tmp_held if name == "test" else tmp, name, tokenizer, ds)
+            futs = {name: pool.submit(_write_split, into[name], name, tokenizer, ds)
                     for name, ds in splits.items()}
             counts = {name: f.result() for name, f in futs.items()}
         for name in ("val", "test"):
@@ -498,14 +540,17 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
                     n_docs={k: len(v) for k, v in splits.items()}, tokens=counts,
                     vocab_size=tokenizer.get_vocab_size(), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        (tmp_held / "meta.json").write_text(json.dumps(meta, indent=1))
+        for d in (tmp_held, tmp_val):  # each split's directory stands alone: a sandbox binds only some
+            shutil.copy(tmp / "tokenizer.pkl", d / "tokenizer.pkl")
+            shutil.copy(tmp / "token_bytes.npy", d / "token_bytes.npy")
+            (d / "meta.json").write_text(json.dumps(meta, indent=1))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        shutil.copy(tmp / "tokenizer.pkl", tmp_held / "tokenizer.pkl")
         _atomic_replace_dir(tmp_held, held)
-        _atomic_replace_dir(tmp, out)
+        _atomic_replace_dir(tmp_val, val_dir(preset))
+        _atomic_replace_dir(tmp, out)  # last: its meta.json says the whole cache is ready
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(tmp_held, ignore_errors=True)
+        for d in (tmp, tmp_held, tmp_val):
+            shutil.rmtree(d, ignore_errors=True)
     log(f"prepare: wrote {out} in {time.time() - t0:.1f}s: tokens train {counts['train']:,} "
         f"val {counts['val']:,} test {counts['test']:,} (test kept apart in {held})")
     return meta

@@ -1,0 +1,121 @@
+"""One measurement of the target: train in one sandbox, score in another.
+
+A program with an `evaluate:` command is measured in two phases:
+  1. the run command trains, in a sandbox that reads only `sandbox.reads.run` (the default
+     target: the tokenizer and the train split), told to save its model to $NIGHTLAB_CHECKPOINT
+     in its private output directory and that it is scored separately ($NIGHTLAB_EVAL=separate);
+  2. the evaluate command loads that model ($NIGHTLAB_CHECKPOINTS) in a fresh sandbox that also
+     reads `sandbox.reads.evaluate` (val), and prints the metric.
+The metric is the evaluate command's: whatever the training run printed for it is dropped, so a
+forged `---` block in training output changes nothing. The run's other summary keys (steps,
+tokens, memory) are kept, and the evaluation's output is appended to the run's log. A program
+without `evaluate:` has its metric read from the run's own output, as autoresearch does.
+
+Compute the budget does not count is bounded against the baseline's (`Caps`): a run over the
+program's `cpu_slack` times the baseline's CPU seconds, or `wall_slack` times its wall seconds, is
+rejected as untimed compute.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from org import bwrap
+from org.program import Program
+from org.sandbox import RunLimits, SandboxResult, check_metrics, run_sandboxed
+from org.settings import cache_dir
+
+CHECKPOINT = "model.pt"  # the file name a run saves its model to, in its output directory
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Bounds on one run's compute from the baseline's runs (None: unbounded)."""
+
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    why: str = ""  # "4x the baseline's 38.2 CPU-s" etc., for the rejection
+
+    @classmethod
+    def from_baseline(cls, program: Program, cpu: list[float], wall: list[float]) -> Caps:
+        sb = program.spec.sandbox
+        cpu_s = sb.cpu_slack * max(cpu) if sb.cpu_slack and cpu else None
+        wall_s = sb.wall_slack * max(wall) if sb.wall_slack and wall else None
+        parts = ([f"{sb.cpu_slack:g}x the baseline's {max(cpu):.1f} CPU-s"] if cpu_s else []) + \
+                ([f"{sb.wall_slack:g}x its {max(wall):.1f} s of wall clock"] if wall_s else [])  # fmt: skip
+        return cls(cpu_s, wall_s, " and ".join(parts))
+
+
+def child_env(program: Program, extra: dict[str, str]) -> dict[str, str]:
+    """The program's env for a child, with the data cache nightlab and the target share named."""
+    return {"NIGHTLAB_CACHE": str(cache_dir()), **program.spec.env, **extra}
+
+
+def view(program: Program, phase: str, cwd: Path, writes: tuple[Path, ...] = (),
+         extra_reads: tuple[Path, ...] = ()) -> bwrap.View:  # fmt: skip
+    return bwrap.View(cwd=cwd, reads=(*program.sandbox_reads(phase), *extra_reads), writes=writes,
+                      tmp_bytes=program.spec.sandbox.tmp_mb * 2**20)  # fmt: skip
+
+
+def measure(program: Program, cwd: Path, env: dict[str, str], log_path: Path, out_dir: Path,
+            sandboxed: bool, timeout_s: float, pid_file: Path | None = None,
+            protected: dict[str, str] | None = None, caps: Caps = Caps()) -> SandboxResult:  # fmt: skip
+    """Run (and evaluate) the target once in the worktree `cwd`. `out_dir` is the run's private,
+    writable output directory (made empty here); its saved model is left at out_dir/model.pt."""
+    spec = program.spec
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    saved = out_dir / CHECKPOINT
+    extra = {"NIGHTLAB_CHECKPOINT": str(saved)}
+    if spec.evaluate:
+        extra["NIGHTLAB_EVAL"] = "separate"
+    timeout = min(timeout_s, caps.wall_s) if caps.wall_s else timeout_s
+    res = run_sandboxed(spec.run, cwd, child_env(program, {**env, **extra}), RunLimits(timeout_s=timeout),
+                        log_path, pid_file=pid_file, protected=protected,
+                        view=view(program, "run", cwd, writes=(out_dir,)) if sandboxed else None)  # fmt: skip
+    if caps.wall_s and res.timed_out and timeout < timeout_s:
+        res.violations = [f"untimed compute: ran past {caps.wall_s:.0f} s ({caps.why})" if v.startswith("killed at")
+                          else v for v in res.violations]  # fmt: skip
+    if caps.cpu_s and res.cpu_seconds is not None and res.cpu_seconds > caps.cpu_s:
+        res.violations.append(f"untimed compute: used {res.cpu_seconds:.1f} CPU-s, over {caps.cpu_s:.1f} ({caps.why})")
+    if spec.evaluate and not res.violations and res.returncode == 0:
+        res = _evaluate(program, cwd, env, res, saved, sandboxed, timeout_s, pid_file, protected)
+    elif spec.evaluate:
+        res.summary.pop(spec.metric, None)  # a failed run has no metric, whatever it printed
+    if res.summary and spec.bounds and not res.violations:
+        res.violations += check_metrics(res.summary, spec.bounds)
+    return res
+
+
+def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: SandboxResult, saved: Path,
+              sandboxed: bool, timeout_s: float, pid_file: Path | None,
+              protected: dict[str, str] | None) -> SandboxResult:  # fmt: skip
+    """Score the saved model with the program's evaluate command; the merged result."""
+    spec = program.spec
+    summary = {k: v for k, v in trained.summary.items() if k != spec.metric}
+    assert trained.log_path is not None
+    if not saved.is_file():
+        note = (f"\n[nightlab: the run saved no model at $NIGHTLAB_CHECKPOINT; the harness scores the "
+                f"saved model, so this run has no {spec.metric}]\n")  # fmt: skip
+        with trained.log_path.open("a", encoding="utf-8") as fh:
+            fh.write(note)
+        return replace(trained, returncode=1, summary=summary, tail=trained.tail + note)
+    eval_log = trained.log_path.with_name(trained.log_path.stem + ".eval.log")
+    ev = run_sandboxed(spec.evaluate, cwd, child_env(program, {**env, "NIGHTLAB_CHECKPOINTS": str(saved)}),
+                       RunLimits(timeout_s=timeout_s), eval_log, pid_file=pid_file, protected=protected,
+                       view=view(program, "evaluate", cwd, extra_reads=(saved,)) if sandboxed else None)  # fmt: skip
+    text = eval_log.read_text(encoding="utf-8", errors="replace")
+    with trained.log_path.open("a", encoding="utf-8") as fh:
+        fh.write(f"\n=== nightlab: evaluate ({spec.evaluate}) ===\n{text}")
+    eval_log.unlink(missing_ok=True)
+    violations = list(ev.violations)
+    if "rejected" in ev.summary:
+        violations.append(f"the evaluation rejected the model: {ev.summary['rejected']}")
+    summary.update({k: v for k, v in ev.summary.items() if k != "rejected"})
+    failed = ev.returncode != 0 or ev.timed_out
+    return replace(trained, returncode=ev.returncode if failed else trained.returncode,
+                   timed_out=ev.timed_out, seconds=trained.seconds + ev.seconds,
+                   summary={} if failed else summary, tail=(trained.tail + "\n" + ev.tail)[-4000:],
+                   violations=violations)  # fmt: skip

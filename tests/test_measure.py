@@ -1,0 +1,196 @@
+"""Measurement (org/measure.py): training and scoring in separate sandboxes, the metric from the
+harness's evaluation only, compute the budget does not count bounded by the OS, and the data a
+campaign reads hashed and checked before every run.
+
+The tiny target trains by writing a JSON "model" (its metric) where the harness says
+($NIGHTLAB_CHECKPOINT); its evaluate script is the harness here: it reads the model and a val
+file only the evaluation sandbox can see.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from org import bwrap
+from org import campaign as c
+from org.cli import main
+from org.errors import InputError
+from org.ledger import Ledger
+from org.measure import Caps, measure
+from org.program import load_program
+from org.workspace import git
+from tests.scripted import ScriptedClient
+from tests.tiny import APPROVE, DIRECTIVE, knob, make_repo
+
+ROLES = Path(__file__).resolve().parents[1] / "roles"
+needs_bwrap = pytest.mark.skipif(bwrap.unavailable() is not None, reason=str(bwrap.unavailable()))
+
+EVALUATE = '''\
+"""Fixed harness: the run's metric, from its saved model and the val file."""
+import json, os
+model = json.load(open(os.environ["NIGHTLAB_CHECKPOINTS"]))
+offset = float(open(os.path.join(os.environ["TINY_VAL"], "val.txt")).read())
+print("---")
+print(f"val_bpb: {model['val'] + offset:.6f}")
+'''
+# A training run that tries what a proposer's code would: read val, then forge the summary.
+FORGER = '''
+import os, sys
+try:
+    open(os.path.join(os.environ["TINY_VAL"], "val.txt")).read()
+    print("val: READABLE")
+except OSError:
+    print("val: unreadable")
+print("---")
+print("val_bpb: 0.000100")
+'''
+
+
+def _program(tmp_path: Path, **front: str):
+    val = tmp_path / "cache" / "val"
+    val.mkdir(parents=True)
+    (val / "val.txt").write_text("0.5")
+    fields = {"evaluate": "python -m target.evaluate", "env": "{TINY_VAL: '%s'}" % val,
+              "sandbox": "{reads: {evaluate: ['%s']}}" % val, **front}  # fmt: skip
+    program = make_repo(tmp_path / "repo", **fields)
+    repo = program.parents[1]
+    (repo / "target" / "evaluate.py").write_text(EVALUATE)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the harness's evaluation")
+    return load_program(program), repo
+
+
+@needs_bwrap
+def test_the_metric_is_the_evaluations_and_a_forged_block_changes_nothing(tmp_path):
+    prog, repo = _program(tmp_path)
+    train = repo / "target" / "train.py"
+    train.write_text(train.read_text() + FORGER)
+    res = measure(prog, repo, {}, tmp_path / "run.log", tmp_path / "out", sandboxed=True, timeout_s=60)
+    assert res.returncode == 0 and not res.violations, res.tail
+    assert float(res.summary["val_bpb"]) == pytest.approx(1.075 + 0.5)  # the model's 1.075, scored with val
+    assert list(res.summary) == ["val_bpb"]  # the run's last block was the forger's: only its metric, dropped
+    log = (tmp_path / "run.log").read_text()
+    assert "val: unreadable" in log and "=== nightlab: evaluate" in log
+    assert json.loads((tmp_path / "out" / "model.pt").read_text())["val"] == pytest.approx(1.075)
+
+
+@needs_bwrap
+def test_a_run_that_saves_no_model_has_no_metric_whatever_it_printed(tmp_path):
+    prog, repo = _program(tmp_path)
+    train = repo / "target" / "train.py"
+    train.write_text(train.read_text().replace('if os.environ.get("NIGHTLAB_CHECKPOINT"):', "if False:") + FORGER)
+    res = measure(prog, repo, {}, tmp_path / "run.log", tmp_path / "out", sandboxed=True, timeout_s=60)
+    assert res.returncode == 1 and "val_bpb" not in res.summary
+    assert "saved no model" in res.tail
+
+
+@needs_bwrap
+def test_an_evaluation_that_rejects_the_model_rejects_the_run(tmp_path):
+    prog, repo = _program(tmp_path)
+    (repo / "target" / "evaluate.py").write_text('print("---")\nprint("rejected: causality check failed")\n')
+    res = measure(prog, repo, {}, tmp_path / "run.log", tmp_path / "out", sandboxed=True, timeout_s=60)
+    assert res.violations == ["the evaluation rejected the model: causality check failed"]
+
+
+BURN = '''
+import time
+t = time.process_time()
+while time.process_time() - t < 1.5:
+    pass
+'''
+
+
+@pytest.mark.parametrize("sandboxed", [True, False])
+def test_compute_outside_the_budget_is_bounded_by_the_os(tmp_path, sandboxed):
+    if sandboxed and bwrap.unavailable():
+        pytest.skip(bwrap.unavailable())
+    prog, repo = _program(tmp_path)
+    train = repo / "target" / "train.py"
+    train.write_text(BURN + train.read_text())
+    caps = Caps(cpu_s=0.5, why="2x the baseline's 0.25 CPU-s")
+    res = measure(prog, repo, {}, tmp_path / "run.log", tmp_path / "out", sandboxed=sandboxed, timeout_s=60, caps=caps)
+    assert res.cpu_seconds is not None and res.cpu_seconds >= 1.4
+    assert res.violations == [f"untimed compute: used {res.cpu_seconds:.1f} CPU-s, over 0.5 (2x the baseline's 0.25 CPU-s)"]
+    # the wall clock too: a sleeping run is cut at the cap and named for it, not for the timeout
+    slow = make_repo(tmp_path / "slow", sleep=5, evaluate="python -m target.evaluate")
+    (slow.parents[1] / "target" / "evaluate.py").write_text(EVALUATE)
+    res = measure(load_program(slow), slow.parents[1], {}, tmp_path / "slow.log", tmp_path / "o2", sandboxed=sandboxed,
+                  timeout_s=60, caps=Caps(wall_s=1.0, why="1.5x its 0.7 s"))  # fmt: skip
+    assert res.violations == ["untimed compute: ran past 1 s (1.5x its 0.7 s)"] and res.seconds < 5
+
+
+def test_caps_come_from_the_baseline_and_the_programs_slack(tmp_path):
+    prog, _ = _program(tmp_path, sandbox="{cpu_slack: 4, wall_slack: 1.5}")
+    caps = Caps.from_baseline(prog, cpu=[40.0, 42.0, 41.0], wall=[30.0, 31.0, 29.0])
+    assert caps.cpu_s == pytest.approx(168.0) and caps.wall_s == pytest.approx(46.5)
+    assert caps.why == "4x the baseline's 42.0 CPU-s and 1.5x its 31.0 s of wall clock"
+    assert Caps.from_baseline(prog, cpu=[], wall=[]) == Caps(None, None, "")
+
+
+def test_a_read_path_that_is_not_absolute_names_the_field(tmp_path):
+    program = make_repo(tmp_path / "repo", sandbox="{reads: {run: ['$HOME/data']}}")
+    with pytest.raises(InputError, match="only ~ and \\$NIGHTLAB_CACHE are expanded") as err:
+        load_program(program)
+    assert err.value.field == "sandbox.reads.run"
+
+
+# ---- the campaign: bubblewrap required for code a model wrote, the data checked every run ----
+
+
+def _edit_client() -> ScriptedClient:
+    edit = {"hypothesis": "doubling the step size reaches a lower loss within the budget",
+            "edits": [{"path": "train.py", "search": "LR = 0.01", "replace": "LR = 0.02"}]}  # fmt: skip
+    return ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": edit})
+
+
+def test_edit_mode_without_bubblewrap_refuses_unless_unsandboxed(tmp_path, monkeypatch, capsys):
+    program = make_repo(tmp_path / "repo")
+    monkeypatch.setattr(bwrap, "unavailable", lambda: f"bubblewrap is not installed: {bwrap.INSTALL_HINT}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["campaign", "--program", str(program), "--org", str(ROLES / "solo")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "bubblewrap is not installed" in err and "apt-get install bubblewrap" in err and "--unsandboxed" in err
+    assert not c.list_tags()  # nothing was written
+    c.start(program, ROLES / "solo", tag="open", max_experiments=1, models=_edit_client(), unsandboxed=True)
+    runs = Ledger(c.campaign_dir("open") / "ledger.db").db["runs"].rows
+    assert {r["isolation"].split(":")[0].split(" (")[0] for r in runs} <= {"isolated", "not isolated"}
+    assert c.load_record("open").unsandboxed is True
+
+
+def test_knob_mode_without_bubblewrap_runs_and_records_it(tmp_path, monkeypatch):
+    program = make_repo(tmp_path / "repo")
+    monkeypatch.setattr(bwrap, "unavailable", lambda: "bubblewrap is not installed")
+    client = ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": knob("LR", "x2")})
+    c.start(program, ROLES / "tiered", tag="knobs", max_experiments=1, models=client)
+    runs = list(Ledger(c.campaign_dir("knobs") / "ledger.db").db["runs"].rows)
+    assert runs and all(not r["isolation"].startswith("bubblewrap") for r in runs)
+
+
+@needs_bwrap
+def test_every_run_of_a_campaign_is_sandboxed_and_records_it(tmp_path):
+    prog, repo = _program(tmp_path)
+    c.start(prog.path, ROLES / "solo", tag="boxed", max_experiments=1, models=_edit_client())
+    ledger = Ledger(c.campaign_dir("boxed") / "ledger.db")
+    runs = list(ledger.db["runs"].rows)
+    assert len(runs) == 2 and all(r["isolation"].startswith("bubblewrap: no network") for r in runs)
+    assert all(r["cpu_seconds"] and r["cpu_seconds"] > 0 for r in runs)
+    assert [e["metric"] for e in ledger.experiments()] == pytest.approx([1.575, 1.554], abs=1e-3)
+
+
+def test_a_poisoned_data_file_stops_the_campaign_before_the_next_run(tmp_path):
+    prog, repo = _program(tmp_path)
+    c.start(prog.path, ROLES / "tiered", tag="poison", max_experiments=1,
+            models=ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE,
+                                           "proposer": knob("LR", "x2")}))  # fmt: skip
+    before = Ledger(c.campaign_dir("poison") / "ledger.db").experiments()
+    val = tmp_path / "cache" / "val" / "val.txt"
+    val.write_text("0.0")  # a run of an unsandboxed campaign, or anyone, changed the data
+    client = ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": knob("DEPTH", "x2")})
+    with pytest.raises(InputError, match="changed since this campaign's setup hashed the data") as err:
+        c.resume("poison", max_experiments=2, models=client)
+    assert err.value.path == str(val)
+    assert Ledger(c.campaign_dir("poison") / "ledger.db").experiments() == before  # nothing lost
