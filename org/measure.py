@@ -19,12 +19,18 @@ rejected as untimed compute.
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from org import bwrap
+from org.environment import run_env
 from org.program import Program
-from org.sandbox import RunLimits, SandboxResult, check_metrics, run_sandboxed
+from org.runner import argv_for, kill_group, with_deathsig
+from org.sandbox import RunLimits, SandboxResult, check_metrics, network_isolation, run_sandboxed
 from org.settings import cache_dir
 
 CHECKPOINT = "model.pt"  # the file name a run saves its model to, in its output directory
@@ -103,11 +109,13 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
             fh.write(note)
         return replace(trained, returncode=1, summary=summary, tail=trained.tail + note)
     eval_log = trained.log_path.with_name(trained.log_path.stem + ".eval.log")
-    ev = run_sandboxed(spec.evaluate, cwd, child_env(program, {**env, "NIGHTLAB_CHECKPOINTS": str(saved)}),
-                       RunLimits(timeout_s=timeout_s), eval_log, pid_file=pid_file, protected=protected,
-                       view=view(program, "evaluate", cwd, extra_reads=(saved,)) if sandboxed else None)  # fmt: skip
+    with model_servers(program, cwd, [saved], False, trained.log_path, sandboxed) as (fds, extra):
+        ev = run_sandboxed(spec.evaluate, cwd, child_env(program, {**env, "NIGHTLAB_CHECKPOINTS": str(saved), **extra}),
+                           RunLimits(timeout_s=timeout_s), eval_log, pid_file=pid_file, protected=protected,
+                           view=view(program, "evaluate", cwd, extra_reads=(saved,)) if sandboxed else None,
+                           pass_fds=fds)  # fmt: skip
     text = eval_log.read_text(encoding="utf-8", errors="replace")
-    with trained.log_path.open("a", encoding="utf-8") as fh:
+    with trained.log_path.open("a", encoding="utf-8") as fh:  # the scorer's block ends the log
         fh.write(f"\n=== nightlab: evaluate ({spec.evaluate}) ===\n{text}")
     eval_log.unlink(missing_ok=True)
     violations = list(ev.violations)
@@ -119,3 +127,52 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
                    timed_out=ev.timed_out, seconds=trained.seconds + ev.seconds,
                    summary={} if failed else summary, tail=(trained.tail + "\n" + ev.tail)[-4000:],
                    violations=violations)  # fmt: skip
+
+
+SERVER_LOG_TAIL = 8192  # bytes of each model server's output appended to the run log
+
+
+@contextmanager
+def model_servers(program: Program, cwd: Path, saved: list[Path], verify: bool, log: Path,
+                  sandboxed: bool) -> Iterator[tuple[tuple[int, ...], dict[str, str]]]:  # fmt: skip
+    """Start the program's model server for each saved model (and a fresh verifier beside each
+    when `verify`), each in a sandbox of its own that reads only the worktree and its model, and
+    yield (the socket fds to hand the scorer, its env: $NIGHTLAB_MODEL_FDS). Without a
+    `model_server` the scorer loads the models itself: ((), {}). The servers' output is appended
+    to `log` before the scorer's, and they are killed when the scorer is done."""
+    if not program.spec.model_server:
+        yield (), {}
+        return
+    procs: list[tuple[subprocess.Popen, Path]] = []
+    ours: list[socket.socket] = []
+    groups = []
+    try:
+        for i, model in enumerate(saved):
+            group = []
+            for role in ("main", "verifier") if verify else ("main",):
+                mine, theirs = socket.socketpair()
+                ours.append(mine)
+                out = log.with_name(f"{log.stem}.serve{i}-{role}.log")
+                prefix = bwrap.argv(bwrap.View(cwd=cwd, reads=(model,), tmp_bytes=program.spec.sandbox.tmp_mb * 2**20)) \
+                    if sandboxed else list(network_isolation()[0])  # fmt: skip
+                env = run_env(child_env(program, {"NIGHTLAB_CHECKPOINT": str(model),
+                                                  "NIGHTLAB_MODEL_FD": str(theirs.fileno())}))  # fmt: skip
+                with out.open("wb") as fh:
+                    proc = subprocess.Popen(with_deathsig([*prefix, *argv_for(program.spec.model_server)]), cwd=cwd,
+                                            env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                            start_new_session=True, pass_fds=(theirs.fileno(),))  # fmt: skip
+                theirs.close()
+                procs.append((proc, out))
+                group.append(str(mine.fileno()))
+            groups.append(",".join(group))
+        yield tuple(s.fileno() for s in ours), {"NIGHTLAB_MODEL_FDS": ";".join(groups)}
+    finally:
+        for sock in ours:
+            sock.close()
+        with log.open("a", encoding="utf-8") as fh:
+            for proc, out in procs:
+                kill_group(proc.pid)
+                proc.wait()
+                text = out.read_bytes()[-SERVER_LOG_TAIL:].decode("utf-8", errors="replace") if out.exists() else ""
+                fh.write(f"\n=== nightlab: model server {out.name} (exit {proc.returncode}) ===\n{text}")
+                out.unlink(missing_ok=True)

@@ -154,6 +154,12 @@ class ProgramSpec(BaseModel):
     # run's. The run is told to save its model ($NIGHTLAB_CHECKPOINT) and that it is scored
     # separately ($NIGHTLAB_EVAL=separate). None: the metric is read from the run's own output.
     evaluate: str | None = None
+    # A model server: with it, the evaluate and test commands never run the model's code. The
+    # harness starts this command once per saved model ($NIGHTLAB_CHECKPOINT), in a sandbox that
+    # reads nothing but the worktree and that model, hands it one end of a socket
+    # ($NIGHTLAB_MODEL_FD) and the scorer the other ($NIGHTLAB_MODEL_FDS). The held-out test of
+    # a keep starts a second, fresh copy beside each (the verifier) that the scorer's checks ask.
+    model_server: str | None = None
     sandbox: SandboxSpec = SandboxSpec()
     env: dict[str, str] = {}
     metric: str

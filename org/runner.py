@@ -52,7 +52,7 @@ def argv_for(command: str) -> list[str]:
     return argv
 
 
-def _with_deathsig(argv: list[str]) -> list[str]:
+def with_deathsig(argv: list[str]) -> list[str]:
     """Prefix util-linux `setpriv --pdeathsig KILL` where it exists: the run dies with nightlab.
 
     (A preexec_fn calling prctl would do the same but is unsafe in a threaded parent.) Without
@@ -116,7 +116,7 @@ def spawn(argv: list[str], cwd: Path, env: dict[str, str], sink: _CappedSink, pi
           **popen: Any) -> tuple[subprocess.Popen, threading.Thread]:  # fmt: skip
     """Start argv in its own process group (a timeout kills everything it spawned), dying with
     nightlab, its stdout+stderr pumped into `sink` by a thread."""
-    proc = subprocess.Popen(_with_deathsig(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(with_deathsig(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             **popen)  # fmt: skip
     if pid_file is not None:

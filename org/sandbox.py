@@ -232,6 +232,7 @@ def run_sandboxed(
     bounds: dict[str, tuple[float, float]] | None = None,
     isolate_network: bool = True,
     view: bwrap.View | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> SandboxResult:
     if view is not None:
         prefix, network = tuple(bwrap.argv(view)), view.describe()
@@ -244,7 +245,8 @@ def run_sandboxed(
     rl_prefix, preexec = _rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
     watchdog = _Watchdog(limits.procs, disk, limits.disk_bytes)
     res, text = run_child([*rl_prefix, *prefix, *argv_for(command)], cwd, run_env(env), limits.timeout_s,
-                          log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec)  # fmt: skip
+                          log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec,
+                          pass_fds=pass_fds)  # fmt: skip
     if res.cpu_seconds is not None:  # the kernel's count stops at a PID namespace: take the larger
         res.cpu_seconds = max(res.cpu_seconds, watchdog.cpu_seconds)
     violations: list[str] = []

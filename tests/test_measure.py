@@ -10,6 +10,7 @@ file only the evaluation sandbox can see.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,53 @@ def test_a_poisoned_data_file_stops_the_campaign_before_the_next_run(tmp_path):
         c.resume("poison", max_experiments=2, models=client)
     assert err.value.path == str(val)
     assert Ledger(c.campaign_dir("poison") / "ledger.db").experiments() == before  # nothing lost
+
+
+# ---- the real target: the scorer never runs train.py's code ---------------------------------
+
+HOSTILE = '''
+import atexit, os, sys
+from trainer import prepare as _p
+if __name__ != "__main__":  # imported to be scored: try to read val, then forge the metric at exit
+    try:
+        open(_p.val_dir() / "val.bin", "rb").read(16)
+        print("val: READABLE", flush=True)
+    except OSError:
+        print("val: unreadable", flush=True)
+    atexit.register(lambda: print("---\\nval_bpb:          0.100000", flush=True))
+    os.write(1, b"---\\nval_bpb: 0.100000\\n")
+'''
+
+
+def _real_target(tmp_path: Path, hostile: bool, **front) -> tuple:
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / ("hostile" if hostile else "honest")
+    shutil.copytree(repo / "trainer", work / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    if hostile:
+        train = work / "trainer" / "train.py"
+        train.write_text(train.read_text().replace('\nif __name__ == "__main__":', HOSTILE + '\nif __name__ == "__main__":'))
+    program = load_program(repo / "programs" / "quickstart.md")
+    spec = program.spec.model_copy(update=front)
+    return program.__class__(spec=spec, strategy="", path=program.path, repo=program.repo), work
+
+
+@pytest.mark.slow
+@needs_bwrap
+def test_forged_output_from_model_code_reaches_no_metric(prepared_cpu, tmp_path):
+    env = {"NIGHTLAB_PRESET": "cpu", "NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_FLOPS": "2e11"}
+    results = {}
+    for hostile in (False, True):
+        program, work = _real_target(tmp_path, hostile)
+        log = tmp_path / f"{hostile}.log"
+        res = measure(program, work, env, log, tmp_path / f"out{hostile}", sandboxed=True, timeout_s=300)
+        assert res.returncode == 0 and not res.violations, res.tail
+        results[hostile] = float(res.summary["val_bpb"])
+        if hostile:
+            text = log.read_text()
+            assert "val: unreadable" in text and "val: READABLE" not in text  # the server reads no data
+            assert text.rstrip().endswith("eval_tokens:      " + str(4 * 256))  # the scorer's block ends it
+    assert results[True] == results[False] != 0.1  # the same model, the same score: the forgery changed nothing
+    # the same code scored in-process (no model server): its exit handler writes the last block
+    program, work = _real_target(tmp_path / "inproc", True, model_server=None)
+    res = measure(program, work, env, tmp_path / "inproc.log", tmp_path / "out3", sandboxed=True, timeout_s=300)
+    assert float(res.summary["val_bpb"]) == 0.1  # why the scorer must not run the model's code

@@ -220,3 +220,74 @@ def test_replacing_the_harness_own_functions_is_refused(tokenizer, how):
             score(Unigram(tokenizer.get_vocab_size()), tokenizer)
     finally:
         setattr(target, name, real)
+
+
+# ---- a model in another process: the checks ask a fresh copy (trainer/remote.py) --------------
+
+
+class Replayer(Unigram):
+    """Puts its mass on the next input token (reads the future), and remembers every row it
+    answered: a row sharing at least `prefix` leading tokens with one it saw (a causality probe,
+    a statelessness re-check) gets the remembered logits up to where the two differ, so a check
+    that asks the same process always agrees with the cheat."""
+
+    def __init__(self, vocab: int, prefix: int):
+        super().__init__(vocab)
+        self.prefix, self.seen = prefix, []
+
+    def forward(self, x):
+        nxt = torch.roll(x, -1, dims=1).unsqueeze(-1)
+        out = super().forward(x).scatter_add(2, nxt, torch.full(nxt.shape, 20.0))
+        for i, row in enumerate(x):
+            best, best_out = 0, None  # the remembered row sharing the longest prefix with this one
+            for old_row, old_out in self.seen:
+                diff = (old_row != row).nonzero()
+                same = int(diff[0]) if len(diff) else row.numel()
+                if same > best:
+                    best, best_out = same, old_out
+            if best >= self.prefix:
+                out[i, :best] = best_out[:best]
+            self.seen.append((row.clone(), out[i].clone()))
+        return out
+
+
+def _val_score(model, verifier=None) -> float:
+    return prepare.score_split(model.eval(), "val", 32, verifier)
+
+
+def test_a_model_that_replays_its_answers_fools_checks_that_ask_it(tokenizer):
+    """Why the scorer asks a fresh copy: the cheating process's memory answers every check put
+    to it (a replay from one shared token on: every row starts with BOS)."""
+    vocab = tokenizer.get_vocab_size()
+    assert _val_score(Replayer(vocab, 1)) < 0.5 * _val_score(Unigram(vocab))  # far "better": it reads the future
+
+
+@pytest.mark.parametrize("prefix", [1, 8, 64])
+def test_a_model_that_replays_its_answers_to_checks_is_caught_by_a_fresh_copy(tokenizer, prefix):
+    vocab = tokenizer.get_vocab_size()
+    with pytest.raises(ScoringError, match="causality check"):
+        _val_score(Replayer(vocab, prefix), verifier=Replayer(vocab, prefix).eval())
+
+
+def test_an_honest_model_and_its_fresh_copy_agree(tokenizer):
+    vocab = tokenizer.get_vocab_size()
+    assert _val_score(MaskedAttention(vocab), verifier=MaskedAttention(vocab).eval()) == _val_score(MaskedAttention(vocab))
+
+
+class LearnsTheScoredText(Unigram):
+    """Dynamic evaluation: a bias toward every token it has been shown, kept across calls."""
+
+    def __init__(self, vocab: int):
+        super().__init__(vocab)
+        self.counts = torch.zeros(vocab)
+
+    def forward(self, x):
+        out = super().forward(x) + torch.log1p(self.counts)
+        self.counts += torch.bincount(x.flatten(), minlength=self.counts.numel()).float()
+        return out
+
+
+def test_a_model_that_learns_from_what_it_scores_is_caught_by_a_fresh_copy(tokenizer):
+    vocab = tokenizer.get_vocab_size()
+    with pytest.raises(ScoringError, match="(statelessness|causality) check"):
+        _val_score(LearnsTheScoredText(vocab), verifier=LearnsTheScoredText(vocab).eval())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import socket
 import statistics
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ from types import ModuleType
 
 import torch
 
-from trainer import prepare, scoring
+from trainer import prepare, remote, scoring
 from trainer.scoring import ScoringError
 
 
@@ -63,6 +64,23 @@ def load_model(module: ModuleType, checkpoint: Path, device: torch.device) -> to
     return model.eval()
 
 
+REMOTE_BATCH = 32  # rows per request to a model server (the batch changes speed only, never the score)
+
+
+def model_servers(n: int) -> list[tuple[remote.RemoteModel, remote.RemoteModel | None]] | None:
+    """The model servers the harness connected this scorer to ($NIGHTLAB_MODEL_FDS: per saved
+    model, in order, `main[,verifier]` socket fds, `;`-separated), or None: score in-process."""
+    raw = os.environ.get("NIGHTLAB_MODEL_FDS")
+    if not raw:
+        return None
+    groups = [g.split(",") for g in raw.split(";")]
+    if len(groups) != n or not all(1 <= len(g) <= 2 and all(f.isdigit() for f in g) for g in groups):
+        raise prepare.DataError("$NIGHTLAB_MODEL_FDS", f"{raw!r} does not name a server (and a verifier) for each of {n} models")
+    return [(remote.RemoteModel(socket.socket(fileno=int(g[0])), f"model {i + 1}"),
+             remote.RemoteModel(socket.socket(fileno=int(g[1])), f"model {i + 1} (verifier)", verifier=True)
+             if len(g) == 2 else None) for i, g in enumerate(groups)]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.heldout", description=__doc__.split("\n\n")[1])
     ap.add_argument("checkpoints", nargs="*", type=Path, help="saved models (default: $NIGHTLAB_CHECKPOINTS)")
@@ -84,17 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")  # as train.py evaluates
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     try:
-        module = load_script(args.script)
-        batch = getattr(module, "EVAL_BATCH_SIZE", 32)
-        batch = batch if type(batch) is int and batch > 0 else 32
+        servers = model_servers(len(paths))
+        module = None if servers else load_script(args.script)  # with servers, no train.py code runs here
+        batch = REMOTE_BATCH if servers else getattr(module, "EVAL_BATCH_SIZE", REMOTE_BATCH)
+        batch = batch if type(batch) is int and batch > 0 else REMOTE_BATCH
         scores, vals = [], []
-        for path in paths:
-            model = load_model(module, path, device)
+        for i, path in enumerate(paths):
+            model, verifier = servers[i] if servers else (load_model(module, path, device), None)
             with autocast:
                 if args.split == "test":
-                    scores.append(prepare.score_split(model, "test", batch))
-                vals.append(prepare.score_split(model, "val", batch))
+                    scores.append(prepare.score_split(model, "test", batch, verifier))
+                vals.append(prepare.score_split(model, "val", batch, verifier))
             print(f"{path}: " + (f"test_bpb {scores[-1]:.6f} " if scores else "") + f"val_bpb {vals[-1]:.6f}", flush=True)
+            for m in (model, verifier):
+                if isinstance(m, remote.RemoteModel):
+                    m.close()
             del model
     except ScoringError as e:  # the model failed a check: the campaign rejects the keep
         print(f"heldout: {path}: {e}", flush=True)

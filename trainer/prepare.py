@@ -438,16 +438,17 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
 
 
 @torch.no_grad()
-def score_split(model, split: str, batch_size: int) -> float:
-    """The metric on the first EVAL_TOKENS tokens of `split` ("val" or "test"), in file order."""
-    device = next(model.parameters()).device
+def score_split(model, split: str, batch_size: int, verifier=None) -> float:
+    """The metric on the first EVAL_TOKENS tokens of `split` ("val" or "test"), in file order.
+    `model` (and `verifier`) may be a model server (trainer/remote.py): then on the CPU here."""
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
     path = split_dir(split)
     check_cache(path)
     tokenizer = Tokenizer.from_directory(path)
     batches = _packed_batches(*_load_split(path, split), tokenizer.get_bos_token_id(), batch_size, MAX_SEQ_LEN,
                               shuffle=False, buffer_size=1000, device=device, seed=0)
-    return score(model, batches, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device))
+    return score(model, batches, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device), verifier)
 
 
 def save_model(model, path: Path) -> None:

@@ -8,18 +8,19 @@ special tokens excluded. The model is given tokens only: `model(x)` returns logi
 harness computes the cross-entropy, so targets never reach model code. Before a score counts:
 
 - the logits are a plain tensor of the right shape (a Tensor subclass could rewrite the loss);
-- causality: changing every token from position t on leaves the logits before t unchanged, for
-  PROBES positions t drawn at random for each evaluation (a fixed t would let attention that
-  reads ahead within aligned chunks through);
-- statelessness: the first batch scored again at the end gives the same logits, and no parameter
-  changed while scoring;
+- causality: changing every token of a row from position t on leaves the row's logits before t
+  unchanged, with t drawn at random for every row of a probed batch (a fixed t would let
+  attention that reads ahead within aligned chunks through);
+- statelessness: a batch scored again gives the same logits, and no parameter changed while
+  scoring. With a model in another process (trainer/remote.py) these two checks ask a fresh copy
+  of it (the verifier), so a model cannot answer them from what it remembers;
 - the functions the harness scores with are the ones it imported (not patched since: the torch
   namespaces it uses and its own modules' globals, compared value by value), and no torch
   function or dispatch mode is active.
 
-A failed check raises ScoringError naming it. In a process that ran train.py's code first these
-checks are hints; trainer/heldout.py re-scores a keep's saved models in a fresh process where the
-harness was imported before any of it.
+A failed check raises ScoringError naming it. In a process that runs train.py's code these checks
+are hints (its code could undo anything here); the boundary is a scorer that never runs it,
+asking model servers in sandboxes of their own (trainer/heldout.py, trainer/serve.py).
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ def _logits(model, x: torch.Tensor, vocab: int) -> torch.Tensor:
     return logits
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _close(a: torch.Tensor, b: torch.Tensor, low: bool = False) -> bool:
     """Equal up to float noise, far below what a leak or an update moves: 1e-4 in fp32, 1e-2 for
-    logits computed in bf16/fp16 (autocast on GPU; the same kernels usually agree to the bit)."""
-    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 1e-2
+    logits computed in bf16/fp16 (autocast on GPU; the same kernels usually agree to the bit;
+    `low`: a model server computed them so)."""
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) and not low else 1e-2
     a, b = a.float(), b.float()
     return bool(torch.allclose(a, b, rtol=tol, atol=tol * (1.0 + float(a.abs().max()))))
 
@@ -112,26 +114,65 @@ def _fingerprint(model) -> torch.Tensor:
     return torch.stack(parts)
 
 
+def _probe(x: torch.Tensor, vocab: int) -> tuple[torch.Tensor, list[int]]:
+    """`x` with every token from a random position k_i on changed in each row i: spliced from the
+    next row where there is one (real text: harder to tell from a real row), shifted otherwise."""
+    later, cuts = x.clone(), []
+    for i in range(x.size(0)):
+        k = _random.randrange(1, x.size(1))
+        if x.size(0) > 1:
+            later[i, k:] = x[(i + 1) % x.size(0), k:]
+        same = later[i, k:] == x[i, k:]
+        later[i, k:][same] = (x[i, k:][same] + 1 + _random.randrange(vocab - 1)) % vocab  # every one differs
+        cuts.append(k)
+    return later, cuts
+
+
+def _low(*models) -> bool:
+    return any(getattr(m, "low_precision", False) for m in models)
+
+
+def _causal(model, x: torch.Tensor, logits: torch.Tensor, vocab: int, low: bool) -> None:
+    """Changing each row's tokens from a random k_i on must leave its logits before k_i as they were."""
+    later, cuts = _probe(x, vocab)
+    again = _logits(model, later, vocab)
+    for i, k in enumerate(cuts):
+        if not _close(again[i, :k], logits[i, :k], low or _low(model)):
+            raise ScoringError("causality", f"the logits before position {k} changed when only tokens from it "
+                               "on changed: the model reads the future (or is not deterministic)")  # fmt: skip
+
+
 @torch.no_grad()
-def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows: int, token_bytes: torch.Tensor) -> float:
+def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows: int, token_bytes: torch.Tensor,
+          verifier=None) -> float:  # fmt: skip
     """Bits per byte over exactly `rows` rows of `batches` whatever their batch size (the last batch
-    is cut), so an eval batch size changes speed only, never which tokens are scored."""
+    is cut), so an eval batch size changes speed only, never which tokens are scored.
+
+    `model` is a torch module in this process, or a model in another (trainer/remote.py). With a
+    `verifier`, a fresh copy of the same model in a process of its own that saw nothing else,
+    the checks ask it instead: PROBES batches drawn at random are probed for causality, and
+    another is scored again, against what `model` answered. A model that keeps state between
+    calls (to replay its answers when it recognises a probe, or to learn the scored text) cannot
+    share it with the verifier."""
     _unpatched()
     vocab = token_bytes.numel()  # the cache's tokenizer
-    params = _fingerprint(model)
-    total_nats, total_bytes, rows_left, first = 0.0, 0, max(1, rows), None
+    params = _fingerprint(model) if isinstance(model, torch.nn.Module) else None
+    first = next(batches)
+    x0 = first[0]
+    n_batches = math.ceil(max(1, rows) / x0.size(0))
+    probed = set(_random.sample(range(n_batches), min(PROBES, n_batches))) if verifier is not None else {0}
+    replayed = _random.randrange(n_batches // 2, n_batches) if verifier is not None else 0
+    checker = verifier if verifier is not None else model
+    total_nats, total_bytes, rows_left, kept, index = 0.0, 0, max(1, rows), None, 0
+    pending = [first]
     while rows_left > 0:
-        x, y, _ = next(batches)
+        x, y, _ = pending.pop() if pending else next(batches)
         x, y = x[:rows_left].clone(), y[:rows_left].clone()  # x shares no storage with the targets
         logits = _logits(model, x, vocab)
-        if first is None:
-            first = (x, logits)
-            for k in sorted(_random.sample(range(1, x.size(1)), min(PROBES, x.size(1) - 1))):
-                later = x.clone()
-                later[:, k:] = (later[:, k:] + 1 + _random.randrange(vocab - 1)) % vocab  # every token from k on
-                if not _close(_logits(model, later, vocab)[:, :k], logits[:, :k]):
-                    raise ScoringError("causality", f"the logits before position {k} changed when only tokens "
-                                       "from it on changed: the model reads the future (or is not deterministic)")  # fmt: skip
+        if index in probed:
+            _causal(checker, x, logits, vocab, _low(model))
+        if index == replayed:
+            kept = (x, logits)
         with torch._C.DisableTorchFunctionSubclass():
             losses = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1), reduction="none")
         nats, nbytes = bits_per_byte(losses, y, token_bytes)
@@ -139,10 +180,13 @@ def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows
         total_nats += nats
         total_bytes += nbytes
         rows_left -= len(y)
-    if not _close(_logits(model, first[0], vocab), first[1]):
-        raise ScoringError("statelessness", "the first batch scored again at the end gave other logits (state "
-                           "kept between calls, or a model that is not deterministic)")
-    if not torch.equal(_fingerprint(model), params):
+        index += 1
+    assert kept is not None
+    if not _close(_logits(checker, kept[0], vocab), kept[1], _low(model, checker)):
+        what = "a fresh copy of the model" if verifier is not None else "the model, at the end"
+        raise ScoringError("statelessness", f"a batch scored again by {what} gave other logits (state kept "
+                           "between calls, or a model that is not deterministic)")  # fmt: skip
+    if params is not None and not torch.equal(_fingerprint(model), params):
         raise ScoringError("statelessness", "the model's parameters changed while it was being scored")
     _unpatched()
     return total_nats / (math.log(2) * total_bytes)
