@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evals.redteam import run_suite  # noqa: E402
 from org.program import load_program  # noqa: E402
-from org.sandbox import RunLimits, file_hashes, run_sandboxed  # noqa: E402
+from org import bwrap  # noqa: E402
+from org.sandbox import RunLimits, check_metrics, file_hashes, run_sandboxed  # noqa: E402
 from org.smoke import smoke_reason, smoke_run  # noqa: E402
 from org.vet import VetInput, vet  # noqa: E402
 from org.workspace import Workspace  # noqa: E402
@@ -108,8 +109,8 @@ def crash_campaign(n: int, vetting: bool, seed: int, late_share: float) -> dict[
                     out["sound_rejected"] += kind != "broken"
                     continue
             res = run_sandboxed(prog.spec.run, root, prog.spec.env, RunLimits(prog.run_timeout_s),
-                                root / "logs" / f"r{i}.log", protected=protected, bounds=prog.spec.bounds)  # fmt: skip
-            crashed = res.rejected or res.returncode != 0 or "val_bpb" not in res.summary
+                                root / "logs" / f"r{i}.log", protected=protected)  # fmt: skip
+            crashed = res.rejected or res.returncode != 0 or bool(check_metrics(res.summary, prog.spec.bounds))
             out["runs"] += 1
             out["crashes"] += crashed
             if kind != "sound":
@@ -129,7 +130,9 @@ def smoke_seconds(reps: int) -> float:
     log_dir = Path(tempfile.mkdtemp(prefix="nightlab-smokebench-"))
     for i in range(reps):
         start = time.monotonic()
-        res = smoke_run("python -m trainer.train", ROOT, {"NIGHTLAB_CACHE": str(cache)}, 120, log_dir / f"{i}.log")
+        os.environ["NIGHTLAB_CACHE"] = str(cache)  # the quickstart's sandbox reads $NIGHTLAB_CACHE/data
+        res = smoke_run(load_program(ROOT / "programs" / "quickstart.md"), ROOT, log_dir / f"{i}.log",
+                        sandboxed=bwrap.unavailable() is None)  # fmt: skip
         times.append(time.monotonic() - start)
         reason = smoke_reason(res, "val_bpb")
         if reason:

@@ -127,6 +127,27 @@ def test_splits_are_disjoint_deterministic_and_test_is_kept_apart(tiny_preset, c
         next(P.make_dataloader(tok, 1, 8, "test"))
 
 
+def test_the_split_is_secret_unless_named(tiny_preset, corpus):
+    """A run can read the corpus (the cpu preset's is the interpreter's own stdlib): without the
+    salt it must not be able to tell which documents are val or test. Each build draws a new
+    secret salt, recorded only beside val and test; naming one rebuilds the same split."""
+    P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None)
+    data, val_dir = P.data_dir(tiny_preset), P.val_dir(tiny_preset)
+    salt = json.loads((val_dir / "meta.json").read_text())["split_salt"]
+    assert "split_salt" not in json.loads((data / "meta.json").read_text())
+    assert salt in (P._heldout_dir(tiny_preset) / "meta.json").read_text()
+    assert not any(salt in p.read_bytes().decode("latin-1") for p in data.iterdir())  # nothing training reads
+    first = (val_dir / "val.bin").read_bytes()
+    P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None, force=True)
+    assert (val_dir / "val.bin").read_bytes() != first  # a new secret, a new split
+    P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None, force=True, split_salt=salt)
+    assert (val_dir / "val.bin").read_bytes() == first  # the named salt: the same split
+    docs = [Document(str(i), t) for i, t in enumerate(_docs(120))]
+    unsalted = {d.text for d in docs if P.split_of(d, 0.2, 0.2) == "val"}
+    salted = {d.text for d in docs if P.split_of(d, 0.2, 0.2, bytes.fromhex(salt)) == "val"}
+    assert unsalted != salted  # the public hash does not name the val documents
+
+
 # ---- tokenizer ----
 
 

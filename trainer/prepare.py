@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import pickle
+import secrets
 import shutil
 import sys
 import tempfile
@@ -46,7 +47,7 @@ from trainer.scoring import bits_per_byte, score  # noqa: F401  (bits_per_byte: 
 
 # ---- Presets (fixed per campaign; train.py reads these, never changes them) ----
 
-HARNESS_VERSION = 3  # (v3: val in its own directory) bump when the cache format or the metric changes; old caches then refuse to load
+HARNESS_VERSION = 4  # bump when the cache format or the metric changes (v3: val apart; v4: salted split)
 PRESETS: dict[str, dict] = {
     # quickstart on a laptop / 2-core CI box: ~1-2M params, ~60 s of training
     # eval_tokens 2**16 (v2; was 2**17): ~3.5 s of forward passes per run instead of ~7 s on 2 cores.
@@ -131,9 +132,12 @@ def split_dir(split: str, preset: str | None = None) -> Path:
 # ---- Splits ----
 
 
-def split_of(doc: Document, val_frac: float, test_frac: float) -> str:
-    """Deterministic split by the hash of a document's text: the same text always lands in the same split."""
-    h = int.from_bytes(hashlib.sha256(doc.text.encode("utf-8")).digest()[:8], "big") / 2**64
+def split_of(doc: Document, val_frac: float, test_frac: float, salt: bytes = b"") -> str:
+    """Deterministic split by the salted hash of a document's text: with one salt, the same text
+    always lands in the same split. `prepare` draws a secret salt per cache build: the cpu
+    corpus is this Python's own standard library, readable by any run, and without the salt a
+    run could compute which of its files are val and test, and train on exactly those."""
+    h = int.from_bytes(hashlib.sha256(salt + doc.text.encode("utf-8")).digest()[:8], "big") / 2**64
     if h < test_frac:
         return "test"
     if h < test_frac + val_frac:
@@ -481,7 +485,7 @@ def _atomic_replace_dir(tmp: Path, final: Path) -> None:
 
 
 def prepare(preset: str, source: str, path: str | None = None, num_shards: int = 10,
-            base_url: str = CLIMBMIX_BASE_URL, force: bool = False, log=print) -> dict:
+            base_url: str = CLIMBMIX_BASE_URL, force: bool = False, log=print, split_salt: str | None = None) -> dict:
     """Build (or reuse) the cache for a preset. Everything is written to temp dirs and renamed
     into place, so an interrupted or failed run leaves no partial cache behind."""
     cfg = PRESETS[preset]
@@ -499,9 +503,16 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
             log(f"prepare: {out} is up to date ({meta['tokens']['train']:,} train tokens)")
             return meta
 
+    # Secret unless the user names it (to rebuild the same split elsewhere): recorded only beside
+    # val and test, which a training run cannot read.
+    salt_hex = split_salt if split_salt is not None else secrets.token_hex(16)
+    try:
+        salt = bytes.fromhex(salt_hex)
+    except ValueError as e:
+        raise DataError("--split-salt", f"{salt_hex!r} is not hex") from e
     splits: dict[str, list[Document]] = {"train": [], "val": [], "test": []}
     for d in docs:
-        splits[split_of(d, cfg["val_frac"], cfg["test_frac"])].append(d)
+        splits[split_of(d, cfg["val_frac"], cfg["test_frac"], salt)].append(d)
     for name, ds in splits.items():
         if not ds:
             raise DataError(path or source, f"corpus too small: the {name} split got no documents "
@@ -544,8 +555,8 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
         for d in (tmp_held, tmp_val):  # each split's directory stands alone: a sandbox binds only some
             shutil.copy(tmp / "tokenizer.pkl", d / "tokenizer.pkl")
             shutil.copy(tmp / "token_bytes.npy", d / "token_bytes.npy")
-            (d / "meta.json").write_text(json.dumps(meta, indent=1))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            (d / "meta.json").write_text(json.dumps({**meta, "split_salt": salt_hex}, indent=1))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # no salt: training reads this one
         _atomic_replace_dir(tmp_held, held)
         _atomic_replace_dir(tmp_val, val_dir(preset))
         _atomic_replace_dir(tmp, out)  # last: its meta.json says the whole cache is ready
@@ -569,12 +580,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--base-url", default=os.environ.get("NIGHTLAB_CLIMBMIX_URL", CLIMBMIX_BASE_URL),
                    help="where shard_NNNNN.parquet files live")
     g = ap.add_argument_group("behaviour")
-    g.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    g.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date (a new split)")
+    g.add_argument("--split-salt", metavar="HEX", help="the salt that assigns documents to splits (default: a "
+                   "secret random one per build; val/ and heldout/ record it, to rebuild the same split)")
     args = ap.parse_args(argv)
     source = args.source or PRESETS[args.preset]["source"]
     try:
         prepare(args.preset, source, path=args.path, num_shards=args.num_shards,
-                base_url=args.base_url, force=args.force)
+                base_url=args.base_url, force=args.force, split_salt=args.split_salt)
     except DataError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 2
