@@ -63,8 +63,9 @@ bench: venv
 	$(BIN)/python -m evals.bench_vet
 	$(BIN)/python -m evals.bench_campaign --experiments 10
 
-redteam: venv
-	$(BIN)/python -m evals.redteam
+redteam: venv data
+	$(BIN)/python -m evals.redteam                # the vet gates: hostile and legitimate edits
+	$(BIN)/python -m evals.redteam.boundary --legit all  # every attack class end to end, and the legit set
 
 lint: venv
 	$(BIN)/ruff check org memory trainer evals tests

@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evals.redteam import run_suite  # noqa: E402
-from org.program import load_program  # noqa: E402
 from org import bwrap  # noqa: E402
+from org.program import load_program  # noqa: E402
 from org.sandbox import RunLimits, check_metrics, file_hashes, run_sandboxed  # noqa: E402
 from org.smoke import smoke_reason, smoke_run  # noqa: E402
 from org.vet import VetInput, vet  # noqa: E402

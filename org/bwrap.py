@@ -44,6 +44,7 @@ class View:
     cwd: Path  # the worktree: read-only, the working directory
     reads: tuple[Path, ...] = ()  # data this phase may read (read-only)
     writes: tuple[Path, ...] = ()  # private output directories (read-write, on disk)
+    mounts: tuple[tuple[Path, str], ...] = ()  # (file, where the sandbox sees it), read-only
     tmp_bytes: int = 2 * 2**30  # the /tmp tmpfs (and /dev/shm) cap: a real disk cap, in memory
 
     def describe(self) -> str:
@@ -105,6 +106,8 @@ def argv(view: View) -> list[str]:
     for path in sorted(ro | rw, key=lambda p: len(p.parts)):
         if path.exists():
             a += ["--bind" if path in rw else "--ro-bind", str(path), str(path)]
+    for src, dest in view.mounts:
+        a += ["--ro-bind", str(src), dest]
     a += ["--setenv", "HOME", f"{SCRATCH}/home", "--setenv", "TMPDIR", SCRATCH,
           "--setenv", "PYTHONPYCACHEPREFIX", f"{SCRATCH}/pycache", "--dir", f"{SCRATCH}/home",
           "--chdir", str(view.cwd.resolve()), "--"]  # fmt: skip

@@ -86,7 +86,7 @@ class Lab:
         res = measure(self.program, self.workspace.path, env, self.run_log(n, replicate), out, self.sandboxed,
                       self.program.run_timeout_s, pid_file=self.run_pid_file, protected=self.protected_hashes,
                       caps=self.caps() if n > 0 else Caps())  # fmt: skip
-        if (out / CHECKPOINT).is_file():
+        if (out / CHECKPOINT).is_file() and not (out / CHECKPOINT).is_symlink():
             (out / CHECKPOINT).replace(self.checkpoint(n, replicate))
         shutil.rmtree(out, ignore_errors=True)
         self.workspace.reset(commit)

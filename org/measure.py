@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import shutil
 import socket
+import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -28,9 +30,18 @@ from pathlib import Path
 
 from org import bwrap
 from org.environment import run_env
+from org.errors import InputError
 from org.program import Program
 from org.runner import argv_for, kill_group, with_deathsig
-from org.sandbox import RunLimits, SandboxResult, check_metrics, network_isolation, run_sandboxed
+from org.sandbox import (
+    RunLimits,
+    SandboxResult,
+    check_metrics,
+    network_isolation,
+    physical_memory,
+    rlimit_prefix,
+    run_sandboxed,
+)
 from org.settings import cache_dir
 
 CHECKPOINT = "model.pt"  # the file name a run saves its model to, in its output directory
@@ -102,7 +113,7 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
     spec = program.spec
     summary = {k: v for k, v in trained.summary.items() if k != spec.metric}
     assert trained.log_path is not None
-    if not saved.is_file():
+    if not _regular(saved):
         note = (f"\n[nightlab: the run saved no model at $NIGHTLAB_CHECKPOINT; the harness scores the "
                 f"saved model, so this run has no {spec.metric}]\n")  # fmt: skip
         with trained.log_path.open("a", encoding="utf-8") as fh:
@@ -130,49 +141,125 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
 
 
 SERVER_LOG_TAIL = 8192  # bytes of each model server's output appended to the run log
+SERVED_MODEL = "/nightlab/model.pt"  # where every server sees its model: the same path in every phase
+
+
+class _Servers:
+    """Model servers for one scoring: started, stopped, their logs appended to the run's."""
+
+    def __init__(self, program: Program, cwd: Path, log: Path, sandboxed: bool):
+        self.program, self.cwd, self.log, self.sandboxed = program, cwd, log, sandboxed
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, model: Path, label: str) -> socket.socket:
+        """A server for `model`, its socket on fd 0 and its model at SERVED_MODEL: main and verifier
+        are started identically, so nothing in its environment says which one it is."""
+        if not _regular(model):
+            raise InputError(model, "checkpoint", "the saved model is not a regular file")
+        mine, theirs = socket.socketpair()
+        out = self.log.with_name(f"{self.log.stem}.serve{label}.log")
+        spec = self.program.spec
+        if self.sandboxed:
+            prefix = bwrap.argv(bwrap.View(cwd=self.cwd, mounts=((model, SERVED_MODEL),),
+                                           tmp_bytes=spec.sandbox.tmp_mb * 2**20))  # fmt: skip
+            env = {"NIGHTLAB_CHECKPOINT": SERVED_MODEL, "NIGHTLAB_MODEL_FD": "0"}
+        else:
+            prefix, env = list(network_isolation()[0]), {"NIGHTLAB_CHECKPOINT": str(model), "NIGHTLAB_MODEL_FD": "0"}
+        limits, _ = rlimit_prefix({"data": int(0.8 * physical_memory()), "fsize": 2**30, "core": 0})
+        with out.open("wb") as fh:
+            proc = subprocess.Popen(with_deathsig([*limits, *prefix, *argv_for(spec.model_server)]), cwd=self.cwd,
+                                    env=run_env(child_env(self.program, env)), stdin=theirs.fileno(), stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        theirs.close()
+        with self.lock:
+            self.procs[label] = (proc, out)
+        return mine
+
+    def kill(self, label: str) -> None:
+        proc, _ = self.procs[label]
+        kill_group(proc.pid)
+        proc.wait()
+
+    def serve_control(self, ctrl: socket.socket, saved: list[Path]) -> None:
+        """The scorer's requests for verifiers ("verify <i>"): model i's main server is killed, and
+        only then a fresh copy started, whose socket goes back to the scorer. The two never live
+        at once, so they share nothing: no lock on a file they both read, no timing."""
+        buf = b""
+        while True:
+            try:
+                chunk = ctrl.recv(64)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                parts = line.decode(errors="replace").split()
+                if len(parts) != 2 or parts[0] != "verify" or not parts[1].isdigit() or int(parts[1]) >= len(saved):
+                    return
+                i = int(parts[1])
+                self.kill(f"{i}-main")
+                sock = self.start(saved[i], f"{i}-verifier")
+                socket.send_fds(ctrl, [b"ok"], [sock.fileno()])
+                sock.close()
+
+    def stop(self) -> None:
+        with self.log.open("a", encoding="utf-8") as fh:
+            for label, (proc, out) in sorted(self.procs.items()):
+                kill_group(proc.pid)
+                proc.wait()
+                fh.write(f"\n=== nightlab: model server {label} (exit {proc.returncode}) ===\n{_tail(out)}")
+                out.unlink(missing_ok=True)
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not a link to one: a run's output could link to data it should not reach."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _tail(path: Path) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - SERVER_LOG_TAIL))
+        return fh.read().decode("utf-8", errors="replace")
 
 
 @contextmanager
 def model_servers(program: Program, cwd: Path, saved: list[Path], verify: bool, log: Path,
                   sandboxed: bool) -> Iterator[tuple[tuple[int, ...], dict[str, str]]]:  # fmt: skip
-    """Start the program's model server for each saved model (and a fresh verifier beside each
-    when `verify`), each in a sandbox of its own that reads only the worktree and its model, and
-    yield (the socket fds to hand the scorer, its env: $NIGHTLAB_MODEL_FDS). Without a
-    `model_server` the scorer loads the models itself: ((), {}). The servers' output is appended
-    to `log` before the scorer's, and they are killed when the scorer is done."""
+    """Start the program's model server for each saved model, each in a sandbox of its own that
+    reads only the worktree and its model, and yield (the fds to hand the scorer, its env:
+    $NIGHTLAB_MODEL_FDS, and with `verify` $NIGHTLAB_CONTROL_FD, where it asks for each model's
+    verifier once that model is done). Without a `model_server` the scorer loads the models
+    itself: ((), {}). The servers' output is appended to `log` before the scorer's, and every
+    server is killed when the scorer is done."""
     if not program.spec.model_server:
         yield (), {}
         return
-    procs: list[tuple[subprocess.Popen, Path]] = []
+    servers = _Servers(program, cwd, log, sandboxed)
     ours: list[socket.socket] = []
-    groups = []
+    control = None
     try:
-        for i, model in enumerate(saved):
-            group = []
-            for role in ("main", "verifier") if verify else ("main",):
-                mine, theirs = socket.socketpair()
-                ours.append(mine)
-                out = log.with_name(f"{log.stem}.serve{i}-{role}.log")
-                prefix = bwrap.argv(bwrap.View(cwd=cwd, reads=(model,), tmp_bytes=program.spec.sandbox.tmp_mb * 2**20)) \
-                    if sandboxed else list(network_isolation()[0])  # fmt: skip
-                env = run_env(child_env(program, {"NIGHTLAB_CHECKPOINT": str(model),
-                                                  "NIGHTLAB_MODEL_FD": str(theirs.fileno())}))  # fmt: skip
-                with out.open("wb") as fh:
-                    proc = subprocess.Popen(with_deathsig([*prefix, *argv_for(program.spec.model_server)]), cwd=cwd,
-                                            env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                            start_new_session=True, pass_fds=(theirs.fileno(),))  # fmt: skip
-                theirs.close()
-                procs.append((proc, out))
-                group.append(str(mine.fileno()))
-            groups.append(",".join(group))
-        yield tuple(s.fileno() for s in ours), {"NIGHTLAB_MODEL_FDS": ";".join(groups)}
+        ours = [servers.start(model, f"{i}-main") for i, model in enumerate(saved)]
+        pass_fds = [s.fileno() for s in ours]
+        env = {"NIGHTLAB_MODEL_FDS": ";".join(map(str, pass_fds))}
+        if verify:
+            ctrl, theirs = socket.socketpair()
+            ours += [ctrl, theirs]
+            control = threading.Thread(target=servers.serve_control, args=(ctrl, saved), daemon=True)
+            control.start()
+            pass_fds.append(theirs.fileno())
+            env["NIGHTLAB_CONTROL_FD"] = str(theirs.fileno())
+        yield tuple(pass_fds), env
     finally:
         for sock in ours:
             sock.close()
-        with log.open("a", encoding="utf-8") as fh:
-            for proc, out in procs:
-                kill_group(proc.pid)
-                proc.wait()
-                text = out.read_bytes()[-SERVER_LOG_TAIL:].decode("utf-8", errors="replace") if out.exists() else ""
-                fh.write(f"\n=== nightlab: model server {out.name} (exit {proc.returncode}) ===\n{text}")
-                out.unlink(missing_ok=True)
+        if control is not None:
+            control.join(timeout=60)  # it is between a kill and a start at most
+        servers.stop()

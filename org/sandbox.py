@@ -180,11 +180,11 @@ def _pid_ns(pid: int) -> str | None:
         return None
 
 
-def _physical_memory() -> int:
+def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _rlimit_prefix(rlimits: dict[str, int]) -> tuple[list[str], Callable[[], None] | None]:
+def rlimit_prefix(rlimits: dict[str, int]) -> tuple[list[str], Callable[[], None] | None]:
     """util-linux `prlimit --data=N:N ... --` where it exists (no preexec_fn in a threaded parent);
     otherwise a preexec_fn that sets the same limits."""
     exe = shutil.which("prlimit")
@@ -240,9 +240,9 @@ def run_sandboxed(
     else:
         prefix, network = network_isolation() if isolate_network else ((), "not isolated: disabled")
         disk = [cwd, Path(tempfile.gettempdir())]
-    mem = limits.memory_bytes or int(0.8 * _physical_memory())
+    mem = limits.memory_bytes or int(0.8 * physical_memory())
     nproc = _user_tasks() + limits.procs
-    rl_prefix, preexec = _rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
+    rl_prefix, preexec = rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
     watchdog = _Watchdog(limits.procs, disk, limits.disk_bytes)
     res, text = run_child([*rl_prefix, *prefix, *argv_for(command)], cwd, run_env(env), limits.timeout_s,
                           log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec,

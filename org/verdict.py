@@ -113,7 +113,9 @@ def judge_test(program: Program, reported: list[float], res: RunResult) -> TestJ
     beside the verdict; the keep is rejected only when the harness refused its saved models
     (`rejected:` in the test command's block: a scoring check failed) or re-scored one of them on
     val further from what its run printed than float noise (a forged printout). A test command
-    that prints no re-scores (`<metric>_1`, ... or `<metric>` for the mean) is not checked."""
+    that prints no re-scores (`<metric>_1`, ... or `<metric>` for the mean) is not checked, unless
+    the program has a model server (the locked evaluator): then a keep whose test gives no finite
+    score or re-score is rejected."""
     metric = metric_from(res, program.test_key, None)
     summary = res.summary if res.returncode == 0 and not res.timed_out else {}
     refused = summary.get("rejected", "")
@@ -135,4 +137,12 @@ def judge_test(program: Program, reported: list[float], res: RunResult) -> TestJ
             rejected = (f"forged metric: {which} printed {key} {printed:.6f}, the harness re-scored the saved "
                         f"model at {value:.6f}")  # fmt: skip
             break
+    if program.spec.model_server and reported and not rejected:
+        # The locked evaluator fails closed: a keep its test cannot verify (no finite test score, a
+        # model not re-scored) is rejected, never kept untested. A NaN, a crash, a server that
+        # stops answering: each is something a model's code can choose.
+        missing = [i for i, value, _ in pairs if value is None]
+        if metric is None or missing:
+            why = reason or f"no finite re-score of model {missing[0]}" if missing else reason
+            metric, rejected = None, f"the keep's test could not verify it: {why or 'no finite test score'}"
     return TestJudgement(metric, rescored, reason, rejected)

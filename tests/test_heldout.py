@@ -257,3 +257,17 @@ def test_judge_test_refusals_violations_and_missing_scores(tmp_path):
     assert t.reason.startswith("no saved models")
     t = _judged(tmp_path, {"test_bpb": "1.2", "val_bpb": "1.1"}, [1.0, 1.0])  # only a mean re-scored
     assert t.rejected.startswith("forged metric: the runs (on average) printed val_bpb 1.000000")
+
+
+def test_the_locked_evaluator_fails_closed(tmp_path):
+    """With a model server, a keep its test cannot verify is rejected: a NaN test score, a crash,
+    a model left unscored are all things a model's code can choose."""
+    make_repo(tmp_path / "repo", **TESTED, model_server="python -m target.serve")
+    t = _judged(tmp_path, {"test_bpb": "nan", "val_bpb": "2.8", "val_bpb_1": "2.8"}, [2.8])
+    assert t.metric is None and t.rejected.startswith("the keep's test could not verify it: ")
+    t = _judged(tmp_path, {}, [1.0], returncode=1)
+    assert t.rejected.startswith("the keep's test could not verify it: the test command gave no 'test_bpb' (exit 1")
+    t = _judged(tmp_path, {"test_bpb": "1.01", "val_bpb": "1.0", "val_bpb_1": "1.0"}, [1.0, 1.0])
+    assert t.rejected == "the keep's test could not verify it: no finite re-score of model 2"
+    t = _judged(tmp_path, {"test_bpb": "1.01", "val_bpb": "1.0", "val_bpb_1": "1.0", "val_bpb_2": "1.0"}, [1.0, 1.0])
+    assert t.metric == 1.01 and not t.rejected

@@ -113,7 +113,7 @@ class SharpensWithABuffer(Unigram):
         return self.head(self.emb(x)) + torch.log1p(self.seen)
 
 
-@pytest.mark.parametrize("cheat,check", [(TrainsWhileScored, "causality"), (Counter, "statelessness"),
+@pytest.mark.parametrize("cheat,check", [(TrainsWhileScored, "causality"), (Counter, "(statelessness|causality)"),
                                          (SharpensWithABuffer, "causality")])
 def test_a_model_that_learns_or_keeps_state_while_scored_is_refused(tokenizer, cheat, check):
     """Whichever check first sees the model change catches it: one that changes from its first
@@ -266,12 +266,12 @@ def test_a_model_that_replays_its_answers_fools_checks_that_ask_it(tokenizer):
 def test_a_model_that_replays_its_answers_to_checks_is_caught_by_a_fresh_copy(tokenizer, prefix):
     vocab = tokenizer.get_vocab_size()
     with pytest.raises(ScoringError, match="causality check"):
-        _val_score(Replayer(vocab, prefix), verifier=Replayer(vocab, prefix).eval())
+        _val_score(Replayer(vocab, prefix), verifier=lambda: Replayer(vocab, prefix).eval())
 
 
 def test_an_honest_model_and_its_fresh_copy_agree(tokenizer):
     vocab = tokenizer.get_vocab_size()
-    assert _val_score(MaskedAttention(vocab), verifier=MaskedAttention(vocab).eval()) == _val_score(MaskedAttention(vocab))
+    assert _val_score(MaskedAttention(vocab), verifier=lambda: MaskedAttention(vocab).eval()) == _val_score(MaskedAttention(vocab))
 
 
 class LearnsTheScoredText(Unigram):
@@ -290,4 +290,4 @@ class LearnsTheScoredText(Unigram):
 def test_a_model_that_learns_from_what_it_scores_is_caught_by_a_fresh_copy(tokenizer):
     vocab = tokenizer.get_vocab_size()
     with pytest.raises(ScoringError, match="(statelessness|causality) check"):
-        _val_score(LearnsTheScoredText(vocab), verifier=LearnsTheScoredText(vocab).eval())
+        _val_score(LearnsTheScoredText(vocab), verifier=lambda: LearnsTheScoredText(vocab).eval())

@@ -67,18 +67,41 @@ def load_model(module: ModuleType, checkpoint: Path, device: torch.device) -> to
 REMOTE_BATCH = 32  # rows per request to a model server (the batch changes speed only, never the score)
 
 
-def model_servers(n: int) -> list[tuple[remote.RemoteModel, remote.RemoteModel | None]] | None:
-    """The model servers the harness connected this scorer to ($NIGHTLAB_MODEL_FDS: per saved
-    model, in order, `main[,verifier]` socket fds, `;`-separated), or None: score in-process."""
+def model_servers(n: int, strict: bool) -> list[remote.RemoteModel] | None:
+    """The model servers the harness connected this scorer to ($NIGHTLAB_MODEL_FDS: one socket fd
+    per saved model, in order, `;`-separated), or None: score in-process."""
     raw = os.environ.get("NIGHTLAB_MODEL_FDS")
     if not raw:
         return None
-    groups = [g.split(",") for g in raw.split(";")]
-    if len(groups) != n or not all(1 <= len(g) <= 2 and all(f.isdigit() for f in g) for g in groups):
-        raise prepare.DataError("$NIGHTLAB_MODEL_FDS", f"{raw!r} does not name a server (and a verifier) for each of {n} models")
-    return [(remote.RemoteModel(socket.socket(fileno=int(g[0])), f"model {i + 1}"),
-             remote.RemoteModel(socket.socket(fileno=int(g[1])), f"model {i + 1} (verifier)", verifier=True)
-             if len(g) == 2 else None) for i, g in enumerate(groups)]  # fmt: skip
+    fds = raw.split(";")
+    if len(fds) != n or not all(f.isdigit() for f in fds):
+        raise prepare.DataError("$NIGHTLAB_MODEL_FDS", f"{raw!r} does not name a server for each of {n} models")
+    vocab = prepare.get_token_bytes("cpu").numel()  # the cache tokenizer's: what score() checks against
+    return [remote.RemoteModel(socket.socket(fileno=int(f)), f"model {i + 1}", vocab, strict) for i, f in enumerate(fds)]
+
+
+def verifier_for(i: int):
+    """A callable that asks the harness ($NIGHTLAB_CONTROL_FD) for a fresh copy of model i, started
+    only after model i's own server is killed, and returns it; None without a control socket."""
+    raw = os.environ.get("NIGHTLAB_CONTROL_FD")
+    if not raw or not raw.isdigit():
+        return None
+    if raw not in _CONTROL:  # one socket object per fd: a second one would close it when collected
+        _CONTROL[raw] = socket.socket(fileno=int(raw))
+    ctrl = _CONTROL[raw]
+    vocab = prepare.get_token_bytes("cpu").numel()
+
+    def fresh() -> remote.RemoteModel:
+        ctrl.sendall(f"verify {i}\n".encode())
+        _, fds, _, _ = socket.recv_fds(ctrl, 16, 1)
+        if not fds:
+            raise ScoringError("output", f"the harness started no verifier for model {i + 1}")
+        return remote.RemoteModel(socket.socket(fileno=fds[0]), f"model {i + 1}'s verifier", vocab, strict=True)
+
+    return fresh
+
+
+_CONTROL: dict[str, socket.socket] = {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,21 +125,33 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")  # as train.py evaluates
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     try:
-        servers = model_servers(len(paths))
+        servers = model_servers(len(paths), strict=args.split == "test")
         module = None if servers else load_script(args.script)  # with servers, no train.py code runs here
         batch = REMOTE_BATCH if servers else getattr(module, "EVAL_BATCH_SIZE", REMOTE_BATCH)
         batch = batch if type(batch) is int and batch > 0 else REMOTE_BATCH
         scores, vals = [], []
         for i, path in enumerate(paths):
-            model, verifier = servers[i] if servers else (load_model(module, path, device), None)
+            model = servers[i] if servers else load_model(module, path, device)
+            fresh = verifier_for(i) if servers else None
             with autocast:
-                if args.split == "test":
-                    scores.append(prepare.score_split(model, "test", batch, verifier))
-                vals.append(prepare.score_split(model, "val", batch, verifier))
+                if fresh is None:  # the checks ask the model that was scored
+                    if args.split == "test":
+                        scores.append(prepare.score_split(model, "test", batch))
+                    vals.append(prepare.score_split(model, "val", batch))
+                else:  # every split scored first; then the model's server goes, and a fresh copy checks
+                    pending = []
+                    for split in (["test"] if args.split == "test" else []) + ["val"]:
+                        bpb, checks = prepare.score_split(model, split, batch, defer=True)
+                        (scores if split == "test" else vals).append(bpb)
+                        pending.append(checks)
+                    model.close()
+                    verifier = fresh()
+                    for checks in pending:
+                        checks.run(verifier, fresh=True)
+                    verifier.close()
             print(f"{path}: " + (f"test_bpb {scores[-1]:.6f} " if scores else "") + f"val_bpb {vals[-1]:.6f}", flush=True)
-            for m in (model, verifier):
-                if isinstance(m, remote.RemoteModel):
-                    m.close()
+            if isinstance(model, remote.RemoteModel):
+                model.close()
             del model
     except ScoringError as e:  # the model failed a check: the campaign rejects the keep
         print(f"heldout: {path}: {e}", flush=True)

@@ -442,9 +442,10 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
 
 
 @torch.no_grad()
-def score_split(model, split: str, batch_size: int, verifier=None) -> float:
+def score_split(model, split: str, batch_size: int, verifier=None, defer: bool = False):
     """The metric on the first EVAL_TOKENS tokens of `split` ("val" or "test"), in file order.
-    `model` (and `verifier`) may be a model server (trainer/remote.py): then on the CPU here."""
+    `model` may be a model server (trainer/remote.py): then on the CPU here; `verifier` a callable
+    returning a fresh copy for the checks. `defer`: (metric, the checks still to run)."""
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     batch_size = max(1, min(batch_size, EVAL_TOKENS // MAX_SEQ_LEN))
     path = split_dir(split)
@@ -452,6 +453,8 @@ def score_split(model, split: str, batch_size: int, verifier=None) -> float:
     tokenizer = Tokenizer.from_directory(path)
     batches = _packed_batches(*_load_split(path, split), tokenizer.get_bos_token_id(), batch_size, MAX_SEQ_LEN,
                               shuffle=False, buffer_size=1000, device=device, seed=0)
+    if defer:
+        return scoring.measure(model, batches, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device))
     return score(model, batches, EVAL_TOKENS // MAX_SEQ_LEN, get_token_bytes(device), verifier)
 
 

@@ -10,7 +10,8 @@ runs the checks. Whatever the model's code does, it cannot reach the scorer's ou
 process or the tokens it was not sent.
 
 Messages (little-endian): a request is b"NLX1", rows, columns (uint32) and rows*columns int32
-tokens; a reply is b"NLL1", rows, columns, vocabulary, low-precision flag (uint32) and
+tokens; a reply is b"NLL1", rows, columns, vocabulary, a low-precision flag (uint32: for the
+log; the scorer decides the tolerance, never the model) and
 rows*columns*vocabulary float32 logits, or b"NLE1", length and a UTF-8 error; b"NLQ1" ends.
 """
 
@@ -44,20 +45,21 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 class RemoteModel:
     """A model in another process: `model(x)` sends the tokens and returns the logits it sent
-    back (float32, on the scorer's CPU). `low_precision` says the server computed them in
-    bf16/fp16 (its word; it only loosens the checks' tolerance to bf16's)."""
+    back (float32, on the scorer's CPU), of exactly `vocab` columns. A `strict` server that
+    stops answering fails a check (a keep's test, where a model that cannot be scored cannot be
+    kept); otherwise it is a crash (the run has no metric)."""
 
-    def __init__(self, sock: socket.socket, name: str, verifier: bool = False):
-        self.sock, self.name, self.verifier = sock, name, verifier
-        self.low_precision, self.calls = False, 0
+    def __init__(self, sock: socket.socket, name: str, vocab: int, strict: bool = False):
+        self.sock, self.name, self.vocab, self.strict = sock, name, vocab, strict
+        self.calls = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         try:
             return self._ask(x)
         except (EOFError, OSError) as e:
-            if self.verifier:  # a model that dies when it is checked fails the check
-                raise ScoringError("verifier", f"the fresh copy of the model that checks it stopped answering "
-                                   f"({e}); see the model server's log") from e  # fmt: skip
+            if self.strict:  # a model that dies when it is checked (a keep's test) fails the check
+                raise ScoringError("output", f"{self.name} stopped answering ({e}); see the model server's "
+                                   "log") from e  # fmt: skip
             raise DataError(self.name, f"the model server stopped answering ({e}); see its log") from e
 
     def _ask(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +72,11 @@ class RemoteModel:
             raise ScoringError("output", f"the model failed on {self.name}: {message}")
         if head != REPLY:
             raise ScoringError("output", f"the model server {self.name} sent {head!r}, not logits")
-        _, r, c, vocab, low = _REPLY.unpack(head + recv_exact(self.sock, _REPLY.size - 4))
-        if (r, c) != (rows, cols) or not 0 < vocab * r * c * 4 <= MAX_REPLY_BYTES:
-            raise ScoringError("output", f"the model server {self.name} answered {r}x{c}x{vocab} for {rows}x{cols}")
+        _, r, c, vocab, _low = _REPLY.unpack(head + recv_exact(self.sock, _REPLY.size - 4))
+        if (r, c, vocab) != (rows, cols, self.vocab) or r * c * vocab * 4 > MAX_REPLY_BYTES:  # before allocating
+            raise ScoringError("output", f"the model server {self.name} answered {r}x{c}x{vocab} for "
+                               f"{rows}x{cols}x{self.vocab}")  # fmt: skip
         data = recv_exact(self.sock, r * c * vocab * 4)
-        self.low_precision = bool(low)
         self.calls += 1
         return torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(r, c, vocab).copy())
 

@@ -92,16 +92,23 @@ def _logits(model, x: torch.Tensor, vocab: int) -> torch.Tensor:
     if type(logits) is not torch.Tensor or logits.shape != (*x.shape, vocab) or not logits.is_floating_point():
         raise ScoringError("output", f"model(x) must return a plain tensor of logits of shape {(*x.shape, vocab)}, "
                            f"got {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")  # fmt: skip
+    if not bool(torch.isfinite(logits).all()):  # a NaN anywhere would poison the sum or a comparison
+        raise ScoringError("output", "model(x) returned logits that are not finite (NaN or inf)")
     return logits
 
 
+LOGPROB_FLOOR = -50.0  # log-probabilities below this (p < 2e-22) are compared as equal: they move no loss
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, low: bool = False) -> bool:
-    """Equal up to float noise, far below what a leak or an update moves: 1e-4 in fp32, 1e-2 for
-    logits computed in bf16/fp16 (autocast on GPU; the same kernels usually agree to the bit;
-    `low`: a model server computed them so)."""
-    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) and not low else 1e-2
-    a, b = a.float(), b.float()
-    return bool(torch.allclose(a, b, rtol=tol, atol=tol * (1.0 + float(a.abs().max()))))
+    """The same predictions up to float noise: log-probabilities (floored) within 1e-3 nats, or
+    1e-2 where the harness itself computes in bf16 (`low`: autocast on GPU). Compared after
+    log_softmax with a fixed tolerance, so nothing the model returns (a huge logit on a token never
+    scored, a dtype of its choosing) can widen it."""
+    tol = 1e-2 if low else 1e-3
+    la = torch.log_softmax(a.float(), dim=-1).clamp(min=LOGPROB_FLOOR)
+    lb = torch.log_softmax(b.float(), dim=-1).clamp(min=LOGPROB_FLOOR)
+    return bool((la - lb).abs().max() <= tol)
 
 
 def _fingerprint(model) -> torch.Tensor:
@@ -128,51 +135,65 @@ def _probe(x: torch.Tensor, vocab: int) -> tuple[torch.Tensor, list[int]]:
     return later, cuts
 
 
-def _low(*models) -> bool:
-    return any(getattr(m, "low_precision", False) for m in models)
+def _low() -> bool:
+    """Does the harness compute logits in bf16? On GPU it does (autocast, as train.py evaluates);
+    the scorer decides, never the model."""
+    return torch.cuda.is_available()
 
 
-def _causal(model, x: torch.Tensor, logits: torch.Tensor, vocab: int, low: bool) -> None:
+def _causal(model, x: torch.Tensor, logits: torch.Tensor, vocab: int) -> None:
     """Changing each row's tokens from a random k_i on must leave its logits before k_i as they were."""
     later, cuts = _probe(x, vocab)
     again = _logits(model, later, vocab)
     for i, k in enumerate(cuts):
-        if not _close(again[i, :k], logits[i, :k], low or _low(model)):
+        if not _close(again[i, :k], logits[i, :k], _low()):
             raise ScoringError("causality", f"the logits before position {k} changed when only tokens from it "
                                "on changed: the model reads the future (or is not deterministic)")  # fmt: skip
 
 
-@torch.no_grad()
-def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows: int, token_bytes: torch.Tensor,
-          verifier=None) -> float:  # fmt: skip
-    """Bits per byte over exactly `rows` rows of `batches` whatever their batch size (the last batch
-    is cut), so an eval batch size changes speed only, never which tokens are scored.
+class Checks:
+    """What `measure` kept for the checks: the probed batches and the one to score again, with the
+    logits the scored model gave. `run(checker)` asks `checker` (the model itself, or a fresh copy
+    of it started only now: trainer/remote.py) and raises ScoringError on a difference."""
 
-    `model` is a torch module in this process, or a model in another (trainer/remote.py). With a
-    `verifier`, a fresh copy of the same model in a process of its own that saw nothing else,
-    the checks ask it instead: PROBES batches drawn at random are probed for causality, and
-    another is scored again, against what `model` answered. A model that keeps state between
-    calls (to replay its answers when it recognises a probe, or to learn the scored text) cannot
-    share it with the verifier."""
+    def __init__(self, vocab: int):
+        self.vocab, self.probes, self.replay = vocab, [], None
+
+    @torch.no_grad()
+    def run(self, checker, fresh: bool) -> None:
+        for x, logits in self.probes:
+            _causal(checker, x, logits, self.vocab)
+        x, logits = self.replay
+        if not _close(_logits(checker, x, self.vocab), logits, _low()):
+            what = "a fresh copy of the model" if fresh else "the model, at the end"
+            raise ScoringError("statelessness", f"a batch scored again by {what} gave other logits (state kept "
+                               "between calls, or a model that is not deterministic)")  # fmt: skip
+
+
+@torch.no_grad()
+def measure(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows: int,
+            token_bytes: torch.Tensor) -> tuple[float, Checks]:  # fmt: skip
+    """Bits per byte over exactly `rows` rows of `batches` whatever their batch size (the last batch
+    is cut), so an eval batch size changes speed only, never which tokens are scored; and the
+    checks still to run (`Checks`): PROBES batches drawn at random for causality, one for
+    statelessness, each with the logits `model` gave."""
     _unpatched()
     vocab = token_bytes.numel()  # the cache's tokenizer
-    params = _fingerprint(model) if isinstance(model, torch.nn.Module) else None
     first = next(batches)
-    x0 = first[0]
-    n_batches = math.ceil(max(1, rows) / x0.size(0))
-    probed = set(_random.sample(range(n_batches), min(PROBES, n_batches))) if verifier is not None else {0}
-    replayed = _random.randrange(n_batches // 2, n_batches) if verifier is not None else 0
-    checker = verifier if verifier is not None else model
-    total_nats, total_bytes, rows_left, kept, index = 0.0, 0, max(1, rows), None, 0
-    pending = [first]
+    n_batches = math.ceil(max(1, rows) / first[0].size(0))
+    # which batches are probed and which is scored again: drawn afresh, never the same pattern
+    probed = set(_random.sample(range(n_batches), min(PROBES, n_batches)))
+    replayed = _random.randrange(n_batches)
+    checks = Checks(vocab)
+    total_nats, total_bytes, rows_left, index, pending = 0.0, 0, max(1, rows), 0, [first]
     while rows_left > 0:
         x, y, _ = pending.pop() if pending else next(batches)
         x, y = x[:rows_left].clone(), y[:rows_left].clone()  # x shares no storage with the targets
         logits = _logits(model, x, vocab)
         if index in probed:
-            _causal(checker, x, logits, vocab, _low(model))
+            checks.probes.append((x, logits))
         if index == replayed:
-            kept = (x, logits)
+            checks.replay = (x, logits)
         with torch._C.DisableTorchFunctionSubclass():
             losses = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1), reduction="none")
         nats, nbytes = bits_per_byte(losses, y, token_bytes)
@@ -181,12 +202,21 @@ def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows
         total_bytes += nbytes
         rows_left -= len(y)
         index += 1
-    assert kept is not None
-    if not _close(_logits(checker, kept[0], vocab), kept[1], _low(model, checker)):
-        what = "a fresh copy of the model" if verifier is not None else "the model, at the end"
-        raise ScoringError("statelessness", f"a batch scored again by {what} gave other logits (state kept "
-                           "between calls, or a model that is not deterministic)")  # fmt: skip
+    return total_nats / (math.log(2) * total_bytes), checks
+
+
+@torch.no_grad()
+def score(model, batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], rows: int, token_bytes: torch.Tensor,
+          verifier=None) -> float:  # fmt: skip
+    """`measure`, then its checks. `model` is a torch module in this process, or a model in another
+    (trainer/remote.py). With a `verifier` (a callable that returns a fresh copy of the model, in
+    a process of its own started only after `model` is done) the checks ask it instead: a model
+    that keeps state (to replay its answers when it recognises a probe, or to learn the scored
+    text) cannot share it with a copy that starts after it is gone."""
+    params = _fingerprint(model) if isinstance(model, torch.nn.Module) else None
+    bpb, checks = measure(model, batches, rows, token_bytes)
+    checks.run(verifier() if verifier is not None else model, fresh=verifier is not None)
     if params is not None and not torch.equal(_fingerprint(model), params):
         raise ScoringError("statelessness", "the model's parameters changed while it was being scored")
     _unpatched()
-    return total_nats / (math.log(2) * total_bytes)
+    return bpb
