@@ -158,7 +158,7 @@ E2E_PROGRAM = """---
 name: e2e
 target: trainer/
 editable: [train.py]
-protected: [prepare.py, corpus.py, scoring.py, heldout.py]
+protected: [prepare.py, corpus.py, scoring.py, heldout.py, remote.py, serve.py]
 run: python -m trainer.train
 env: {NIGHTLAB_PRESET: cpu, NIGHTLAB_SMOKE: "1", NIGHTLAB_SMOKE_FLOPS: "3e11"}
 metric: val_bpb
@@ -166,6 +166,7 @@ time_budget_s: 30
 run_timeout_s: 300
 smoke_timeout_s: null
 evaluate: python -m trainer.heldout --split val
+model_server: python -m trainer.serve
 test: python -m trainer.heldout
 test_metric: test_bpb
 sandbox:
@@ -192,7 +193,7 @@ def test_cpu_preset_end_to_end_a_real_fix_is_kept_with_its_test_score_and_a_noop
     repo = tmp_path / "repo"
     (repo / "trainer").mkdir(parents=True)
     (repo / "programs").mkdir()
-    for name in ("__init__.py", "prepare.py", "corpus.py", "scoring.py", "heldout.py", "train.py"):
+    for name in ("__init__.py", "prepare.py", "corpus.py", "scoring.py", "heldout.py", "remote.py", "serve.py", "train.py"):
         shutil.copy(ROLES.parent / "trainer" / name, repo / "trainer" / name)
     (repo / "programs" / "e2e.md").write_text(E2E_PROGRAM)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -31,7 +31,7 @@ PROGRAM = """---
 name: redteam
 target: trainer/
 editable: [train.py]
-protected: [prepare.py, corpus.py, scoring.py, heldout.py]
+protected: [prepare.py, corpus.py, scoring.py, heldout.py, remote.py, serve.py]
 run: python -m trainer.train
 env:
   NIGHTLAB_PRESET: cpu
