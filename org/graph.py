@@ -371,11 +371,12 @@ def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record
     ro, log = tuple(Path(p) for p in saved), lab.dir / "runs" / f"{n:04d}.test.log"
     # the scorer reads the models and the test split; each model runs in a server of its own, and
     # a fresh copy of it beside that one answers the scorer's checks
-    with model_servers(prog, lab.workspace.path, list(ro), True, log.with_suffix(".serve.log"), lab.sandboxed) as (fds, extra):
-        env = child_env(prog, {"NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved), **extra})
+    with model_servers(prog, lab.workspace.path, list(ro), True, log.with_suffix(".serve.log"), lab.sandboxed) as servers:
+        env = child_env(prog, {"NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved), **servers.env})
         res = run_sandboxed(prog.spec.test, lab.workspace.path, env, RunLimits(timeout_s=prog.run_timeout_s), log,
-                            pid_file=lab.run_pid_file, protected=lab.protected_hashes, pass_fds=fds,
+                            pid_file=lab.run_pid_file, protected=lab.protected_hashes, pass_fds=servers.pass_fds,
                             view=view(prog, "test", lab.workspace.path, extra_reads=ro) if lab.sandboxed else None)  # fmt: skip
+    res.violations += servers.violations
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
     t = judge_test(prog, [r["metric"] for r in runs], res)

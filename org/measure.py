@@ -23,7 +23,7 @@ import socket
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +34,10 @@ from org.errors import InputError
 from org.program import Program
 from org.runner import argv_for, kill_group, with_deathsig
 from org.sandbox import (
+    PROCS_HEADROOM,
     RunLimits,
     SandboxResult,
+    Watchdog,
     check_metrics,
     network_isolation,
     physical_memory,
@@ -95,12 +97,14 @@ def measure(program: Program, cwd: Path, env: dict[str, str], log_path: Path, ou
     if caps.wall_s and res.timed_out and timeout < timeout_s:
         res.violations = [f"untimed compute: ran past {caps.wall_s:.0f} s ({caps.why})" if v.startswith("killed at")
                           else v for v in res.violations]  # fmt: skip
-    if caps.cpu_s and res.cpu_seconds is not None and res.cpu_seconds > caps.cpu_s:
-        res.violations.append(f"untimed compute: used {res.cpu_seconds:.1f} CPU-s, over {caps.cpu_s:.1f} ({caps.why})")
     if spec.evaluate and not res.violations and res.returncode == 0:
         res = _evaluate(program, cwd, env, res, saved, sandboxed, timeout_s, pid_file, protected)
     elif spec.evaluate:
         res.summary.pop(spec.metric, None)  # a failed run has no metric, whatever it printed
+    # CPU of training, scoring and the model server together: compute the model's code spends
+    # while it is scored counts like any other
+    if caps.cpu_s and res.cpu_seconds is not None and res.cpu_seconds > caps.cpu_s:
+        res.violations.append(f"untimed compute: used {res.cpu_seconds:.1f} CPU-s, over {caps.cpu_s:.1f} ({caps.why})")
     if res.summary and spec.bounds and not res.violations:
         res.violations += check_metrics(res.summary, spec.bounds)
     return res
@@ -120,22 +124,23 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
             fh.write(note)
         return replace(trained, returncode=1, summary=summary, tail=trained.tail + note)
     eval_log = trained.log_path.with_name(trained.log_path.stem + ".eval.log")
-    with model_servers(program, cwd, [saved], False, trained.log_path, sandboxed) as (fds, extra):
-        ev = run_sandboxed(spec.evaluate, cwd, child_env(program, {**env, "NIGHTLAB_CHECKPOINTS": str(saved), **extra}),
+    with model_servers(program, cwd, [saved], False, trained.log_path, sandboxed) as servers:
+        ev = run_sandboxed(spec.evaluate, cwd, child_env(program, {**env, "NIGHTLAB_CHECKPOINTS": str(saved), **servers.env}),
                            RunLimits(timeout_s=timeout_s), eval_log, pid_file=pid_file, protected=protected,
                            view=view(program, "evaluate", cwd, extra_reads=(saved,)) if sandboxed else None,
-                           pass_fds=fds)  # fmt: skip
+                           pass_fds=servers.pass_fds)  # fmt: skip
     text = eval_log.read_text(encoding="utf-8", errors="replace")
     with trained.log_path.open("a", encoding="utf-8") as fh:  # the scorer's block ends the log
         fh.write(f"\n=== nightlab: evaluate ({spec.evaluate}) ===\n{text}")
     eval_log.unlink(missing_ok=True)
-    violations = list(ev.violations)
+    violations = [*ev.violations, *servers.violations]
     if "rejected" in ev.summary:
         violations.append(f"the evaluation rejected the model: {ev.summary['rejected']}")
     summary.update({k: v for k, v in ev.summary.items() if k != "rejected"})
     failed = ev.returncode != 0 or ev.timed_out
+    cpu = sum(c for c in (trained.cpu_seconds, ev.cpu_seconds, servers.cpu_seconds) if c is not None)
     return replace(trained, returncode=ev.returncode if failed else trained.returncode,
-                   timed_out=ev.timed_out, seconds=trained.seconds + ev.seconds,
+                   timed_out=ev.timed_out, seconds=trained.seconds + ev.seconds, cpu_seconds=cpu,
                    summary={} if failed else summary, tail=(trained.tail + "\n" + ev.tail)[-4000:],
                    violations=violations)  # fmt: skip
 
@@ -150,7 +155,12 @@ class _Servers:
     def __init__(self, program: Program, cwd: Path, log: Path, sandboxed: bool):
         self.program, self.cwd, self.log, self.sandboxed = program, cwd, log, sandboxed
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self.watch: dict[str, tuple[Watchdog, Callable[[], None]]] = {}
         self.lock = threading.Lock()
+        self.pass_fds: tuple[int, ...] = ()  # what the scorer gets: the servers' sockets, the control socket
+        self.env: dict[str, str] = {}  # and where it finds them
+        self.cpu_seconds = 0.0  # the servers' CPU, as their watchdogs sampled it: a run's compute too
+        self.violations: list[str] = []
 
     def start(self, model: Path, label: str) -> socket.socket:
         """A server for `model`, its socket on fd 0 and its model at SERVED_MODEL: main and verifier
@@ -172,14 +182,22 @@ class _Servers:
                                     env=run_env(child_env(self.program, env)), stdin=theirs.fileno(), stdout=fh,
                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         theirs.close()
+        # the same watchdog as a run's: its processes counted (and capped), its CPU sampled
+        dog = Watchdog(PROCS_HEADROOM, [], 2**62)
         with self.lock:
             self.procs[label] = (proc, out)
+            self.watch[label] = (dog, dog.watch(proc.pid))
         return mine
 
     def kill(self, label: str) -> None:
         proc, _ = self.procs[label]
+        dog, stop = self.watch.pop(label)
+        stop()
         kill_group(proc.pid)
         proc.wait()
+        self.cpu_seconds += dog.cpu_seconds
+        if dog.tripped:
+            self.violations.append(f"model server {label} spawned more than {PROCS_HEADROOM} processes/threads")
 
     def serve_control(self, ctrl: socket.socket, saved: list[Path]) -> None:
         """The scorer's requests for verifiers ("verify <i>"): model i's main server is killed, and
@@ -208,8 +226,8 @@ class _Servers:
     def stop(self) -> None:
         with self.log.open("a", encoding="utf-8") as fh:
             for label, (proc, out) in sorted(self.procs.items()):
-                kill_group(proc.pid)
-                proc.wait()
+                if label in self.watch:
+                    self.kill(label)
                 fh.write(f"\n=== nightlab: model server {label} (exit {proc.returncode}) ===\n{_tail(out)}")
                 out.unlink(missing_ok=True)
 
@@ -232,31 +250,33 @@ def _tail(path: Path) -> str:
 
 @contextmanager
 def model_servers(program: Program, cwd: Path, saved: list[Path], verify: bool, log: Path,
-                  sandboxed: bool) -> Iterator[tuple[tuple[int, ...], dict[str, str]]]:  # fmt: skip
+                  sandboxed: bool) -> Iterator[_Servers]:  # fmt: skip
     """Start the program's model server for each saved model, each in a sandbox of its own that
-    reads only the worktree and its model, and yield (the fds to hand the scorer, its env:
-    $NIGHTLAB_MODEL_FDS, and with `verify` $NIGHTLAB_CONTROL_FD, where it asks for each model's
-    verifier once that model is done). Without a `model_server` the scorer loads the models
-    itself: ((), {}). The servers' output is appended to `log` before the scorer's, and every
-    server is killed when the scorer is done."""
-    if not program.spec.model_server:
-        yield (), {}
-        return
+    reads only the worktree and its model, and yield them: `pass_fds` to hand the scorer and its
+    `env` ($NIGHTLAB_MODEL_FDS, and with `verify` $NIGHTLAB_CONTROL_FD, where it asks for each
+    model's verifier once that model is done). Without a `model_server` the scorer loads the
+    models itself (nothing to pass). The servers' output is appended to `log` before the
+    scorer's; every server is killed when the scorer is done, and then `cpu_seconds` and
+    `violations` say what they used and did."""
     servers = _Servers(program, cwd, log, sandboxed)
+    if not program.spec.model_server:
+        yield servers
+        return
     ours: list[socket.socket] = []
     control = None
     try:
         ours = [servers.start(model, f"{i}-main") for i, model in enumerate(saved)]
         pass_fds = [s.fileno() for s in ours]
-        env = {"NIGHTLAB_MODEL_FDS": ";".join(map(str, pass_fds))}
+        servers.env = {"NIGHTLAB_MODEL_FDS": ";".join(map(str, pass_fds))}
         if verify:
             ctrl, theirs = socket.socketpair()
             ours += [ctrl, theirs]
             control = threading.Thread(target=servers.serve_control, args=(ctrl, saved), daemon=True)
             control.start()
             pass_fds.append(theirs.fileno())
-            env["NIGHTLAB_CONTROL_FD"] = str(theirs.fileno())
-        yield tuple(pass_fds), env
+            servers.env["NIGHTLAB_CONTROL_FD"] = str(theirs.fileno())
+        servers.pass_fds = tuple(pass_fds)
+        yield servers
     finally:
         for sock in ours:
             sock.close()

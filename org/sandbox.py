@@ -100,7 +100,7 @@ def _free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-class _Watchdog(threading.Thread):
+class Watchdog(threading.Thread):
     """Counts the run's tasks (its session, plus anything in its PID namespace) a few times a
     second and kills the group over the cap. RLIMIT_NPROC alone does not bind root, and it
     counts the whole user's processes, so this is the check that always holds. It also watches
@@ -243,7 +243,7 @@ def run_sandboxed(
     mem = limits.memory_bytes or int(0.8 * physical_memory())
     nproc = _user_tasks() + limits.procs
     rl_prefix, preexec = rlimit_prefix({"data": mem, "fsize": limits.file_bytes, "nproc": nproc, "core": 0})
-    watchdog = _Watchdog(limits.procs, disk, limits.disk_bytes)
+    watchdog = Watchdog(limits.procs, disk, limits.disk_bytes)
     res, text = run_child([*rl_prefix, *prefix, *argv_for(command)], cwd, run_env(env), limits.timeout_s,
                           log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec,
                           pass_fds=pass_fds)  # fmt: skip

@@ -245,3 +245,28 @@ def test_forged_output_from_model_code_reaches_no_metric(prepared_cpu, tmp_path)
     program, work = _real_target(tmp_path / "inproc", True, model_server=None)
     res = measure(program, work, env, tmp_path / "inproc.log", tmp_path / "out3", sandboxed=True, timeout_s=300)
     assert float(res.summary["val_bpb"]) == 0.1  # why the scorer must not run the model's code
+
+
+SERVER_BURN = '''
+if __name__ != "__main__":  # only where the model is loaded to be scored: compute the budget never sees
+    import time as _t
+    _x, _s = torch.randn(512, 512), _t.process_time()
+    while _t.process_time() - _s < 25:
+        _x = torch.tanh(_x @ _x)
+'''
+
+
+@pytest.mark.slow
+@needs_bwrap
+def test_compute_spent_while_scored_counts_against_the_cap(prepared_cpu, tmp_path):
+    env = {"NIGHTLAB_PRESET": "cpu", "NIGHTLAB_SMOKE": "1", "NIGHTLAB_SMOKE_FLOPS": "1e11"}
+    program, work = _real_target(tmp_path, False)
+    ref = measure(program, work, env, tmp_path / "ref.log", tmp_path / "o1", sandboxed=True, timeout_s=300)
+    assert ref.returncode == 0 and ref.cpu_seconds and not ref.violations, ref.tail
+    program, work = _real_target(tmp_path / "burn", False)
+    train = work / "trainer" / "train.py"
+    train.write_text(train.read_text().replace('\nif __name__ == "__main__":', SERVER_BURN + '\nif __name__ == "__main__":'))
+    caps = Caps(cpu_s=ref.cpu_seconds + 12, why="the reference's CPU + 12 s")
+    res = measure(program, work, env, tmp_path / "burn.log", tmp_path / "o2", sandboxed=True, timeout_s=300, caps=caps)
+    assert res.cpu_seconds > ref.cpu_seconds + 20  # the server's 25 CPU-s are the run's
+    assert [v for v in res.violations if v.startswith("untimed compute")], (res.cpu_seconds, ref.cpu_seconds)

@@ -119,10 +119,11 @@ class Range:
         work, prog = self.dir / attack.name, self.program
         saved = work / "out" / "model.pt"
         log = self.dir / f"{attack.name}.test.log"
-        with model_servers(prog, work, [saved], True, log.with_suffix(".serve.log"), True) as (fds, extra):
-            test = run_sandboxed(prog.spec.test, work, child_env(prog, {"NIGHTLAB_CHECKPOINTS": str(saved), **extra}),
-                                 RunLimits(300), log, pass_fds=fds,
+        with model_servers(prog, work, [saved], True, log.with_suffix(".serve.log"), True) as servers:
+            test = run_sandboxed(prog.spec.test, work, child_env(prog, {"NIGHTLAB_CHECKPOINTS": str(saved), **servers.env}),
+                                 RunLimits(300), log, pass_fds=servers.pass_fds,
                                  view=view(prog, "test", work, extra_reads=(saved,)))  # fmt: skip
+        test.violations += servers.violations
         t = judge_test(prog, [metric], test)
         if t.rejected:
             return done("keep's test", t.rejected)
