@@ -214,8 +214,10 @@ def test_cpu_preset_end_to_end_a_real_fix_is_kept_with_its_test_score_and_a_noop
     ledger = Ledger(c.campaign_dir("e2e") / "ledger.db")
     rows = ledger.experiments()
     assert [r["status"] for r in rows] == ["keep", "discard", "keep"], [(r["status"], r["metric"]) for r in rows]
-    assert rows[0]["runs"] == 3 and rows[1]["runs"] == 2 and rows[1]["inconclusive"] == 1
-    assert abs(rows[1]["delta"]) < 1e-3  # the no-op: the same rows scored, training equal but for float order
+    # the no-op (the scorer's batch is its own: the same model, the same score) is a tie: the test
+    # cannot confirm it and it is discarded as inconclusive, after a replicate or more
+    assert rows[0]["runs"] == 3 and 2 <= rows[1]["runs"] <= 4 and rows[1]["inconclusive"] == 1
+    assert abs(rows[1]["delta"]) < 1e-3
     assert rows[2]["runs"] >= 3 and rows[2]["delta"] < -0.5 and rows[2]["confidence"] >= 0.95
     for r in (rows[0], rows[2]):  # the harness's test score beside each keep
         assert r["test_metric"] is not None and 0.5 < r["test_metric"] < 8.0 and r["test_metric"] != r["metric"]

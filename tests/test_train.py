@@ -98,9 +98,8 @@ def test_full_cpu_preset_run_learns_and_a_busy_machine_cannot_move_it(prepared_c
     # A model that learned nothing predicts uniformly: log2(V) bits per non-special target token.
     import numpy as np
 
-    data = prepared_cpu / "data" / "cpu"
-    token_bytes = np.load(data / "token_bytes.npy")
-    val = np.fromfile(data / "val.bin", dtype=np.uint16)
+    token_bytes = np.load(prepared_cpu / "data" / "cpu" / "token_bytes.npy")
+    val = np.fromfile(prepared_cpu / "val" / "cpu" / "val.bin", dtype=np.uint16)
     nbytes = token_bytes[val]
     uniform = (nbytes > 0).sum() * math.log2(len(token_bytes)) / nbytes.sum()
     assert a["val_bpb"] < 0.9 * uniform, (a, uniform)
