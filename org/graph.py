@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,11 +25,10 @@ from org import manifest
 from org.drift import check_drift
 from org.errors import InputError, ModelError
 from org.lab import Lab
-from org.measure import child_env, model_servers, view
+from org.measure import child_env, keep_test
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
 from org.review import advisory_only, fail_open, review_change
 from org.runner import parse_number, run_command
-from org.sandbox import RunLimits, run_sandboxed
 from org.smoke import smoke_reason
 from org.state import CampaignState, Outcome, Proposal
 from org.untrusted import fence, quote_file
@@ -368,15 +366,8 @@ def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record
     lab.workspace.reset(state["commit"])
     runs = [r for r in lab.ledger.runs(n) if r["metric"] is not None and lab.checkpoint(n, r["replicate"]).is_file()]
     saved = [str(lab.checkpoint(n, r["replicate"])) for r in runs]
-    ro, log = tuple(Path(p) for p in saved), lab.dir / "runs" / f"{n:04d}.test.log"
-    # the scorer reads the models and the test split; each model runs in a server of its own, and
-    # a fresh copy of it beside that one answers the scorer's checks
-    with model_servers(prog, lab.workspace.path, list(ro), True, log.with_suffix(".serve.log"), lab.sandboxed) as servers:
-        env = child_env(prog, {"NIGHTLAB_CHECKPOINTS": os.pathsep.join(saved), **servers.env})
-        res = run_sandboxed(prog.spec.test, lab.workspace.path, env, RunLimits(timeout_s=prog.run_timeout_s), log,
-                            pid_file=lab.run_pid_file, protected=lab.protected_hashes, pass_fds=servers.pass_fds,
-                            view=view(prog, "test", lab.workspace.path, extra_reads=ro) if lab.sandboxed else None)  # fmt: skip
-    res.violations += servers.violations
+    res = keep_test(prog, lab.workspace.path, [Path(p) for p in saved], lab.dir / "runs" / f"{n:04d}.test.log",
+                    lab.sandboxed, pid_file=lab.run_pid_file, protected=lab.protected_hashes)  # fmt: skip
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
     t = judge_test(prog, [r["metric"] for r in runs], res)

@@ -18,6 +18,7 @@ rejected as untimed compute.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import stat
@@ -143,6 +144,21 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
                    timed_out=ev.timed_out, seconds=trained.seconds + ev.seconds, cpu_seconds=cpu,
                    summary={} if failed else summary, tail=(trained.tail + "\n" + ev.tail)[-4000:],
                    violations=violations)  # fmt: skip
+
+
+def keep_test(program: Program, cwd: Path, saved: list[Path], log: Path, sandboxed: bool,
+              pid_file: Path | None = None, protected: dict[str, str] | None = None) -> SandboxResult:  # fmt: skip
+    """A keep's held-out test: the program's test command scores the saved models, in a sandbox
+    that reads them and the test split; each model runs in a server of its own, and a fresh copy
+    of it, started once that one is gone, answers the scorer's checks. The servers' violations
+    are the test's."""
+    with model_servers(program, cwd, saved, True, log.with_suffix(".serve.log"), sandboxed) as servers:
+        env = child_env(program, {"NIGHTLAB_CHECKPOINTS": os.pathsep.join(map(str, saved)), **servers.env})
+        res = run_sandboxed(program.spec.test, cwd, env, RunLimits(timeout_s=program.run_timeout_s), log,
+                            pid_file=pid_file, protected=protected, pass_fds=servers.pass_fds,
+                            view=view(program, "test", cwd, extra_reads=tuple(saved)) if sandboxed else None)  # fmt: skip
+    res.violations += servers.violations
+    return res
 
 
 SERVER_LOG_TAIL = 8192  # bytes of each model server's output appended to the run log

@@ -33,12 +33,11 @@ from pathlib import Path
 
 from evals.redteam import Case, load_cases
 from evals.redteam.attacks import ATTACKS, Attack, apply
-from org.measure import Caps, child_env, measure, model_servers, view
+from org.measure import Caps, keep_test, measure
 from org.program import Program, load_program
 from org.proposal import SearchReplace, apply_edits
 from org.rules import check_change
 from org.runner import metric_from
-from org.sandbox import RunLimits, run_sandboxed
 from org.verdict import judge_test
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,11 +118,7 @@ class Range:
         work, prog = self.dir / attack.name, self.program
         saved = work / "out" / "model.pt"
         log = self.dir / f"{attack.name}.test.log"
-        with model_servers(prog, work, [saved], True, log.with_suffix(".serve.log"), True) as servers:
-            test = run_sandboxed(prog.spec.test, work, child_env(prog, {"NIGHTLAB_CHECKPOINTS": str(saved), **servers.env}),
-                                 RunLimits(300), log, pass_fds=servers.pass_fds,
-                                 view=view(prog, "test", work, extra_reads=(saved,)))  # fmt: skip
-        test.violations += servers.violations
+        test = keep_test(prog, work, [saved], log, sandboxed=True)
         t = judge_test(prog, [metric], test)
         if t.rejected:
             return done("keep's test", t.rejected)
