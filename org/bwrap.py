@@ -7,6 +7,8 @@ that is empty but for what `View` names:
   Python that runs nightlab (its prefix and the venv), the worktree, and the data the program
   says this phase reads (`sandbox.reads`: the training run sees the tokenizer and the train
   split; only the evaluation sees val, only the test sees test);
+- hidden: every directory named in `View.hides`, wherever one exists under what is bound (the
+  cpu preset's val and test text is stdlib packages; copies in other Pythons are hidden too);
 - writable: a size-capped tmpfs at /tmp (also HOME, TMPDIR and PYTHONPYCACHEPREFIX) and
   /dev/shm, and the run's private output directory (its saved model). Nothing a run writes
   reaches another run: not the data cache, not the repo, not `__pycache__`;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +49,7 @@ class View:
     writes: tuple[Path, ...] = ()  # private output directories (read-write, on disk)
     mounts: tuple[tuple[Path, str], ...] = ()  # (file, where the sandbox sees it), read-only
     tmp_bytes: int = 2 * 2**30  # the /tmp tmpfs (and /dev/shm) cap: a real disk cap, in memory
+    hides: tuple[str, ...] = ()  # directory names hidden wherever they are (an empty read-only tmpfs)
 
     def describe(self) -> str:
         reads = ", ".join(str(p) for p in self.reads) or "no data"
@@ -82,6 +86,18 @@ def _interpreter_paths() -> list[Path]:
     return sorted(paths)
 
 
+@functools.lru_cache(maxsize=64)
+def hidden_dirs(names: tuple[str, ...], root: Path) -> tuple[Path, ...]:
+    """Every directory under `root` whose name is one of `names` (symlinks not followed: a link
+    resolves to a directory found under its own root, or to one not bound at all). Walking /usr,
+    /opt and the interpreter takes ~2 s on Machine A: once per process, names and root."""
+    found = []
+    for top, dirs, _ in os.walk(root, onerror=lambda e: None):
+        found += [Path(top, d) for d in dirs if d in names]
+        dirs[:] = [d for d in dirs if d not in names]
+    return tuple(found)
+
+
 def argv(view: View) -> list[str]:
     """The bwrap command line that runs a command in `view` (the command follows)."""
     exe = shutil.which("bwrap")
@@ -108,6 +124,12 @@ def argv(view: View) -> list[str]:
             a += ["--bind" if path in rw else "--ro-bind", str(path), str(path)]
     for src, dest in view.mounts:
         a += ["--ro-bind", str(src), dest]
+    if view.hides:
+        roots = [Path(d) for d in SYSTEM_DIRS if Path(d).is_dir() and not Path(d).is_symlink()]
+        roots += [p for p in sorted(ro) if p.is_dir()]
+        names = tuple(sorted(set(view.hides)))
+        for d in sorted({d for root in roots for d in hidden_dirs(names, root)}):
+            a += ["--size", "4096", "--tmpfs", str(d), "--remount-ro", str(d)]
     a += ["--setenv", "HOME", f"{SCRATCH}/home", "--setenv", "TMPDIR", SCRATCH,
           "--setenv", "PYTHONPYCACHEPREFIX", f"{SCRATCH}/pycache", "--dir", f"{SCRATCH}/home",
           "--chdir", str(view.cwd.resolve()), "--"]  # fmt: skip

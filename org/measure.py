@@ -76,7 +76,7 @@ def child_env(program: Program, extra: dict[str, str]) -> dict[str, str]:
 def view(program: Program, phase: str, cwd: Path, writes: tuple[Path, ...] = (),
          extra_reads: tuple[Path, ...] = ()) -> bwrap.View:  # fmt: skip
     return bwrap.View(cwd=cwd, reads=(*program.sandbox_reads(phase), *extra_reads), writes=writes,
-                      tmp_bytes=program.spec.sandbox.tmp_mb * 2**20)  # fmt: skip
+                      tmp_bytes=program.spec.sandbox.tmp_mb * 2**20, hides=tuple(program.spec.sandbox.hides))  # fmt: skip
 
 
 def measure(program: Program, cwd: Path, env: dict[str, str], log_path: Path, out_dir: Path,
@@ -187,7 +187,7 @@ class _Servers:
         out = self.log.with_name(f"{self.log.stem}.serve{label}.log")
         spec = self.program.spec
         if self.sandboxed:
-            prefix = bwrap.argv(bwrap.View(cwd=self.cwd, mounts=((model, SERVED_MODEL),),
+            prefix = bwrap.argv(bwrap.View(cwd=self.cwd, mounts=((model, SERVED_MODEL),), hides=tuple(spec.sandbox.hides),
                                            tmp_bytes=spec.sandbox.tmp_mb * 2**20))  # fmt: skip
             env = {"NIGHTLAB_CHECKPOINT": SERVED_MODEL, "NIGHTLAB_MODEL_FD": "0"}
         else:

@@ -128,11 +128,23 @@ class SandboxSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reads: dict[Phase, list[str]] = {}
+    # Directory names no sandbox of this program sees, wherever they exist under the system and the
+    # interpreter: text the metric is computed on that is also on the machine (the cpu preset's
+    # val and test are stdlib packages: trainer.corpus.HELDOUT_PACKAGES).
+    hides: list[str] = []
     tmp_mb: int = Field(default=2048, ge=16)  # the run's /tmp and /dev/shm tmpfs, each
     # Untimed compute: a run may use at most this many times the baseline's CPU seconds (user +
     # system, all its processes) / wall seconds, or it is rejected. None: no bound but the timeout.
     cpu_slack: float | None = Field(default=None, gt=1)
     wall_slack: float | None = Field(default=None, gt=1)
+
+    @field_validator("hides")
+    @classmethod
+    def _names_not_paths(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"{name!r}: write a directory name (hidden wherever it is), not a path")
+        return names
 
 
 class ProgramSpec(BaseModel):

@@ -160,3 +160,73 @@ def test_the_view_binds_parents_before_children(tmp_path):
     assert ("--bind", str((work / "out").resolve())) in binds
     assert ("--ro-bind", str(work.resolve())) in binds
     assert not any(path in ("/", "/root", "/home", str(Path.home())) for _, path in binds)
+
+
+HELDOUT_PROBE = r'''
+import importlib, json, os, sys, sysconfig
+wanted = set(json.load(open(sys.argv[1])))
+r = {"found": [], "import": [], "open": []}
+# 1. every text file on the machine the run can see, whatever its name or path (other Pythons,
+# vendored copies, docs): any line of the held-out text found anywhere is a leak
+for top, dirs, files in os.walk("/", onerror=lambda e: None):
+    if top in ("/proc", "/sys", "/dev"):
+        dirs[:] = []
+        continue
+    for f in files:
+        if f.endswith((".py", ".pyi", ".txt", ".rst", ".html", ".md", ".tcl")):
+            try:
+                with open(os.path.join(top, f), "rb") as fh:
+                    text = fh.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            r["found"] += [s for s in (ln.strip() for ln in text.splitlines()) if s in wanted]
+# 2. the import system, and paths built from the interpreter's own configuration
+for name in ("pydoc_data.topics", "idlelib.editor", "tkinter", "turtledemo"):
+    try:
+        if importlib.import_module(name).__file__:  # an empty directory imports as a namespace package
+            r["import"].append(name)
+    except Exception:
+        pass
+for base in (sysconfig.get_paths()["stdlib"], "/proc/1/root" + sysconfig.get_paths()["stdlib"], "/usr/lib/python3.11"):
+    for rel in ("pydoc_data/topics.py", "idlelib/editor.py", "tkinter/__init__.py"):
+        try:
+            open(os.path.join(base, rel), "rb").read(1)
+            r["open"].append(os.path.join(base, rel))
+        except OSError:
+            pass
+r["found"] = sorted(set(r["found"]))[:50]
+print(json.dumps(r))
+'''
+
+
+@pytest.mark.slow
+def test_the_cpu_presets_val_and_test_text_is_nowhere_a_run_can_read(tmp_path):
+    """The cpu corpus is this machine's stdlib; val and test come only from the packages the
+    quickstart hides (trainer.corpus.HELDOUT_PACKAGES). A run that could read them could train on
+    the very text it is scored on (the review found all of val and test as the complement of the
+    train split). The probe looks for every distinctive line of that text in every text file the
+    run can see, imports it, and opens it by built paths."""
+    from org.measure import view
+    from org.program import load_program
+    from trainer.corpus import HELDOUT_PACKAGES, stdlib_documents
+
+    program = load_program(Path(__file__).parents[1] / "programs" / "quickstart.md")
+    assert set(HELDOUT_PACKAGES) <= set(program.spec.sandbox.hides)
+    docs, _ = stdlib_documents()
+    train_lines = {ln.strip() for d in docs if not d.holdable for ln in d.text.splitlines()}
+    held = [d for d in docs if d.holdable]
+    assert sum(len(d.text) for d in held) > 1_000_000  # enough text for val and test
+    wanted = {s for d in held for s in (ln.strip() for ln in d.text.splitlines())
+              if len(s) >= 40 and s not in train_lines}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "wanted.json").write_text(json.dumps(sorted(wanted)))
+    (work / "probe.py").write_text(HELDOUT_PROBE)
+    res = run_sandboxed("python probe.py wanted.json", work, {}, RunLimits(300), tmp_path / "probe.log",
+                        view=view(program, "run", work))
+    assert res.returncode == 0, res.tail
+    r = json.loads(res.tail.strip().splitlines()[-1])
+    assert r["import"] == [] and r["open"] == []
+    # A few generic lines (rulers, `with open(filename, encoding='utf-8') as f:`) occur elsewhere;
+    # the text itself does not: unhidden, ~80 % of these lines are found.
+    assert len(r["found"]) < min(50, 0.005 * len(wanted)), r["found"]

@@ -98,10 +98,20 @@ def test_the_metric_of_a_uniform_model_is_log_vocab_per_byte(tiny_preset, corpus
 def test_splits_are_disjoint_deterministic_and_test_is_kept_apart(tiny_preset, corpus, monkeypatch, tmp_path):
     monkeypatch.setenv("NIGHTLAB_CACHE", str(tmp_path / "cache"))
     docs = [Document(str(i), t) for i, t in enumerate(_docs(300))]
-    assign = {d.text: P.split_of(d, 0.2, 0.2) for d in docs}
-    assert assign == {d.text: P.split_of(d, 0.2, 0.2) for d in reversed(docs)}
-    counts = {s: sum(v == s for v in assign.values()) for s in ("train", "val", "test")}
+    def assign(docs):
+        return {d.text: name for name, ds in P.split_docs(docs, 0.2, 0.2).items() for d in ds}
+
+    assert assign(docs) == assign(list(reversed(docs)))
+    counts = {s: sum(v == s for v in assign(docs).values()) for s in ("train", "val", "test")}
     assert all(c > 20 for c in counts.values()), counts
+    # each split's share of the text is what the fractions say, not what the hash happened to give
+    chars = {s: sum(len(t) for t, v in assign(docs).items() if v == s) for s in counts}
+    total = sum(chars.values())
+    assert abs(chars["val"] / total - 0.2) < 0.02 and abs(chars["test"] / total - 0.2) < 0.02, chars
+    # documents that may not be held out always train
+    pinned = [Document(d.name, d.text, holdable=i % 2 == 0) for i, d in enumerate(docs)]
+    split = P.split_docs(pinned, 0.2, 0.2)
+    assert all(d.holdable for d in split["val"] + split["test"]) and split["val"] and split["test"]
 
     meta = P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None)
     data, val_dir, held = P.data_dir(tiny_preset), P.val_dir(tiny_preset), P._heldout_dir(tiny_preset)
@@ -143,8 +153,8 @@ def test_the_split_is_secret_unless_named(tiny_preset, corpus):
     P.prepare(tiny_preset, "folder", path=str(corpus), log=lambda *_: None, force=True, split_salt=salt)
     assert (val_dir / "val.bin").read_bytes() == first  # the named salt: the same split
     docs = [Document(str(i), t) for i, t in enumerate(_docs(120))]
-    unsalted = {d.text for d in docs if P.split_of(d, 0.2, 0.2) == "val"}
-    salted = {d.text for d in docs if P.split_of(d, 0.2, 0.2, bytes.fromhex(salt)) == "val"}
+    unsalted = {d.text for d in P.split_docs(docs, 0.2, 0.2)["val"]}
+    salted = {d.text for d in P.split_docs(docs, 0.2, 0.2, bytes.fromhex(salt))["val"]}
     assert unsalted != salted  # the public hash does not name the val documents
 
 

@@ -4,7 +4,10 @@
 ==============================================================================================
 
 Three sources, each returning documents plus a deterministic manifest (what went in, hashed):
-  stdlib    offline default: the .py sources of this Python's standard library + pydoc topics
+  stdlib    offline default: the .py sources of this Python's standard library + pydoc topics.
+            Val and test come only from HELDOUT_PACKAGES, packages no training run imports: the
+            run's sandbox hides them wherever a copy exists (program `sandbox.hides`), so a run
+            cannot rebuild val and test as the part of the stdlib missing from its train split.
   climbmix  autoresearch's parquet shards, downloaded with retries and atomic renames
   folder    a user's folder of .txt files (one document each) and .parquet files (a `text` column)
 """
@@ -21,6 +24,10 @@ CLIMBMIX_BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuf
 CLIMBMIX_MAX_SHARD = 6542  # shard_00000 .. shard_06542
 DOWNLOAD_ATTEMPTS = 5
 MIN_DOC_CHARS = 64  # shorter documents (empty __init__.py files, stubs) carry no signal
+# The stdlib packages val and test are drawn from (~16 % of the stdlib's text): IDLE, tkinter,
+# the turtle demos and the pydoc topics. No training run needs them, few packages vendor them,
+# and a program hides every directory of these names from its runs (`sandbox.hides`).
+HELDOUT_PACKAGES = ("idlelib", "tkinter", "turtledemo", "pydoc_data")
 
 
 class DataError(Exception):
@@ -35,6 +42,7 @@ class DataError(Exception):
 class Document:
     name: str  # where it came from: a relative path, a topic, or shard:row
     text: str
+    holdable: bool = True  # may go to val or test (stdlib: only text a run cannot read)
 
 
 def _sha(data: bytes) -> str:
@@ -54,13 +62,13 @@ def stdlib_documents() -> tuple[list[Document], list]:
         text = raw.decode("utf-8", "replace")
         if len(text) >= MIN_DOC_CHARS:
             rel = p.relative_to(root).as_posix()
-            docs.append(Document(rel, text))
+            docs.append(Document(rel, text, holdable=rel.split("/")[0] in HELDOUT_PACKAGES))
             manifest.append([rel, _sha(raw)])
     from pydoc_data.topics import topics
 
     for name in sorted(topics):
         if len(topics[name]) >= MIN_DOC_CHARS:
-            docs.append(Document(f"pydoc:{name}", topics[name]))
+            docs.append(Document(f"pydoc:{name}", topics[name], holdable="pydoc_data" in HELDOUT_PACKAGES))
             manifest.append([f"pydoc:{name}", _sha(topics[name].encode())])
     return docs, manifest
 

@@ -47,7 +47,8 @@ from trainer.scoring import bits_per_byte, score  # noqa: F401  (bits_per_byte: 
 
 # ---- Presets (fixed per campaign; train.py reads these, never changes them) ----
 
-HARNESS_VERSION = 4  # bump when the cache format or the metric changes (v3: val apart; v4: salted split)
+HARNESS_VERSION = 5  # bump when the cache format or the metric changes (v3: val apart; v4: salted split;
+# v5: the cpu preset's val and test only from stdlib packages a run cannot read)
 PRESETS: dict[str, dict] = {
     # quickstart on a laptop / 2-core CI box: ~1-2M params, ~60 s of training
     # eval_tokens 2**16 (v2; was 2**17): ~3.5 s of forward passes per run instead of ~7 s on 2 cores.
@@ -58,7 +59,7 @@ PRESETS: dict[str, dict] = {
     # of it the clock); at a fixed compute the seed moves val_bpb by ~0.002 (docs/BENCHMARKS.md). FLOPs rather
     # than tokens, so a bigger model gets fewer tokens, not free compute. ~35 s on 2 cores.
     "cpu": dict(max_seq_len=256, vocab_size=2048, time_budget=60, flop_budget=1.3e12, eval_tokens=2**16,
-                source="stdlib", val_frac=0.06, test_frac=0.06),
+                source="stdlib", val_frac=0.4, test_frac=0.3),  # of the held-out packages' documents
     # autoresearch-sized: ~50M params on one H100, 5 minutes of training
     "gpu": dict(max_seq_len=2048, vocab_size=8192, time_budget=300, eval_tokens=40 * 2**19,
                 source="climbmix", val_frac=0.02, test_frac=0.02),
@@ -132,17 +133,23 @@ def split_dir(split: str, preset: str | None = None) -> Path:
 # ---- Splits ----
 
 
-def split_of(doc: Document, val_frac: float, test_frac: float, salt: bytes = b"") -> str:
-    """Deterministic split by the salted hash of a document's text: with one salt, the same text
-    always lands in the same split. `prepare` draws a secret salt per cache build: the cpu
-    corpus is this Python's own standard library, readable by any run, and without the salt a
-    run could compute which of its files are val and test, and train on exactly those."""
-    h = int.from_bytes(hashlib.sha256(salt + doc.text.encode("utf-8")).digest()[:8], "big") / 2**64
-    if h < test_frac:
-        return "test"
-    if h < test_frac + val_frac:
-        return "val"
-    return "train"
+def split_docs(docs: list[Document], val_frac: float, test_frac: float, salt: bytes = b"") -> dict[str, list[Document]]:
+    """Deterministic split by the salted hash of each document's text. The documents that may be
+    held out (`Document.holdable`; the others always train) are ordered by that hash; the first
+    `test_frac` of their characters go to test, the next `val_frac` to val, the rest to train, so
+    each split's size is fixed by the fractions, not left to the hash. `prepare` draws a secret
+    salt per cache build: nothing a run can read says which documents are val and test."""
+    def key(d: Document) -> bytes:
+        return hashlib.sha256(salt + d.text.encode("utf-8")).digest()
+
+    out: dict[str, list[Document]] = {"train": [d for d in docs if not d.holdable], "val": [], "test": []}
+    held = sorted((d for d in docs if d.holdable), key=key)
+    total, seen = sum(len(d.text) for d in held), 0
+    for d in held:
+        at = seen / total if total else 1.0
+        out["test" if at < test_frac else "val" if at < test_frac + val_frac else "train"].append(d)
+        seen += len(d.text)
+    return out
 
 
 # ---- Tokenizer ----
@@ -513,9 +520,7 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
         salt = bytes.fromhex(salt_hex)
     except ValueError as e:
         raise DataError("--split-salt", f"{salt_hex!r} is not hex") from e
-    splits: dict[str, list[Document]] = {"train": [], "val": [], "test": []}
-    for d in docs:
-        splits[split_of(d, cfg["val_frac"], cfg["test_frac"], salt)].append(d)
+    splits = split_docs(docs, cfg["val_frac"], cfg["test_frac"], salt)
     for name, ds in splits.items():
         if not ds:
             raise DataError(path or source, f"corpus too small: the {name} split got no documents "
