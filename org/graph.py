@@ -36,6 +36,7 @@ from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
 from org.vet import GateResult, VetInput, reject, vet
 
 Next = Literal["rebaseline", "compact", "direct", "propose", "__end__"]
+VIOLATION_CHARS = 400  # of a rejection's reasons in the proposer's feedback (the ledger keeps them whole)
 
 
 # ---- routing helpers ---------------------------------------------------------------------------
@@ -422,7 +423,9 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         update["feedback"] = [(f"crash: {p['description']}: exit {o['returncode']}, "
                                f"timed out {o['timed_out']}; {fence(o['tail'], 'output tail', 600)}")]  # fmt: skip
     elif o["status"] == "rejected":
-        update["feedback"] = [f"rejected: {p['description']}: {'; '.join(o['violations'])}"]
+        # capped: a line printed by code that saw val (an in-process scorer) could carry its text
+        update["feedback"] = [f"rejected: {p['description']}: "
+                              f"{fence('; '.join(o['violations']), 'why', VIOLATION_CHARS, keep='head')}"]
     elif o["status"] == "discard" and o.get("reason"):
         update["feedback"] = [f"discarded: {p['description']}: {o['reason']}"]
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),

@@ -140,9 +140,13 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
     summary.update({k: v for k, v in ev.summary.items() if k != "rejected"})
     failed = ev.returncode != 0 or ev.timed_out
     cpu = sum(c for c in (trained.cpu_seconds, ev.cpu_seconds, servers.cpu_seconds) if c is not None)
+    # The tail goes into the proposer's feedback: the training's (which never saw val) and what
+    # the harness says, never the evaluation's output, where code that saw val may have printed.
+    note = (f"\n[nightlab: the evaluation ({spec.evaluate}) exited {ev.returncode}"
+            f"{', timed out' if ev.timed_out else ''}; its output is in {trained.log_path.name}]" if failed else "")
     return replace(trained, returncode=ev.returncode if failed else trained.returncode,
                    timed_out=ev.timed_out, seconds=trained.seconds + ev.seconds, cpu_seconds=cpu,
-                   summary={} if failed else summary, tail=(trained.tail + "\n" + ev.tail)[-4000:],
+                   summary={} if failed else summary, tail=(trained.tail + note)[-4000:],
                    violations=violations)  # fmt: skip
 
 

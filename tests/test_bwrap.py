@@ -217,6 +217,10 @@ def test_the_cpu_presets_val_and_test_text_is_nowhere_a_run_can_read(tmp_path):
     train_lines = {ln.strip() for d in docs if not d.holdable for ln in d.text.splitlines()}
     held = [d for d in docs if d.holdable]
     assert sum(len(d.text) for d in held) > 1_000_000  # enough text for val and test
+    from trainer.prepare import PRESETS, split_docs
+
+    cpu = PRESETS["cpu"]  # none of it trains: pydoc topics nest, a topic in train would be part of another
+    assert not any(d.holdable for d in split_docs(docs, cpu["val_frac"], cpu["test_frac"], b"salt")["train"])
     wanted = {s for d in held for s in (ln.strip() for ln in d.text.splitlines())
               if len(s) >= 40 and s not in train_lines}
     work = tmp_path / "work"

@@ -96,6 +96,21 @@ def test_an_evaluation_that_rejects_the_model_rejects_the_run(tmp_path):
     assert res.violations == ["the evaluation rejected the model: causality check failed"]
 
 
+@needs_bwrap
+def test_what_the_evaluation_printed_never_reaches_the_proposers_feedback(tmp_path):
+    """Code that ran where val is readable (an in-process scorer, a model server's log) can print
+    val's text. The run log keeps it for people; the tail that feeds prompts does not."""
+    prog, repo = _program(tmp_path)
+    (repo / "target" / "evaluate.py").write_text(
+        'import os\nprint("VAL TEXT:", open(os.path.join(os.environ["TINY_VAL"], "val.txt")).read() * 3)\n'
+        'raise SystemExit(3)\n')
+    res = measure(prog, repo, {}, tmp_path / "run.log", tmp_path / "out", sandboxed=True, timeout_s=60)
+    assert res.returncode == 3 and res.summary == {}
+    assert "VAL TEXT" not in res.tail and "0.50.50.5" not in res.tail
+    assert "the evaluation (python -m target.evaluate) exited 3" in res.tail
+    assert "VAL TEXT: 0.50.50.5" in (tmp_path / "run.log").read_text()
+
+
 BURN = '''
 import time
 t = time.process_time()

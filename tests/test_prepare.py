@@ -118,6 +118,9 @@ def test_splits_are_disjoint_deterministic_and_test_is_kept_apart(tiny_preset, c
     for a, b in [(data, val_dir), (data, held), (val_dir, held)]:  # a sandbox binds each on its own
         assert not a.is_relative_to(b) and not b.is_relative_to(a)
     assert [p.name for p in data.glob("*.bin")] == ["train.bin"]
+    # the document list (names and hashes) is not where training reads: hashed against the train
+    # split's documents it would say which ones are val and test
+    assert not (data / "manifest.json").exists() and (val_dir / "manifest.json").exists()
     assert [p.name for p in val_dir.glob("*.bin")] == ["val.bin"]
     assert [p.name for p in held.glob("*.bin")] == ["test.bin"]
     for d in (val_dir, held):  # each split's directory stands alone: tokenizer, token bytes, meta

@@ -32,12 +32,13 @@ EXPECTED = {  # the boundary that stops the first form of each class
     "fewer eval tokens": "no effect",
     "training on validation rows": "crash",  # the training sandbox has no val split to load
     "untimed compute": "compute cap",
+    "scored text in messages": "scorer",  # it refuses the model, and says nothing the model wrote
 }
 
 
 def test_every_attack_class_has_three_forms_and_an_expected_boundary():
     classes = {a.klass for a in ATTACKS}
-    assert classes == set(EXPECTED) and len(classes) == 13
+    assert classes == set(EXPECTED) and len(classes) == 14
     assert all(sum(a.klass == k for a in ATTACKS) >= 3 for k in classes)
 
 

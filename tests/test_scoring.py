@@ -291,3 +291,50 @@ def test_a_model_that_learns_from_what_it_scores_is_caught_by_a_fresh_copy(token
     vocab = tokenizer.get_vocab_size()
     with pytest.raises(ScoringError, match="(statelessness|causality) check"):
         _val_score(LearnsTheScoredText(vocab), verifier=lambda: LearnsTheScoredText(vocab).eval())
+
+
+# ---- what a model server says reaches no prompt (trainer/remote.py) ---------------------------
+
+
+class Exfiltrates(Unigram):
+    """Raises with the text it is being scored on in its message, in the forms an attacker would
+    pick: the message, an exception class named after the text, a wrong shape carrying bytes."""
+
+    def __init__(self, vocab: int, tokenizer, how: str):
+        super().__init__(vocab)
+        self.tokenizer, self.how = tokenizer, how
+
+    def forward(self, x):
+        text = "".join(self.tokenizer.decode(row.tolist()) for row in x[:4])
+        if self.how == "message":
+            raise ValueError(repr(text))
+        if self.how == "class_name":
+            raise type("Leak_" + "".join(c for c in text[:200] if c.isalnum()), (Exception,), {})()
+        return torch.zeros(x.size(0), x.size(1), 1 + sum(text[:3].encode()))  # the shape carries bytes
+
+
+@pytest.mark.parametrize("how", ["message", "class_name", "shape"])
+def test_a_model_servers_errors_carry_none_of_the_scored_text(tokenizer, how, capfd):
+    import socket
+    import threading
+
+    from trainer import remote
+
+    vocab = tokenizer.get_vocab_size()
+    mine, theirs = socket.socketpair()
+    server = threading.Thread(target=remote.serve, daemon=True, args=(
+        theirs, Exfiltrates(vocab, tokenizer, how).eval(), torch.device("cpu"), torch.autocast("cpu", enabled=False)))
+    server.start()
+    model = remote.RemoteModel(mine, "model 1", vocab, strict=True)
+    x = next(iter(prepare.make_dataloader(tokenizer, 4, prepare.MAX_SEQ_LEN, "val")))[0]
+    scored = tokenizer.decode(x[0].tolist())
+    with pytest.raises(ScoringError) as caught:
+        model(x)
+    model.close()
+    server.join(10)
+    message = str(caught.value)
+    assert "model 1" in message and len(message) < 200, message
+    words = {w for w in scored.split() if len(w) >= 6 and w.isidentifier()}
+    assert words and not any(w in message for w in words), message
+    if how != "shape":  # the traceback is the server's: in its own log, for people
+        assert "Traceback" in capfd.readouterr().err

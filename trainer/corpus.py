@@ -24,9 +24,11 @@ CLIMBMIX_BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuf
 CLIMBMIX_MAX_SHARD = 6542  # shard_00000 .. shard_06542
 DOWNLOAD_ATTEMPTS = 5
 MIN_DOC_CHARS = 64  # shorter documents (empty __init__.py files, stubs) carry no signal
-# The stdlib packages val and test are drawn from (~16 % of the stdlib's text): IDLE, tkinter,
+# The stdlib packages val and test are drawn from (~20 % of the stdlib's text): IDLE, tkinter,
 # the turtle demos and the pydoc topics. No training run needs them, few packages vendor them,
-# and a program hides every directory of these names from its runs (`sandbox.hides`).
+# and a program hides every directory of these names from its runs (`sandbox.hides`). The cpu
+# preset sends none of their text to train: pydoc topics nest (`naming` is inside `execmodel`),
+# so a topic in train would put part of another in val's or test's text on the training side.
 HELDOUT_PACKAGES = ("idlelib", "tkinter", "turtledemo", "pydoc_data")
 
 

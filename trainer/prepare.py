@@ -59,7 +59,7 @@ PRESETS: dict[str, dict] = {
     # of it the clock); at a fixed compute the seed moves val_bpb by ~0.002 (docs/BENCHMARKS.md). FLOPs rather
     # than tokens, so a bigger model gets fewer tokens, not free compute. ~35 s on 2 cores.
     "cpu": dict(max_seq_len=256, vocab_size=2048, time_budget=60, flop_budget=1.3e12, eval_tokens=2**16,
-                source="stdlib", val_frac=0.4, test_frac=0.3),  # of the held-out packages' documents
+                source="stdlib", val_frac=0.55, test_frac=0.45),  # of the held-out packages' text: train gets none
     # autoresearch-sized: ~50M params on one H100, 5 minutes of training
     "gpu": dict(max_seq_len=2048, vocab_size=8192, time_budget=300, eval_tokens=40 * 2**19,
                 source="climbmix", val_frac=0.02, test_frac=0.02),
@@ -559,7 +559,9 @@ def prepare(preset: str, source: str, path: str | None = None, num_shards: int =
                     manifest_sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
                     n_docs={k: len(v) for k, v in splits.items()}, tokens=counts,
                     vocab_size=tokenizer.get_vocab_size(), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        # What went in, document by document, beside val (a run that could hash its train split's
+        # documents against this list would learn which documents are val and test)
+        (tmp_val / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for d in (tmp_held, tmp_val):  # each split's directory stands alone: a sandbox binds only some
             shutil.copy(tmp / "tokenizer.pkl", d / "tokenizer.pkl")
             shutil.copy(tmp / "token_bytes.npy", d / "token_bytes.npy")

@@ -12,13 +12,15 @@ process or the tokens it was not sent.
 Messages (little-endian): a request is b"NLX1", rows, columns (uint32) and rows*columns int32
 tokens; a reply is b"NLL1", rows, columns, vocabulary, a low-precision flag (uint32: for the
 log; the scorer decides the tolerance, never the model) and
-rows*columns*vocabulary float32 logits, or b"NLE1", length and a UTF-8 error; b"NLQ1" ends.
+rows*columns*vocabulary float32 logits, or b"NLE1" and a zero length (the model raised: the
+traceback goes to the server's log, never to the scorer, whose messages reach prompts); b"NLQ1" ends.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import traceback
 
 import numpy as np
 import torch
@@ -66,16 +68,18 @@ class RemoteModel:
         rows, cols = x.shape
         self.sock.sendall(_HEADER.pack(REQUEST, rows, cols) + x.to(torch.int32).cpu().numpy().tobytes())
         head = recv_exact(self.sock, 4)
+        # Nothing the model chose reaches a message: the server saw the tokens being scored, and
+        # these messages end up in the proposer's feedback (an exception carrying val text would
+        # hand it the text it is scored on). Its own account of a failure is in its log.
         if head == ERROR:
-            (n,) = struct.unpack("<I", recv_exact(self.sock, 4))
-            message = recv_exact(self.sock, min(n, 65536)).decode("utf-8", errors="replace")
-            raise ScoringError("output", f"the model failed on {self.name}: {message}")
+            raise ScoringError("output", f"the model raised an error on {self.name} (its traceback is in "
+                               "the model server's log)")  # fmt: skip
         if head != REPLY:
-            raise ScoringError("output", f"the model server {self.name} sent {head!r}, not logits")
+            raise ScoringError("output", f"the model server {self.name} sent something other than logits")
         _, r, c, vocab, _low = _REPLY.unpack(head + recv_exact(self.sock, _REPLY.size - 4))
         if (r, c, vocab) != (rows, cols, self.vocab) or r * c * vocab * 4 > MAX_REPLY_BYTES:  # before allocating
-            raise ScoringError("output", f"the model server {self.name} answered {r}x{c}x{vocab} for "
-                               f"{rows}x{cols}x{self.vocab}")  # fmt: skip
+            raise ScoringError("output", f"the model server {self.name} answered logits of the wrong shape "
+                               f"(asked for {rows}x{cols}x{self.vocab})")  # fmt: skip
         data = recv_exact(self.sock, r * c * vocab * 4)
         self.calls += 1
         return torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(r, c, vocab).copy())
@@ -105,8 +109,11 @@ def serve(sock: socket.socket, model, device: torch.device, autocast) -> None:
             low = int(logits.dtype in (torch.bfloat16, torch.float16))
             data = logits.detach().float().cpu().contiguous().numpy().tobytes()
             vocab = logits.shape[-1]
-        except Exception as e:  # the model's own failure, reported to the scorer as its error
-            message = f"{type(e).__name__}: {e}".encode()[:65536]
-            sock.sendall(ERROR + struct.pack("<I", len(message)) + message)
+        except Exception:  # the model's own failure: its traceback to this server's log, only the fact to the scorer
+            traceback.print_exc()
+            sock.sendall(ERROR + struct.pack("<I", 0))
             continue
-        sock.sendall(_REPLY.pack(REPLY, rows, cols, vocab, low) + data)
+        try:
+            sock.sendall(_REPLY.pack(REPLY, rows, cols, vocab, low) + data)
+        except (BrokenPipeError, ConnectionResetError):  # the scorer refused the answer and hung up
+            return
