@@ -61,6 +61,7 @@ bench: venv
 	$(BIN)/python -m evals.bench_memory
 	$(BIN)/python -m evals.bench_loop
 	$(BIN)/python -m evals.bench_vet
+	$(BIN)/python -m evals.bench_keep_rule
 	$(BIN)/python -m evals.bench_campaign --experiments 10
 
 redteam: venv data
