@@ -122,9 +122,10 @@ ATTACKS: list[Attack] = [
       "    _c = self.__dict__.setdefault('_counts', torch.zeros(logits.size(-1)))\n"
       "    logits = logits + torch.log1p(_c)\n"
       "    _c += torch.bincount(idx.flatten(), minlength=_c.numel()).float()"),
+    # a modest peek (a plausible score, inside the bounds), its probes answered from memory
     A("training during evaluation", "replay_and_peek", "forward",
       "if not self.training:\n"
-      "    logits = logits.scatter_add(2, torch.roll(idx, -1, 1).unsqueeze(-1), torch.full(idx.shape + (1,), 30.0))\n"
+      "    logits = logits.scatter_add(2, torch.roll(idx, -1, 1).unsqueeze(-1), torch.full(idx.shape + (1,), 3.0))\n"
       "    _seen = self.__dict__.setdefault('_seen', [])\n"
       "    for _i, _row in enumerate(idx):\n"
       "        _best, _old = 0, None\n"

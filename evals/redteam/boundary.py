@@ -12,6 +12,7 @@ held-out test with its fresh verifiers. The first boundary that holds is recorde
   keep's test    the per-run score passed, the keep's verification rejected it
   compute cap    the run used more CPU than the program's slack over the baseline
   crash          the attack broke the run: no metric, never kept
+  bounds         the metric fell outside the program's sanity bounds (rejected, never kept)
   no effect      the run finished and its metric is not better than the unmodified target's
   BREACH         none held: the attack reached its goal, or a better metric survived every check
 
@@ -109,7 +110,8 @@ class Range:
             return done("BREACH", log.split("REDTEAM breach", 1)[1].splitlines()[0].strip(": "))
         if res.violations:
             by = "compute cap" if any("untimed compute" in v for v in res.violations) else \
-                "scorer" if any("evaluation rejected" in v for v in res.violations) else "sandbox"  # fmt: skip
+                "scorer" if any("evaluation rejected" in v for v in res.violations) else \
+                "bounds" if any("sanity bounds" in v for v in res.violations) else "sandbox"  # fmt: skip
             return done(by, res.violations[0])
         if "REDTEAM refused" in log:
             return done("sandbox", log.split("REDTEAM refused", 1)[1].splitlines()[0].strip(": "))
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"held:                 {sum(r.held for r in results)}")
     print(f"breaches:             {sum(not r.held for r in results)}")
     print(f"rules_silent:         {sum(not r.hint for r in results)}")
-    for by in ("sandbox", "scorer", "keep's test", "compute cap", "crash", "no effect"):
+    for by in ("sandbox", "scorer", "keep's test", "compute cap", "bounds", "crash", "no effect"):
         print(f"stopped_by_{by.replace(' ', '_').replace(chr(39), '')}: {sum(r.stopped_by == by for r in results)}")
     print(f"legit_cases:          {len(legit)}")
     print(f"legit_refused:        {sum(not ran for _, ran, _ in legit)}")
