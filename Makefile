@@ -62,6 +62,7 @@ bench: venv
 	$(BIN)/python -m evals.bench_loop
 	$(BIN)/python -m evals.bench_vet
 	$(BIN)/python -m evals.bench_keep_rule
+	$(BIN)/python -m evals.bench_measure
 	$(BIN)/python -m evals.bench_campaign --experiments 10
 
 redteam: venv data

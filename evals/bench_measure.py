@@ -1,0 +1,74 @@
+"""What one quickstart run costs through the real measurement (org/measure.py): training in its
+bubblewrap sandbox, then the saved model scored by the sandboxed scorer while it runs in a
+model server of its own. The unmodified trainer/train.py, on a scratch copy of trainer/.
+
+    python -m evals.bench_measure              # 2 runs (~2.5 min on 2 cores)
+    python -m evals.bench_measure --runs 3 --unsandboxed
+
+Per run: the whole measurement's wall seconds, the training process's own (`total_seconds`, and
+its loop: `training_seconds`), the rest (the evaluation, and the training interpreter's start-up
+and torch import before its clock starts, ~4 s), and the CPU seconds of every process
+together (what the program's `cpu_slack` caps). The first sandbox of a process also walks the
+system for the directories to hide (`sandbox.hides`, once per process): timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from org import bwrap
+from org.measure import Caps, measure, view
+from org.program import load_program
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=2, help="runs to time (default 2)")
+    ap.add_argument("--program", default="programs/quickstart.md", help="program, relative to the repo")
+    ap.add_argument("--unsandboxed", action="store_true", help="process isolation only, for comparison")
+    args = ap.parse_args()
+    program = load_program(ROOT / args.program)
+    sandboxed = not args.unsandboxed
+    scratch = Path(tempfile.mkdtemp(prefix="nightlab-bench-measure-"))
+    try:
+        t = time.monotonic()
+        if sandboxed:
+            bwrap.argv(view(program, "run", scratch))  # the one-off walk for sandbox.hides
+        walk = time.monotonic() - t
+        rows = []
+        for i in range(args.runs):
+            work = scratch / f"run{i}"
+            shutil.copytree(ROOT / "trainer", work / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+            t = time.monotonic()
+            res = measure(program, work, {}, scratch / f"run{i}.log", work / "out", sandboxed=sandboxed,
+                          timeout_s=program.run_timeout_s, caps=Caps())  # fmt: skip
+            wall = time.monotonic() - t
+            if res.returncode != 0 or res.violations:
+                raise SystemExit(f"run {i} failed: {res.violations or res.tail[-800:]}")
+            train = float(res.summary["total_seconds"])
+            rows.append(dict(wall=wall, train=train, loop=float(res.summary["training_seconds"]),
+                             eval=res.seconds - train, cpu=res.cpu_seconds or 0.0,
+                             metric=float(res.summary[program.spec.metric])))  # fmt: skip
+            print(f"run {i}: wall {wall:.1f} s, training process {train:.1f} s (loop {rows[-1]['loop']:.1f}), "
+                  f"evaluation {rows[-1]['eval']:.1f} s, cpu {rows[-1]['cpu']:.1f} s, "
+                  f"{program.spec.metric} {rows[-1]['metric']:.6f}", flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("---")
+    print(f"sandboxed: {sandboxed}")
+    print(f"runs: {len(rows)}")
+    for key in ("wall", "train", "loop", "eval", "cpu"):
+        print(f"{key}_s_median: {statistics.median(r[key] for r in rows):.1f}")
+    print(f"hides_walk_s: {walk:.1f}")
+    print(f"{program.spec.metric}: {rows[0]['metric']:.6f}")
+
+
+if __name__ == "__main__":
+    main()
