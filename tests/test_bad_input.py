@@ -51,6 +51,8 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
     ({"env": "{OPENAI_API_KEY: x}"}, "env", "secret"),
     ({"env": "{GITHUB_PAT: x}"}, "env", "secret"),  # the env policy's detector, not just *_KEY
     ({"parse": "{kind: regex}"}, "parse", "regex"),
+    ({"sandbox": "{hides: [/usr/lib/python3.11/idlelib]}"}, "sandbox.hides", "directory name"),
+    ({"sandbox": "{hides: ['..']}"}, "sandbox.hides", "directory name"),
 ])
 def test_bad_program_fields(tmp_path, front, field, words):
     program = make_repo(tmp_path / "r")
