@@ -59,7 +59,7 @@ def test_nan_loss_prints_fail_and_exits_1(prepared_cpu, tmp_path):
 def test_bad_knob_combination_fails_fast(prepared_cpu, tmp_path):
     broken = tmp_path / "train.py"
     source = (REPO / "trainer" / "train.py").read_text()
-    broken.write_text(source.replace("TOTAL_BATCH_TOKENS = 2**13", "TOTAL_BATCH_TOKENS = 1000"))
+    broken.write_text(source.replace("TOTAL_BATCH_TOKENS = 2**12", "TOTAL_BATCH_TOKENS = 1000"))
     out = run_train(broken, prepared_cpu, timeout=120)
     assert out.returncode == 1 and "FAIL: TOTAL_BATCH_TOKENS=1000" in out.stdout
 

@@ -36,7 +36,7 @@ LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap)
 ROPE_BASE = 10000.0  # rotary embedding base frequency
 
 # ---- Knobs: optimisation ----
-TOTAL_BATCH_TOKENS = 2**13  # tokens per optimizer step (gradient accumulation fills it)
+TOTAL_BATCH_TOKENS = 2**12  # tokens per optimizer step (gradient accumulation fills it)
 DEVICE_BATCH_SIZE = 16  # rows of MAX_SEQ_LEN per forward/backward
 MATRIX_LR = 0.02  # Muon learning rate for 2-D block matrices
 EMBEDDING_LR = 0.3  # AdamW learning rate for token and value embeddings
