@@ -2,6 +2,9 @@
 #   make campaign PROGRAM=programs/quickstart.md ORG=roles/tiered
 #   make test
 #   make resume TAG=<tag> | make status [TAG=<tag>] | make log TAG=<tag>
+#   make compare PROGRAM=programs/quickstart.md ORGS="roles/tiered roles/tpe" EXPERIMENTS=10 REPLICATES=3
+#   make meta PROGRAM=programs/quickstart.md ROUNDS=3
+#   make nightly PROGRAM=programs/quickstart.md ORG=roles/tiered UNTIL=07:00 | make report TAG=<tag>
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,13 +18,18 @@ PRESET ?= cpu
 PYTEST_ARGS ?=
 EXPERIMENTS ?=
 TAG ?=
+ORGS ?= roles/tiered roles/random roles/tpe roles/cmaes roles/centaur
+REPLICATES ?= 3
+NAME ?=
+ROUNDS ?= 3
+UNTIL ?= 07:00
 
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test campaign resume status log data baseline bench redteam lint graph clean
+.PHONY: venv test campaign resume status compare meta nightly report log data baseline bench redteam lint graph clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +58,19 @@ resume: venv
 
 status: venv
 	$(BIN)/nightlab status $(TAG)
+
+nightly: venv
+	$(BIN)/nightlab nightly --program $(PROGRAM) --org $(ORG) --until $(UNTIL) $(if $(TAG),--tag $(TAG))
+
+report: venv
+	$(if $(TAG),,$(error make report needs TAG=<campaign tag>; `make status` lists them))
+	$(BIN)/nightlab report $(TAG)
+
+meta: venv
+	$(BIN)/nightlab meta --program $(PROGRAM) --org $(ORG) --rounds $(ROUNDS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(NAME),--name $(NAME))
+
+compare: venv
+	$(BIN)/nightlab compare --program $(PROGRAM) $(ORGS) --experiments $(or $(EXPERIMENTS),10) --replicates $(REPLICATES) $(if $(NAME),--name $(NAME))
 
 log: venv
 	$(if $(TAG),,$(error make log needs TAG=<campaign tag>; `make status` lists them))

@@ -38,8 +38,9 @@ def with_knobs(source: str, knobs: dict[str, str]) -> str:
     return source
 
 
-def run(preset: str, knobs: dict[str, str], timeout: int) -> dict:
-    src = with_knobs((REPO / "trainer" / "train.py").read_text(), knobs)
+def run(preset: str, knobs: dict[str, str], timeout: int, source: str | None = None) -> dict:
+    """One real run of train.py (or of `source`, another version of it) with `knobs` rewritten."""
+    src = with_knobs(source if source is not None else (REPO / "trainer" / "train.py").read_text(), knobs)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "train.py"
         script.write_text(src)

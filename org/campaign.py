@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from org.errors import InputError
+from org.errors import InputError, SpendCapReached
 from org.lab import Lab
 from org.ledger import Ledger, tsv_text
 from org.program import Program, load_program
@@ -56,6 +56,8 @@ class CampaignRecord(BaseModel):
     protected_hashes: dict[str, str]
     max_experiments: int | None = None  # --max-experiments override of the program's stop limit
     unsandboxed: bool = False  # --unsandboxed: runs without bubblewrap, by the user's choice
+    memory_home: str | None = None  # a memory of its own (a comparison's arm); None: $NIGHTLAB_HOME's
+    until: float | None = None  # `nightlab nightly --until`: the window's end (epoch seconds), this night's
 
 
 def campaigns_dir() -> Path:
@@ -117,15 +119,16 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
     if program.spec.knobs:  # the program's starting knobs must exist: checked now, applied at setup
         from org.knobs import set_knobs
 
-        set_knobs(source, program.spec.knobs, program.path)
-    knob_mode = (proposer.spec.mode or "knob") == "knob"
+        set_knobs(source, program.spec.knobs, program.path, program.spec.knob_style)
+    sampled = any(org.is_sampler(kind) for kind in org.roles)
+    knob_mode = (proposer.spec.mode or "knob") == "knob" or sampled
     space = {"fixed_knobs": program.spec.fixed_knobs, "knob_ranges": program.spec.knob_ranges,
              "knob_moves": program.spec.knob_moves}
     if not (knob_mode or any(space.values())):
         return program, org  # edit mode on a target that need not have knobs at all
-    from org.proposal import parse_knobs, type_moves
+    from org.proposal import type_moves
 
-    knobs = {k.name: k for k in parse_knobs(source, program.knob_path)}
+    knobs = {k.name: k for k in program.knobs_of(source)}
     for field, named in space.items():
         if unknown := [n for n in named if n not in knobs]:
             raise InputError(program.path, field, f"{', '.join(unknown)}: no such knob in {program.knob_path}")
@@ -134,8 +137,12 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
             raise InputError(program.path, f"knob_moves.{name}", f"{', '.join(wrong)} does not apply "
                              f"to {knobs[name].type} knob {name} = {knobs[name].expr}")  # fmt: skip
     if knob_mode and not knobs:
-        raise InputError(program.path, "knob_file", f"{program.knob_path} has no UPPER_CASE "
-                         "knob constants, but the proposer works in knob mode")  # fmt: skip
+        raise InputError(program.path, "knob_file", f"{program.knob_path} has no knobs ({program.spec.knob_style}), "
+                         "but the proposer works in knob mode")  # fmt: skip
+    if sampled:  # a space with nothing to sample is the program's error now, not at experiment 1
+        from org.sampler import space as sampler_space
+
+        sampler_space(program, source)
     return program, org
 
 
@@ -177,7 +184,7 @@ def _event_log(fh: Any, tag: str) -> Any:
 def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, memory: Any,
               progress: Callable[..., None] | None) -> Lab:  # fmt: skip
     directory = campaign_dir(record.tag)
-    stop = program.spec.stop.overridden(max_experiments=record.max_experiments)
+    stop = program.spec.stop.overridden(max_experiments=record.max_experiments, until=record.until)
     if models is None:
         from org.models import ModelClient
 
@@ -185,11 +192,13 @@ def _open_lab(record: CampaignRecord, program: Program, org: Org, models: Any, m
     if memory is None:
         from memory import NoteStore
 
-        memory = NoteStore(home_dir(), embedding=org.spec.embedding, ollama_host=ollama_host())
+        home = Path(record.memory_home) if record.memory_home else home_dir()
+        memory = NoteStore(home, embedding=org.spec.embedding, ollama_host=ollama_host())
     events = (directory / "events.jsonl").open("a", encoding="utf-8", buffering=1)
     return Lab(
         tag=record.tag, dir=directory, program=program, org=org,
-        workspace=Workspace(directory / "worktree"), ledger=Ledger(directory / "ledger.db"),
+        workspace=Workspace(directory / "worktree", keep=tuple(rel for rel, _ in program.data_links())),
+        ledger=Ledger(directory / "ledger.db"),
         models=models, memory=memory, stop=stop,
         started_at=record.created_at, base_commit=record.base_commit,
         protected_hashes=record.protected_hashes, log=_event_log(events, record.tag), event_file=events,
@@ -213,6 +222,10 @@ def _drive(lab: Lab, graph_input: Any) -> dict[str, Any]:
     try:
         # durability="sync": each checkpoint is on disk before the next node starts.
         return graph.invoke(graph_input, config, context=lab, durability="sync")
+    except SpendCapReached as e:  # before the call that could pass it: a clean stop, resumable
+        lab.log.info("stop", reason=str(e))
+        lab.write_tsv()
+        return {**graph.get_state(config).values, "stopped": str(e)}
     finally:
         conn.close()
         lab.close()
@@ -238,23 +251,30 @@ def sandboxing(org: Org, unsandboxed: bool) -> bool:
     return False
 
 
+def check_tag(tag: str, field: str = "tag") -> str:
+    """A campaign's (or comparison's) name: it becomes a directory and a branch."""
+    if not _TAG.match(tag):
+        raise InputError(None, field, f"{tag!r}: use letters, digits, '.', '_' or '-'")
+    return tag
+
+
 def default_tag(program: Program) -> str:
     return f"{program.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def start(program_path: str | Path, org_path: str | Path, tag: str | None = None,
           max_experiments: int | None = None, models: Any = None, memory: Any = None,
-          progress: Callable[..., None] | None = None, unsandboxed: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Create a campaign, run its baseline, then loop until a stop condition."""
+          progress: Callable[..., None] | None = None, unsandboxed: bool = False,
+          memory_home: Path | None = None, until: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Create a campaign, run its baseline, then loop until a stop condition. `memory_home`: the
+    campaign's own memory store, kept in its record (resume uses it too)."""
     program, org = validate_inputs(program_path, org_path)
     sandboxing(org, unsandboxed)  # InputError before anything is written: edit mode needs bubblewrap
     if models is None:  # the real client (tests inject a scripted one)
         preflight(org)
     if memory is None:
         check_embedding(org)
-    tag = tag or default_tag(program)
-    if not _TAG.match(tag):
-        raise InputError(None, "tag", f"{tag!r}: use letters, digits, '.', '_' or '-'")
+    tag = check_tag(tag or default_tag(program))
     directory = campaign_dir(tag)
     if directory.exists() and not (directory / "campaign.json").exists():
         _remove(program.repo, directory, tag)  # a start killed before it saved anything
@@ -265,12 +285,13 @@ def start(program_path: str | Path, org_path: str | Path, tag: str | None = None
         raise InputError(None, "tag", f"branch {branch_name(tag)} already exists in {program.repo}")
     directory.mkdir(parents=True)
     with _locked(directory, tag):
-        return _start_locked(program, org, tag, directory, max_experiments, models, memory, progress, unsandboxed)
+        return _start_locked(program, org, tag, directory, max_experiments, models, memory, progress, unsandboxed,
+                             memory_home, until)  # fmt: skip
 
 
 def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_experiments: int | None,
                   models: Any, memory: Any, progress: Callable[..., None] | None,
-                  unsandboxed: bool) -> dict[str, Any]:  # fmt: skip
+                  unsandboxed: bool, memory_home: Path | None, until: float | None) -> dict[str, Any]:  # fmt: skip
     ws = Workspace.create(program.repo, directory / "worktree", tag)
     record = CampaignRecord(
         tag=tag, program=str(program.path), org=str(org.path.resolve()), repo=str(program.repo),
@@ -278,6 +299,7 @@ def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_exp
         direction=program.spec.direction, editable=program.editable_paths,
         protected_hashes={p: ws.blob_hash(p) for p in program.protected_paths},
         max_experiments=max_experiments, unsandboxed=unsandboxed,
+        memory_home=str(memory_home) if memory_home else None, until=until,
     )  # fmt: skip
     _save_record(directory, record)
     lab = _open_lab(record, program, org, models, memory, progress)
@@ -285,10 +307,19 @@ def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_exp
                  sandboxed=lab.sandboxed, unsandboxed=unsandboxed)  # fmt: skip
     try:
         return _drive(lab, initial_state())
-    except InputError:
-        # The target itself is broken (baseline failed): nothing was recorded, so leave no trace.
+    except InputError as e:
+        # The target itself is broken (baseline failed): nothing was recorded, so leave no trace
+        # but the setup's log, which the error points to
         if not Ledger(directory / "ledger.db").experiments():
+            log = directory / "runs" / "setup.log"
+            kept = home_dir() / "failed" / f"{tag}.setup.log"
+            had_log = log.exists()
+            if had_log:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, kept)
             _remove(program.repo, directory, tag)
+            if had_log and str(log) in e.message:
+                raise InputError(e.path, e.field, e.message.replace(str(log), str(kept))) from e
         raise
 
 
@@ -299,7 +330,7 @@ def _remove(repo: Path, directory: Path, tag: str) -> None:
 
 
 def resume(tag: str, max_experiments: int | None = None, models: Any = None, memory: Any = None,
-           progress: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
+           progress: Callable[..., None] | None = None, until: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Continue a campaign from its last checkpoint after a reconciliation pass."""
     record = load_record(tag)
     program, org = validate_inputs(record.program, record.org)
@@ -314,14 +345,17 @@ def resume(tag: str, max_experiments: int | None = None, models: Any = None, mem
     if memory is None:
         check_embedding(org)
     with _locked(campaign_dir(tag), tag):
-        return _resume_locked(record, program, org, max_experiments, models, memory, progress)
+        return _resume_locked(record, program, org, max_experiments, models, memory, progress, until)
 
 
 def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_experiments: int | None,
-                   models: Any, memory: Any, progress: Callable[..., None] | None) -> dict[str, Any]:  # fmt: skip
+                   models: Any, memory: Any, progress: Callable[..., None] | None,
+                   until: float | None = None) -> dict[str, Any]:  # fmt: skip
     tag = record.tag
-    if max_experiments is not None:
-        record = record.model_copy(update={"max_experiments": max_experiments})
+    # a night's window is that night's: a resume without one (a plain `resume`) runs without one
+    update = {"until": until, **({"max_experiments": max_experiments} if max_experiments is not None else {})}
+    if any(getattr(record, k) != v for k, v in update.items()):
+        record = record.model_copy(update=update)
         _save_record(campaign_dir(tag), record)
     lab = _open_lab(record, program, org, models, memory, progress)
     if kill_stale(lab.run_pid_file):

@@ -1,4 +1,5 @@
-"""CLI verbs for campaigns: `campaign`, `resume`, `status`, `log` (registered lazily in org/cli.py)."""
+"""CLI verbs for campaigns: `campaign`, `resume`, `status`, `compare`, `meta`, `log` (registered
+lazily in org/cli.py)."""
 
 from __future__ import annotations
 
@@ -60,11 +61,18 @@ def _done(state: dict) -> None:
 
 @click.command("status")
 @click.argument("tag", required=False)
-def status(tag: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per campaign (a list), for scripts.")
+def status(tag: str | None, as_json: bool) -> None:
     """Summary of one campaign, or of all campaigns."""
+    import json
+
     from org import campaign as c
 
     tags = [tag] if tag else c.list_tags()
+    if as_json:
+        click.echo(json.dumps([{**c.summary(t), **({"agreement_problems": c.agreement_problems(t)} if tag else {})}
+                               for t in tags], indent=2))  # fmt: skip
+        return
     if not tags:
         click.echo("no campaigns yet")
         return
@@ -93,6 +101,128 @@ def status(tag: str | None) -> None:
         problems = c.agreement_problems(tag)
         click.echo("records agree (git, results.tsv, ledger)" if not problems
                    else "records disagree:\n  " + "\n  ".join(problems))  # fmt: skip
+
+
+@click.command("compare")
+@click.argument("orgs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--program", "program", required=True, type=click.Path(dir_okay=False), help="Program file.")
+@click.option("--experiments", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Experiments per campaign: every arm's budget.")
+@click.option("--replicates", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Campaigns per arm, each with its own memory.")
+@click.option("--name", default=None, help="The comparison's name; default <program>-compare. Run the same "
+              "command again to resume it.")
+def compare(orgs: tuple[str, ...], program: str, experiments: int, replicates: int, name: str | None) -> None:
+    """Run every org (ORGS: folders, e.g. roles/tiered roles/tpe) on PROGRAM under equal budgets;
+    writes report.md and running_best.png in $NIGHTLAB_HOME/compares/<name>/."""
+    from org import campaign as c
+    from org import compare as cmp
+    from org.progress import Dashboard
+
+    prog, _ = c.validate_inputs(program, orgs[0])
+    name = c.check_tag(name or f"{prog.spec.name}-compare", "name")
+    for org in orgs:
+        c.preflight(c.validate_inputs(program, org)[1])
+    click.echo(f"comparison {name}: {cmp.compares_dir() / name}", err=True)
+    with Dashboard(name, prog.spec.metric) as dash:
+        report = cmp.run_compare(name, program, list(orgs), experiments, replicates, progress=dash)
+    click.echo(report.read_text())
+    click.echo(f"report: {report}")
+
+
+@click.command("meta")
+@click.option("--program", "program", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Program whose strategy (its markdown body) is optimised; its front matter never changes.")
+@click.option("--org", "org", default="roles/tiered", show_default=True, type=click.Path(exists=True),
+              help="The org every scoring campaign runs.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--variants", type=click.IntRange(min=1), default=2, show_default=True, help="New strategies per round.")
+@click.option("--experiments", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Experiments per scoring campaign.")
+@click.option("--replicates", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Scoring campaigns per strategy.")
+@click.option("--name", default=None, help="The run's name; default <program>-meta. The same command resumes it.")
+def meta(program: str, org: str, rounds: int, variants: int, experiments: int, replicates: int,
+         name: str | None) -> None:  # fmt: skip
+    """Meta-optimise PROGRAM's strategy: the director writes variants, short comparisons score them,
+    the best survives each round; the winner is written beside the program as <program>.<name>.md."""
+    from org import campaign as c
+    from org import meta as m
+
+    prog, org_ = c.validate_inputs(program, org)
+    c.preflight(org_)
+    name = c.check_tag(name or f"{prog.spec.name}-meta", "name")
+    click.echo(f"meta {name}: {m.meta_dir(name)}", err=True)
+    record = m.run_meta(name, program, org, rounds, variants, experiments, replicates)
+    for v in record.tried:
+        score = "n/a" if v.score is None else f"{v.score:+.4f} ± {v.sd or 0:.4f} ({v.campaigns})"
+        click.echo(f"round {v.round} variant {v.index}: {score}  {v.rationale}")
+    click.echo(f"winner: round {record.tried[record.incumbent].round} variant "
+               f"{record.tried[record.incumbent].index} -> {record.winner_file}")  # fmt: skip
+
+
+@click.command("nightly")
+@click.option("--program", "program", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--org", "org", default="roles/tiered", show_default=True, type=click.Path(exists=True))
+@click.option("--until", "until", default="07:00", show_default=True,
+              help="Local time the window closes (HH:MM): no experiment starts that could end after it.")
+@click.option("--tag", default=None, help="Campaign to start or resume; default <program>-nightly.")
+def nightly(program: str, org: str, until: str, tag: str | None) -> None:
+    """Start or resume the program's nightly campaign until the window closes, then write the
+    morning report (report.md, report.html) in its directory."""
+    from org import campaign as c
+    from org import nightly as n
+    from org import report as r
+    from org.progress import Dashboard
+
+    end = n.deadline(until)
+    prog, org_ = c.validate_inputs(program, org)
+    c.preflight(org_)
+    with Dashboard(tag or f"{prog.spec.name}-nightly", prog.spec.metric) as dash:
+        tag, state = n.run_nightly(program, org, end, tag=tag, progress=dash)
+    if state is None:
+        click.echo(f"nightly {tag}: the window closes at {until}, too soon for a baseline "
+                   f"(up to {n.baseline_worst_s(prog) / 60:.0f} min); nothing started")  # fmt: skip
+        return
+    _done(state)
+    md, html = r.write(tag)
+    click.echo(f"report: {md}\n        {html}")
+
+
+@click.command("report")
+@click.argument("tag")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's content as JSON instead.")
+def report(tag: str, as_json: bool) -> None:
+    """Write report.md, report.html (self-contained) and progress.png for campaign TAG."""
+    import json
+
+    from org import campaign as c
+    from org import report as r
+
+    c.load_record(tag)  # clear error for an unknown tag
+    if as_json:
+        click.echo(json.dumps(r.data(tag), indent=2))
+        return
+    md, html = r.write(tag)
+    click.echo(md.read_text())
+    click.echo(f"report: {md}\n        {html}")
+
+
+@click.group("export")
+def export() -> None:
+    """Export a campaign to a tracking tool."""
+
+
+@export.command("mlflow")
+@click.argument("tag")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite:///<campaign dir>/mlflow.db.")
+def export_mlflow(tag: str, tracking_uri: str | None) -> None:
+    """Every experiment of campaign TAG as an MLflow run (knobs as params; metrics; status, role,
+    model and commit as tags). Again later: only what is new."""
+    from org.export import export_mlflow as run_export
+
+    uri, added = run_export(tag, tracking_uri)
+    click.echo(f"exported {added} experiments of {tag} to {uri} (mlflow ui --backend-store-uri {uri})")
 
 
 @click.command("log")

@@ -36,6 +36,12 @@ class ModelError(NightlabError):
     exit_code = 3
 
 
+class SpendCapReached(NightlabError):
+    """A spend cap would be passed by the next model call: the campaign stops before making it."""
+
+    exit_code = 0  # a stop the user asked for, not a failure
+
+
 class HarnessError(NightlabError):
     """Something in nightlab itself or its workspace broke (git, store, filesystem)."""
 

@@ -26,6 +26,7 @@ from org.drift import check_drift
 from org.errors import InputError, ModelError
 from org.lab import Lab
 from org.measure import child_env, keep_test
+from org.models.names import parse_model
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
 from org.review import advisory_only, fail_open, review_change
 from org.runner import parse_number, run_command
@@ -105,6 +106,8 @@ def setup(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run"]
     lab.progress(phase="setup")
     ws, prog = lab.workspace, lab.program
     ws.reset(lab.base_commit)  # idempotent if a kill interrupted an earlier attempt
+    for rel, src in prog.data_links():  # ignored data the clean worktree lacks, read-only in runs
+        ws.link(rel, src)
     if prog.spec.setup:
         res = run_command(prog.spec.setup, ws.path, child_env(prog, {}), prog.spec.setup_timeout_s,
                           lab.dir / "runs" / "setup.log")  # fmt: skip
@@ -117,7 +120,7 @@ def setup(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run"]
         from org.knobs import set_knobs
 
         source = ws.read(prog.knob_path)
-        ws.write(prog.knob_path, set_knobs(source, prog.spec.knobs, prog.path))
+        ws.write(prog.knob_path, set_knobs(source, prog.spec.knobs, prog.path, prog.spec.knob_style))
         description = "baseline: " + ", ".join(f"{k}={v}" for k, v in prog.spec.knobs.items())
         ws.commit(f"program knobs: {description}", [prog.knob_path])
     proposal = Proposal(hypothesis="unmodified target", description=description, role="baseline",
@@ -154,12 +157,16 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
 
 
 def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
-    """The proposer picks one change: a knob move (closed choices) or search/replace edits."""
+    """The proposer picks one change: a knob move (closed choices) or search/replace edits; or a
+    sampler (an Optuna study over the knob space) picks a value for every knob."""
     from org.proposal import EditProposal, knob_schema, offered_moves
 
     lab = runtime.context
     lab.progress(phase="propose", n=state["n"])
-    role = lab.org.roles["proposer"]
+    kind = lab.org.proposer_for(state["n"])
+    if lab.org.is_sampler(kind):
+        return _sample(state, lab, kind)
+    role = lab.org.roles[kind]
     mode = role.spec.mode or "knob"
     source = lab.workspace.read(lab.program.knob_path)
     knobs = lab.program.search_space(source)
@@ -188,7 +195,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     proposals: list[Proposal] = []
     failures: list[str] = []
     for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
-        res = lab.calls.ask("proposer", state["n"], schema, **variables)
+        res = lab.calls.ask(kind, state["n"], schema, **variables)
         rec = res.record
         if res.value is None:
             failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
@@ -196,11 +203,15 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
         v = res.value
         if mode == "edit":
             proposals.append(Proposal(
-                hypothesis=v.hypothesis, description=v.description(), role="proposer",
+                hypothesis=v.hypothesis, description=v.description(), role=kind,
                 model=rec.model_used, knob_move=None, edits=[e.model_dump() for e in v.edits]))  # fmt: skip
         else:
             move = f"{v.knob} {v.move}"
-            proposals.append(Proposal(hypothesis=v.hypothesis, description=move, role="proposer",
+            # a base model's words are grammar-shaped noise ("choose-1", "keep"): the record says
+            # what it did instead
+            hypothesis = (f"{rec.model_used} (a base model) picked {move} from {sum(map(len, offered.values()))} "
+                          "offered moves" if parse_model(rec.model_used).is_base else v.hypothesis)  # fmt: skip
+            proposals.append(Proposal(hypothesis=hypothesis, description=move, role=kind,
                                       model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
     if not proposals:
         return _failed(state, lab, "propose", "; ".join(dict.fromkeys(failures)))
@@ -209,8 +220,21 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     return Command(goto="apply", update={"proposal": proposals[0], "queue": proposals[1:]})
 
 
+def _sample(state: CampaignState, lab: Lab, kind: str) -> Command:
+    """A sampler's proposal: the study is told every result the ledger has first."""
+    sampler = lab.sampler(kind)
+    sampler.sync(lab.ledger.experiments(), lambda commit: lab.workspace.show(commit, lab.program.knob_path),
+                 pending=state["n"])  # fmt: skip
+    s = sampler.suggest(state["n"], state["attempt"], lab.workspace.read(lab.program.knob_path))
+    proposal = Proposal(hypothesis=s.hypothesis, description=s.description, role=kind, model=sampler.model,
+                        knob_move=None, edits=None, knob_values=s.values)  # fmt: skip
+    lab.log.info("proposal", exp=state["n"], candidates=1, description=s.description, trial=s.trial)
+    return Command(goto="apply", update={"proposal": proposal, "queue": []})
+
+
 def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "apply", "direct", "propose", "__end__"]]:
     """Turn the proposal into one commit on the campaign branch (from the best commit)."""
+    from org.knobs import set_knobs
     from org.proposal import SearchReplace, apply_edits, apply_knob_move
 
     lab = runtime.context
@@ -218,9 +242,13 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
     ws, prog, p = lab.workspace, lab.program, state["proposal"]
     ws.reset(state["best_commit"])  # idempotent: a re-run after kill starts from the same point
     try:
-        if p["knob_move"]:
+        if p.get("knob_values"):  # a sampler's trial (its description is already the change)
+            ws.write(prog.knob_path, set_knobs(ws.read(prog.knob_path), p["knob_values"], prog.path,
+                                                 prog.spec.knob_style))
+        elif p["knob_move"]:
             knob, move = p["knob_move"].split(" ", 1)
-            new_source, description = apply_knob_move(ws.read(prog.knob_path), knob, move)
+            new_source, description = apply_knob_move(ws.read(prog.knob_path), knob, move, prog.knob_path,
+                                                        prog.spec.knob_style)
             ws.write(prog.knob_path, new_source)
             p = {**p, "description": description}
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from org.errors import InputError
-from org.proposal import Knob, KnobValue, knob_literal, parse_knobs, with_literal
+from org.proposal import Knob, KnobStyle, KnobValue, knob_literal, parse_knobs, with_literal
 
 
 def _check_type(knob: Knob, value: KnobValue, program: Path) -> None:
@@ -25,9 +25,9 @@ def _check_type(knob: Knob, value: KnobValue, program: Path) -> None:
                          f"{value!r} is not a {knob.type} (the target has {knob.name} = {knob.expr})")
 
 
-def set_knobs(source: str, values: dict[str, KnobValue], program: Path) -> str:
+def set_knobs(source: str, values: dict[str, KnobValue], program: Path, style: KnobStyle = "constants") -> str:
     """Return `source` with each named knob set; unknown names are the program's error."""
-    knobs = {k.name: k for k in parse_knobs(source)}
+    knobs = {k.name: k for k in parse_knobs(source, style=style)}
     for name, value in values.items():
         if name not in knobs:
             raise InputError(program, f"knobs.{name}",

@@ -47,14 +47,31 @@ class Lab:
     log: Any  # structlog bound logger writing this campaign's events.jsonl
     sandboxed: bool = True  # runs under bubblewrap (org/bwrap.py); False: process isolation only
     progress: Callable[..., None] = lambda **_: None
+    session_started: float = field(default_factory=time.time)  # this process's start (a night's)
     overhead: Overhead = field(default_factory=Overhead)
     event_file: Any = None  # the open events.jsonl behind `log`
     calls: Calls = field(init=False)
     recall: Recall = field(init=False)
+    _samplers: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self, models: StructuredClient) -> None:
-        self.calls = Calls(self.program, self.org, models, self.ledger, self.log, self.overhead)
+        self.calls = Calls(self.program, self.org, models, self.ledger, self.log, self.overhead, stop=self.stop)
         self.recall = Recall(self.tag, self.program, self.workspace, self.ledger, self.memory)
+
+    def sampler(self, kind: str) -> Any:
+        """The Optuna study behind role `kind` (a sampler), over the knob space of the baseline's
+        file; opened once, kept in the campaign directory (org/sampler.py)."""
+        if kind not in self._samplers:
+            from org.sampler import SamplerProposer
+
+            base = self.ledger.experiment(0)
+            source = self.workspace.show(base["commit"], self.program.knob_path) if base else None
+            role = self.org.roles[kind].spec
+            self._samplers[kind] = SamplerProposer(
+                role.model, self.dir, self.tag, self.program,
+                source if source is not None else self.workspace.read(self.program.knob_path),
+                seed=role.seed, startup_trials=role.startup_trials)  # fmt: skip
+        return self._samplers[kind]
 
     # ---- the campaign directory --------------------------------------------------------------
 
@@ -132,5 +149,21 @@ class Lab:
 
     def stop_reason(self, n_done: int, fails_in_row: int) -> str | None:
         """`n_done` counts experiments after the baseline."""
-        return self.stop.reason(n_done, fails_in_row, seconds=time.time() - self.started_at,
-                                spend_usd=self.ledger.total_cost())  # fmt: skip
+        now = time.time()
+        return self.stop.reason(n_done, fails_in_row, seconds=now - self.started_at, spend_usd=self.ledger.total_cost(),
+                                now=now, next_s=self.worst_next_s() if self.stop.until is not None else 0.0)  # fmt: skip
+
+    def worst_next_s(self) -> float:
+        """The most the next experiment could take: every run it may get (the first and all
+        replicates, and a drift re-run) at 1.25x the longest run time seen lately, doubled when
+        keeps are tested (a model's test costs less than its run, on either preset); or the
+        longest experiment of this session (model calls, vet, smoke and test included; gaps
+        between nights do not count), whichever is more."""
+        spec = self.program.spec
+        recent = self.ledger.recent_run_seconds(20)
+        per_run = 1.25 * max(recent) if recent else self.program.run_timeout_s
+        runs = (2 + spec.noise.max_replicates) * per_run * (2 if spec.test else 1)
+        times = [self.session_started] + [r["created_at"] for r in self.ledger.experiments()
+                                          if r["created_at"] > self.session_started]  # fmt: skip
+        longest = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max(runs, longest)

@@ -179,6 +179,12 @@ class Ledger:
     def drift_checks(self) -> list[dict[str, Any]]:
         return list(self.db["drift"].rows_where(order_by="after"))
 
+    def recent_run_seconds(self, k: int) -> list[float]:
+        """Wall seconds of the last `k` runs that have them."""
+        rows = self.db.execute("select seconds from runs where seconds is not null order by created_at desc limit ?",
+                               [k]).fetchall()  # fmt: skip
+        return [float(r[0]) for r in rows]
+
     def run_count(self) -> int:
         return int(self.db.execute("select count(*) from runs").fetchone()[0])
 
@@ -210,6 +216,20 @@ class Ledger:
         data.update(exp=exp, ok=int(bool(data["ok"])), created_at=time.time())
         with self.db.conn:
             self.db["calls"].insert(data)
+
+    def spend(self, role: str | None = None) -> tuple[float, int]:
+        """USD and hosted-model tokens of every call so far (of `role`'s, when given), failed
+        calls included."""
+        from org.models.names import parse_model
+
+        where, args = ("where role = ?", [role]) if role else ("", [])
+        usd, tokens = 0.0, 0
+        for cost, used, prompt, completion in self.db.execute(
+                f"select cost_usd, model_used, prompt_tokens, completion_tokens from calls {where}", args):  # fmt: skip
+            usd += cost or 0.0
+            if used and not parse_model(used).is_local:
+                tokens += (prompt or 0) + (completion or 0)
+        return usd, tokens
 
     def cycle_cost(self, exp: int) -> float:
         row = self.db.execute("select coalesce(sum(cost_usd), 0) from calls where exp = ?", [exp])

@@ -19,6 +19,7 @@ rejected as untimed compute.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -79,6 +80,21 @@ def view(program: Program, phase: str, cwd: Path, writes: tuple[Path, ...] = (),
                       tmp_bytes=program.spec.sandbox.tmp_mb * 2**20, hides=tuple(program.spec.sandbox.hides))  # fmt: skip
 
 
+def run_command_of(program: Program, knob_source: str) -> str:
+    """The run command, with the knob file's values (`knob_source`: the experiment's) appended as
+    `--name=value` overrides when the program's knob style is `overrides`.
+    Only names the repo's own knob file has become flags, and none the run command already sets
+    (`--name=`): an edit cannot add a flag, nor override one the program pins."""
+    if program.spec.knob_style != "overrides":
+        return program.spec.run
+    from org.proposal import override_args
+
+    pinned = {a[2:].split("=", 1)[0] for a in shlex.split(program.spec.run) if a.startswith("--")}
+    allowed = {k.name for k in program.knobs_of((program.repo / program.knob_path).read_text(encoding="utf-8"))}
+    args = override_args(knob_source, program.knob_path, allowed - pinned)
+    return " ".join([program.spec.run, *map(shlex.quote, args)])
+
+
 def measure(program: Program, cwd: Path, env: dict[str, str], log_path: Path, out_dir: Path,
             sandboxed: bool, timeout_s: float, pid_file: Path | None = None,
             protected: dict[str, str] | None = None, caps: Caps = Caps()) -> SandboxResult:  # fmt: skip
@@ -92,7 +108,7 @@ def measure(program: Program, cwd: Path, env: dict[str, str], log_path: Path, ou
     if spec.evaluate:
         extra["NIGHTLAB_EVAL"] = "separate"
     timeout = min(timeout_s, caps.wall_s) if caps.wall_s else timeout_s
-    res = run_sandboxed(spec.run, cwd, child_env(program, {**env, **extra}), RunLimits(timeout_s=timeout),
+    res = run_sandboxed(run_command_of(program, (cwd / program.knob_path).read_text(encoding="utf-8")), cwd, child_env(program, {**env, **extra}), RunLimits(timeout_s=timeout),
                         log_path, pid_file=pid_file, protected=protected,
                         view=view(program, "run", cwd, writes=(out_dir,)) if sandboxed else None)  # fmt: skip
     if caps.wall_s and res.timed_out and timeout < timeout_s:

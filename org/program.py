@@ -32,17 +32,29 @@ class StopSpec(BaseModel):
 
     max_experiments: int | None = Field(default=None, ge=0)  # runs after the baseline
     max_hours: float | None = Field(default=None, gt=0)  # wall clock since the campaign started
-    max_usd: float | None = Field(default=None, ge=0)  # model spend
+    max_usd: float | None = Field(default=None, ge=0)  # model spend, checked before every call too
+    max_tokens: int | None = Field(default=None, ge=0)  # hosted models' tokens, checked before every call
     # A proposer that never produces a runnable change would otherwise loop forever.
     max_failures_in_row: int = Field(default=20, ge=1)
+    # The end of a nightly window (epoch seconds; `nightlab nightly --until`, never in a program):
+    # no experiment starts unless the most it could take ends before it
+    until: float | None = None
 
     def overridden(self, **limits: Any) -> StopSpec:
         """This spec with the limits given as not None replaced, as given (`--max-experiments`)."""
         return self.model_copy(update={k: v for k, v in limits.items() if v is not None})
 
-    def reason(self, n_done: int, fails_in_row: int, seconds: float, spend_usd: float) -> str | None:
+    def reason(self, n_done: int, fails_in_row: int, seconds: float, spend_usd: float, now: float = 0.0,
+               next_s: float = 0.0) -> str | None:  # fmt: skip
         """Why the campaign stops now (None: it goes on). `n_done` counts experiments after the
-        baseline, `seconds` the wall clock since the campaign started, `spend_usd` the model spend."""
+        baseline, `seconds` the wall clock since the campaign started, `spend_usd` the model spend,
+        `next_s` the most the next experiment could take (checked against `until` from `now`)."""
+        if self.until is not None and now + next_s > self.until:
+            import datetime
+
+            close = datetime.datetime.fromtimestamp(self.until).strftime("%H:%M")
+            return (f"the window closes at {close}: the next experiment could take up to {next_s / 60:.1f} min "
+                    f"and {max(0.0, self.until - now) / 60:.1f} min are left")  # fmt: skip
         if self.max_experiments is not None and n_done >= self.max_experiments:
             return f"reached max_experiments={self.max_experiments}"
         if self.max_hours is not None and seconds >= self.max_hours * 3600:
@@ -158,6 +170,14 @@ class ProgramSpec(BaseModel):
     editable: list[str] = Field(min_length=1)  # relative to target
     protected: list[str] = []  # relative to target; hashes must never change
     knob_file: str | None = None  # relative to target; default: the first editable file
+    # How knobs are written (org/proposal.py): upper-case commented constants (autoresearch),
+    # plain assignments in a config file (any case), or those assignments also appended to the
+    # run command as --name=value (a trainer configured on its command line)
+    knob_style: Literal["constants", "assignments", "overrides"] = "constants"
+    # Files the repo git-ignores (its data, most often) that runs need: linked into the worktree
+    # from the repo at the same paths (relative to the repo) and readable, read-only, in every
+    # sandbox. A clean worktree has no ignored files, so without this setup would fetch them again.
+    data_files: list[str] = []
     setup: str | None = None  # run once in the worktree before the baseline (e.g. data prep)
     setup_timeout_s: float = Field(default=1800, gt=0)
     run: str  # run command; a leading `python` means the interpreter running nightlab
@@ -212,13 +232,20 @@ class ProgramSpec(BaseModel):
                 raise ValueError(f"env {key!r} looks like a secret; experiments never get secrets")
         return env
 
-    @field_validator("knobs", "fixed_knobs", "knob_ranges", "knob_moves")
+    @field_validator("stop")
     @classmethod
-    def _knob_names_upper(cls, knobs: Any) -> Any:
-        for key in knobs:
-            if not key.isupper():
-                raise ValueError(f"knob {key!r} must be an UPPER_CASE constant name")
-        return knobs
+    def _no_window_in_a_program(cls, stop: StopSpec) -> StopSpec:
+        if stop.until is not None:
+            raise ValueError("until is a night's window, set by `nightlab nightly --until`, not by a program")
+        return stop
+
+    @field_validator("data_files")
+    @classmethod
+    def _data_files_relative(cls, files: list[str]) -> list[str]:
+        for f in files:
+            if Path(f).is_absolute() or ".." in Path(f).parts or not f.strip():
+                raise ValueError(f"data_files: {f!r} must be a path inside the repo, relative to it")
+        return files
 
     @field_validator("knob_ranges")
     @classmethod
@@ -270,10 +297,11 @@ class Program:
         return self.spec.test_metric or f"test_{self.spec.metric}"
 
     def sandbox_reads(self, phase: Phase) -> tuple[Path, ...]:
-        """The paths `phase`'s sandbox may read, with ~ and $NIGHTLAB_CACHE expanded."""
+        """The paths `phase`'s sandbox may read, with ~ and $NIGHTLAB_CACHE expanded, and the
+        program's data files (the worktree links to them)."""
         from org.settings import cache_dir
 
-        out = []
+        out = [src.resolve() for _, src in self.data_links()]
         for raw in self.spec.sandbox.reads.get(phase, []):
             text = raw.replace("${NIGHTLAB_CACHE}", "$NIGHTLAB_CACHE").replace("$NIGHTLAB_CACHE", str(cache_dir()))
             path = Path(text).expanduser()
@@ -288,23 +316,31 @@ class Program:
         """Hard limit for one run: startup, compile and evaluation on top of the budget."""
         return self.spec.run_timeout_s or 2 * self.spec.time_budget_s + 120
 
+    def knobs_of(self, source: str) -> list[Knob]:
+        """The knobs of the knob file's text `source`, in this program's knob style."""
+        from org.proposal import parse_knobs
+
+        return parse_knobs(source, self.knob_path, self.spec.knob_style)
+
     def search_space(self, source: str) -> list[Knob]:
         """The knob file's knobs (`source`) within this program's search space. Seed knobs never
         move: a seed change is noise, and the rules reject it anyway."""
-        from org.proposal import parse_knobs, within
+        from org.proposal import within
         from org.rules import SEED_NAMES
 
         spec = self.spec
-        fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name))
-        return within(parse_knobs(source, self.knob_path), fixed, spec.knob_ranges, spec.knob_moves)
+        fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name.upper()))
+        return within(self.knobs_of(source), fixed, spec.knob_ranges, spec.knob_moves)
+
+    def data_links(self) -> list[tuple[str, Path]]:
+        """(path in the worktree, file in the repo) for each of `data_files`."""
+        return [(rel, self.repo / rel) for rel in self.spec.data_files]
 
     def seed_knob(self, source: str) -> Knob | None:
         """The knob file's (`source`) seed knob as an int constant, or None (no seed knob named, or
         the file has none: a replicate then cannot change the seed)."""
-        from org.proposal import parse_knobs
-
         name = self.spec.noise.seed_knob
-        knob = {k.name: k for k in parse_knobs(source, self.knob_path)}.get(name) if name else None
+        knob = {k.name: k for k in self.knobs_of(source)}.get(name) if name else None
         return knob if knob is not None and knob.type == "int" else None
 
     def better(self, a: float, b: float | None) -> bool:
@@ -352,6 +388,11 @@ def load_program(path: str | Path) -> Program:
     if repo is None:
         raise InputError(path, "repo", f"{repo_dir} is not inside a git repository")
     program = Program(spec=spec, strategy=post.content.strip(), path=path, repo=repo)
+    if spec.knob_style == "constants":
+        for field in ("knobs", "fixed_knobs", "knob_ranges", "knob_moves"):
+            if lower := [key for key in getattr(spec, field) if not key.isupper()]:
+                raise InputError(path, field, f"knob {lower[0]!r} must be an UPPER_CASE constant name (or set "
+                                 "knob_style: assignments for a config file of lower-case names)")  # fmt: skip
 
     # Every named file must exist in the target now; a campaign must not discover it at 3 am.
     named = [("editable", p) for p in program.editable_paths]
@@ -361,6 +402,12 @@ def load_program(path: str | Path) -> Program:
     for field, rel in named:
         if not (repo / rel).is_file():
             raise InputError(path, field, f"{rel} does not exist in {repo}")
+    for rel, src in program.data_links():
+        if not src.resolve().is_relative_to(repo.resolve()):
+            raise InputError(path, "data_files", f"{rel} resolves to {src.resolve()}, outside {repo}")
+        if not src.exists():
+            raise InputError(path, "data_files", f"{rel} does not exist in {repo} (data_files name files the "
+                             "repo has but git ignores; prepare them there first)")  # fmt: skip
     _check_seed(program)
     for phase in ("run", "evaluate", "test"):
         program.sandbox_reads(phase)  # InputError naming the field

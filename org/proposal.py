@@ -1,8 +1,14 @@
 """What a proposer may answer: a knob move (closed choices, for weak models) or search/replace edits.
 
-Knobs are the upper-case constants at the top level of the target file, one per line with a
-trailing comment (`DEPTH = 4  # transformer blocks`), found with `ast`. Applying a move
-rewrites only that constant's value; every other byte of the file stays as it was.
+Knobs are found with `ast` at the top level of the knob file, in one of the program's styles:
+    constants     upper-case constants with a trailing comment (`DEPTH = 4  # transformer
+                  blocks`): the default, autoresearch's train.py
+    assignments   every plain `name = literal` line, any case, comment or not: a config file such
+                  as nanoGPT's `config/train_shakespeare_char.py`
+    overrides     the same file format, whose values the harness also appends to the run
+                  command as `--name=value` (org/measure.py): a trainer configured on its
+                  command line
+Applying a move rewrites only that value; every other byte of the file stays as it was.
 Errors here are usually the model's (a move that does nothing, a search text that is not in
 the file): they are `InputError`s naming the file and field, for the caller to record and show.
 """
@@ -34,6 +40,8 @@ ALL_MOVES = tuple(dict.fromkeys(m for ms in (*MOVES_BY_TYPE.values(), ZERO_FLOAT
 _FACTORS = {"x2": 2.0, "x0.5": 0.5, "x1.5": 1.5, "x0.67": 0.67}
 _STEPS = {"+1": 1, "-1": -1, "+0.1": 0.1, "+0.01": 0.01}
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_ANY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KnobStyle = Literal["constants", "assignments", "overrides"]
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
            ast.Pow: operator.pow}
@@ -104,7 +112,8 @@ def _lines(source: str) -> list[str]:
     return re.findall(r"[^\n]*\n|[^\n]+$", source)
 
 
-def parse_knobs(source: str, path: str = "train.py") -> list[Knob]:
+def parse_knobs(source: str, path: str = "train.py", style: KnobStyle = "constants") -> list[Knob]:
+    constants = style == "constants"
     try:
         tree = ast.parse(source)
     except SyntaxError as e:
@@ -118,14 +127,16 @@ def parse_knobs(source: str, path: str = "train.py") -> list[Knob]:
             target, value = node.target, node.value
         else:
             continue
-        if not (isinstance(target, ast.Name) and _NAME.match(target.id)):
+        if not (isinstance(target, ast.Name) and (_NAME if constants else _ANY_NAME).match(target.id)):
             continue
         if value.lineno != value.end_lineno or value.end_col_offset is None:
             continue
         raw = lines[value.lineno - 1].rstrip("\r\n").encode()
         tail = raw[value.end_col_offset :].decode().strip()
-        if not tail.startswith("#"):
+        if constants and not tail.startswith("#"):
             continue  # knobs are the commented constants; others are plain module constants
+        if tail and not tail.startswith("#"):
+            continue  # `a = 1; b = 2`: more than one statement on the line
         try:
             v = _const(value)
         except (ValueError, ArithmeticError):
@@ -134,7 +145,17 @@ def parse_knobs(source: str, path: str = "train.py") -> list[Knob]:
         expr = raw[value.col_offset : value.end_col_offset].decode()
         knobs.append(Knob(target.id, v, kind, tail[1:].strip(), value.lineno,
                           value.col_offset, value.end_col_offset, expr))
+    if not constants:  # a name assigned twice: the last assignment is the value the file ends with
+        last = {k.name: k for k in knobs}
+        knobs = [k for k in knobs if last[k.name] is k]
     return knobs
+
+
+def override_args(source: str, path: str, allowed: set[str] | None = None) -> list[str]:
+    """The knob file's values as command-line overrides (`--name=value`, in file order), only for
+    names in `allowed` (None: all): an assignment an edit added becomes no flag."""
+    return [f"--{k.name}={k.value}" for k in parse_knobs(source, path, "overrides")
+            if allowed is None or k.name in allowed]  # fmt: skip
 
 
 def knob_literal(knob: Knob, value: KnobValue, digits: int | None = None) -> str:
@@ -184,9 +205,10 @@ def _moved(knob: Knob, move: str) -> KnobValue:
     return new
 
 
-def apply_knob_move(source: str, knob_name: str, move: str, path: str = "train.py") -> tuple[str, str]:
+def apply_knob_move(source: str, knob_name: str, move: str, path: str = "train.py",
+                    style: KnobStyle = "constants") -> tuple[str, str]:  # fmt: skip
     """Rewrite one knob; returns (new_source, one-line description like 'DEPTH x2: 4 -> 8')."""
-    knobs = {k.name: k for k in parse_knobs(source, path)}
+    knobs = {k.name: k for k in parse_knobs(source, path, style)}
     if knob_name not in knobs:
         raise InputError(path, "knob", f"no knob named {knob_name!r} (knobs: {', '.join(knobs)})")
     knob = knobs[knob_name]

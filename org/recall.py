@@ -104,7 +104,7 @@ class Recall:
         absolute, tried = {}, set()
         for k in knobs:
             for m in k.moves:
-                new_source, description = apply_knob_move(source, k.name, m)
+                new_source, description = apply_knob_move(source, k.name, m, style=self.program.spec.knob_style)
                 absolute[(k.name, m)] = absolute_move(description)
                 if ran and tuple(here[:slot] + [_sha(new_source)] + here[slot + 1 :]) in ran:
                     tried.add((k.name, m))

@@ -8,6 +8,7 @@ Every problem becomes `InputError(path, field, message)`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from org.errors import InputError
 from org.models.names import parse_model
 
-RoleKind = Literal["proposer", "director", "reviewer", "compactor"]
+RoleKind = Literal["proposer", "sampler", "director", "reviewer", "compactor"]
 ORG_FILE = "org.md"
 
 
@@ -38,6 +39,10 @@ class OrgSpec(BaseModel):
     plateau_after: int = Field(8, ge=1)
     # the memory's embedding model: "minilm" (offline, shipped) or "ollama:<model>[@url]"
     embedding: str = "minilm"
+    # With a `sampler` role (an Optuna sampler) and a language-model `proposer`: the share of
+    # experiments the proposer takes, spread evenly (0.3: experiments 4, 7, 10, ...); the
+    # sampler proposes the rest ("centaur", arXiv 2603.24647)
+    llm_share: float | None = Field(None, ge=0, le=1)
 
     @field_validator("embedding")
     @classmethod
@@ -51,6 +56,9 @@ class OrgSpec(BaseModel):
     def _needs_proposer(self) -> OrgSpec:
         if "proposer" not in self.roles:
             raise ValueError("an org needs a 'proposer' role")
+        if ("sampler" in self.roles) != (self.llm_share is not None):
+            raise ValueError("a 'sampler' role and llm_share go together: the share of experiments the "
+                             "language-model proposer takes from the sampler")  # fmt: skip
         return self
 
 
@@ -65,6 +73,14 @@ class RoleSpec(BaseModel):
     timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=20)
     seed: int | None = Field(None, ge=0)  # sampling seed: the same prompt gets the same answer
+    startup_trials: int | None = Field(None, ge=1)  # samplers (optuna/tpe, optuna/gp): random trials first
+    # Spend caps for this role over the campaign, its failed calls included (USD from litellm's
+    # cost data; tokens of hosted models), checked before each call against the most it could
+    # cost: past one, the role answers with its local fallback (`on_cap: fallback`, when it has
+    # one) or the campaign stops
+    cap_usd: float | None = Field(None, ge=0)
+    cap_tokens: int | None = Field(None, ge=0)
+    on_cap: Literal["fallback", "stop"] = "fallback"
     description: str = ""
 
     @field_validator("model", "fallback")
@@ -113,6 +129,17 @@ class Org:
     path: Path  # the org directory
     description: str
     roles: dict[str, Role] = field(default_factory=dict)  # role kind -> Role
+
+    def proposer_for(self, n: int) -> str:
+        """The role kind that proposes experiment `n` (1 is the first after the baseline): the
+        `proposer`, or with a `sampler` the proposer on an even llm_share of experiments."""
+        share = self.spec.llm_share
+        if "sampler" not in self.roles or share is None:
+            return "proposer"
+        return "proposer" if math.floor(n * share + 1e-9) > math.floor((n - 1) * share + 1e-9) else "sampler"
+
+    def is_sampler(self, kind: str) -> bool:
+        return parse_model(self.roles[kind].spec.model).is_sampler
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
@@ -170,4 +197,25 @@ def load_org(path: str | Path) -> Org:
         if not role_path.is_file():
             raise InputError(org_file, f"roles.{kind}", f"role file {role_path} not found")
         roles[kind] = load_role(role_path)
+    _check_samplers(roles, org_file)
     return Org(spec=spec, path=org_file.parent, description=body.strip(), roles=roles)
+
+
+def _check_samplers(roles: dict[str, Role], org_file: Path) -> None:
+    """A sampler (optuna/...) proposes and does nothing else; with a `sampler` role the proposer
+    is the language model that shares the experiments with it."""
+    for kind, role in roles.items():
+        sampler = parse_model(role.spec.model).is_sampler
+        if kind == "sampler" and not sampler:
+            raise InputError(role.path, "model", f"the sampler role names a language model ({role.spec.model}); "
+                             "name an Optuna sampler: optuna/tpe, optuna/cmaes, optuna/gp or optuna/random")  # fmt: skip
+        if sampler and kind not in ("proposer", "sampler"):
+            raise InputError(role.path, "model", f"{role.spec.model} is a sampler: it can only propose, "
+                             f"not act as the {kind}")  # fmt: skip
+        if sampler and kind == "proposer" and "sampler" in roles:
+            raise InputError(org_file, "roles.proposer", "with a sampler role the proposer must be a language "
+                             "model: it takes the llm_share of experiments")  # fmt: skip
+        if sampler and role.spec.fallback:
+            raise InputError(role.path, "fallback", "a sampler needs no fallback: it runs here, offline")
+        if role.spec.startup_trials is not None and not sampler:
+            raise InputError(role.path, "startup_trials", "only a sampler (optuna/...) has startup trials")

@@ -50,3 +50,9 @@ def local_threads() -> int:
 
             raise InputError(None, "NIGHTLAB_LOCAL_THREADS", f"must be an integer, got {raw!r}") from None
     return os.cpu_count() or 1
+
+
+def outage_wait_s() -> float:
+    """The first wait before a role whose every model is down is asked again (doubling to 10
+    min). `NIGHTLAB_OUTAGE_WAIT_S` overrides the 60 s default."""
+    return float(os.environ.get("NIGHTLAB_OUTAGE_WAIT_S", "60"))

@@ -30,6 +30,7 @@ class Proposal(TypedDict):
     model: str  # model that actually answered
     knob_move: str | None  # "DEPTH x2" in knob mode
     edits: list[dict[str, str]] | None  # search/replace blocks in edit mode
+    knob_values: NotRequired[dict[str, Any] | None]  # a sampler's trial: every knob of its space, set
 
 
 class Outcome(TypedDict):

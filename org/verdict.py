@@ -47,7 +47,8 @@ def seed_run(program: Program, workspace: Workspace, replicate: int) -> Seeding:
     if knob is None:
         return Seeding(seed=None, env={})
     if replicate:
-        workspace.write(program.knob_path, set_knobs(source, {knob.name: knob.value + replicate}, program.path))
+        workspace.write(program.knob_path, set_knobs(source, {knob.name: knob.value + replicate}, program.path,
+                                                             program.spec.knob_style))
     return Seeding(seed=int(knob.value) + replicate, env={})
 
 

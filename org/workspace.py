@@ -32,8 +32,9 @@ def branch_name(tag: str) -> str:
 
 
 class Workspace:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep: tuple[str, ...] = ()):
         self.path = path
+        self.keep = list(keep)  # untracked paths `reset` leaves alone: links to the program's data
 
     @classmethod
     def create(cls, repo: Path, path: Path, tag: str) -> Workspace:
@@ -90,13 +91,23 @@ class Workspace:
 
     # ---- writing ------------------------------------------------------------------------------
 
+    def link(self, rel: str, src: Path) -> None:
+        """A link at `rel` to `src` (a file the repo git-ignores, its data), unless one is there."""
+        path = self.path / rel
+        if rel not in self.keep:
+            self.keep.append(rel)
+        if not path.exists() and not path.is_symlink():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(src.resolve())
+
     def write(self, rel: str, text: str) -> None:
         (self.path / rel).write_text(text, encoding="utf-8")
 
     def reset(self, commit: str) -> None:
-        """Hard-reset to `commit` and drop untracked files a run or an edit left behind."""
+        """Hard-reset to `commit` and drop untracked files a run or an edit left behind (not the
+        links to the program's data files)."""
         git(self.path, "reset", "--hard", "--quiet", commit)
-        git(self.path, "clean", "-fdq")
+        git(self.path, "clean", "-fdq", *[f"--exclude=/{rel}" for rel in self.keep])
 
     def commit(self, message: str, paths: list[str]) -> str:
         git(self.path, "add", "--", *paths)

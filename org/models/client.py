@@ -233,6 +233,28 @@ class ModelClient:
         self._emit(call, None)
         return ModelError(f"{call.role.path}: model: {call.error}")
 
+    def estimate(self, role: Role, messages: list[dict]) -> tuple[float, int]:
+        """The most a call for `role` could cost now, in USD and hosted-model tokens: every attempt
+        sending the prompt and getting `max_tokens` back, at litellm's prices for the model it
+        would ask first. A hosted model with no known price is an unbounded cost (a USD cap then
+        stops it rather than be passed blind)."""
+        model = self.first_choice(role)
+        name = parse_model(model)
+        lt = litellm_module()
+        try:
+            prompt = int(lt.token_counter(model=model, messages=messages))
+        except Exception:  # noqa: BLE001 - no tokenizer known: about 3 characters a token, rounded up
+            prompt = sum(len(str(m.get("content", ""))) for m in messages) // 3 + 1
+        attempts, out = role.spec.max_attempts, role.spec.max_tokens
+        if name.is_local:
+            return 0.0, 0
+        try:
+            p, c = lt.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=out)
+            usd = attempts * float(p + c)
+        except Exception:  # noqa: BLE001 - litellm raises bare Exception for models it has no price for
+            usd = float("inf")
+        return usd, attempts * (prompt + out)
+
     def first_choice(self, role: Role) -> str:
         """The model a call for `role` would try first now: its primary, unless the primary's key
         is missing or it is cooling down after an outage. Raises ModelError when none is usable."""

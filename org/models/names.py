@@ -20,6 +20,9 @@ LITELLM_PROVIDERS: frozenset[str] = frozenset(
 )
 # Custom providers registered with litellm.custom_provider_map by nightlab (or its tests).
 CUSTOM_PROVIDERS: set[str] = {"local"}
+# Not language models: `optuna/<sampler>` names a classical optimizer a proposer role may be
+# (org/sampler.py), never called through litellm.
+SAMPLERS: tuple[str, ...] = ("tpe", "cmaes", "gp", "random")
 
 # Environment variable holding each hosted provider's key (checked by preflight / fallback).
 API_KEY_ENV: dict[str, str] = {
@@ -55,7 +58,18 @@ class ModelName:
     @property
     def is_local(self) -> bool:
         """Runs on this machine (embedded or Ollama): costs nothing, needs no key."""
-        return self.provider in {"local", "ollama", "ollama_chat", "scripted"}
+        return self.provider in {"local", "ollama", "ollama_chat", "scripted", "optuna"}
+
+    @property
+    def is_sampler(self) -> bool:
+        """A classical optimizer (Optuna), not a language model."""
+        return self.provider == "optuna"
+
+    @property
+    def is_base(self) -> bool:
+        """An embedded base model (not instruction-tuned): a grammar makes its answer valid, not
+        meaningful, so its free text is never kept as a hypothesis."""
+        return self.provider == "local"
 
     @property
     def is_ollama(self) -> bool:
@@ -69,7 +83,11 @@ def parse_model(value: str) -> ModelName:
     provider, _, model = value.partition("/")
     if not provider or not model.strip() or value != value.strip():
         raise ValueError(f"model string {value!r} must look like 'provider/model'")
+    if provider == "optuna":
+        if model not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r} (samplers: {', '.join(f'optuna/{s}' for s in SAMPLERS)})")
+        return ModelName(provider, model)
     if provider not in LITELLM_PROVIDERS and provider not in CUSTOM_PROVIDERS:
-        known = ", ".join(sorted(LITELLM_PROVIDERS | CUSTOM_PROVIDERS))
+        known = ", ".join(sorted(LITELLM_PROVIDERS | CUSTOM_PROVIDERS | {"optuna"}))
         raise ValueError(f"unknown provider {provider!r} in {value!r} (known: {known})")
     return ModelName(provider, model)

@@ -66,6 +66,8 @@ def ollama_problem(name: ModelName, host: str | None = None) -> str | None:
 
 
 def structured_support(name: ModelName) -> str:
+    if name.is_sampler:
+        return "sampler (no language model)"
     if name.provider == "local":
         return "grammar (llama.cpp)"
     if name.is_ollama:
@@ -84,7 +86,12 @@ def structured_support(name: ModelName) -> str:
 def check_model(kind: str, path: Path, field: str, model: str) -> ModelCheck:
     name = parse_model(model)  # role files are validated at load; this cannot fail for them
     problem: str | None = None
-    if name.provider == "local":
+    if name.is_sampler:
+        need = ["optuna"] + (["cmaes"] if name.model == "cmaes" else [])
+        missing = [m for m in need if importlib.util.find_spec(m) is None]
+        problem = f"{' and '.join(missing)} not installed (pip install -e .)" if missing else None
+        detail = "Optuna sampler, offline"
+    elif name.provider == "local":
         from org.models.local import LOCAL_MODELS
 
         if name.model not in LOCAL_MODELS and not name.model.endswith(".gguf"):

@@ -1,0 +1,154 @@
+"""Optuna samplers as proposers (org/sampler.py): the space, the study kept across restarts, whole
+campaigns with roles/tpe and roles/centaur on the tiny target, and bad role files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from org import campaign as c
+from org.errors import InputError
+from org.ledger import Ledger
+from org.program import load_program
+from org.roles import load_org
+from org.sampler import STUDY_FILE, SamplerProposer, space
+from tests.scripted import ScriptedClient
+from tests.tiny import APPROVE, DIRECTIVE, TRAIN, knob, make_repo
+
+REPO = Path(__file__).resolve().parents[1]
+ROLES = REPO / "roles"
+
+
+def _study(tag: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(c.campaign_dir(tag) / STUDY_FILE)))
+    return optuna.load_study(study_name=tag, storage=storage)
+
+
+def test_the_quickstart_space_follows_the_program():
+    program = load_program(REPO / "programs" / "quickstart.md")
+    dims = {d.param: d for d in space(program, (REPO / "trainer" / "train.py").read_text())}
+    # rates: 4x either side of the baseline, log scale
+    assert dims["MATRIX_LR"].distribution == FloatDistribution(0.005, 0.08, log=True)
+    # ranges from the program: linear where they span less than 10x or start at 0
+    assert dims["MUON_MOMENTUM"].distribution == FloatDistribution(0.5, 0.99)
+    assert dims["WARMUP_RATIO"].distribution == FloatDistribution(0.0, 0.5)
+    # a size the program moves only by x2 / x0.5 stays a power of two: its exponent is sampled
+    head = dims["log2(HEAD_DIM)"]
+    assert head.pow2 and head.distribution == IntDistribution(3, 7) and head.value(6) == 64
+    assert dims["DEPTH"].distribution == IntDistribution(2, 8)
+    assert dims["USE_VALUE_EMBEDS"].distribution == CategoricalDistribution([False, True])
+    # fixed knobs and the seed are never sampled
+    assert not {"COMPILE", "EVAL_BATCH_SIZE", "SEED", "log2(EVAL_BATCH_SIZE)"} & dims.keys()
+
+
+def test_a_restart_gets_the_trial_it_had_asked_and_a_new_attempt_fails_the_old(tmp_path):
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S]")
+    prog = load_program(program)
+    source = TRAIN.format(sleep=0.0)
+    first = SamplerProposer("optuna/random", tmp_path, "s", prog, source)
+    a = first.suggest(1, 0, source)
+    again = SamplerProposer("optuna/random", tmp_path, "s", prog, source).suggest(1, 0, source)  # after kill -9
+    assert (again.trial, again.values) == (a.trial, a.values)
+    assert set(a.values) == {"LR", "DEPTH", "USE_GATE"}
+    assert a.description.startswith(f"optuna/random trial {a.trial}: ")
+    assert "no language model" in a.hypothesis
+    b = SamplerProposer("optuna/random", tmp_path, "s", prog, source).suggest(1, 1, source)  # attempt 0 refused
+    trials = {t.number: t for t in first.study.get_trials()}
+    assert b.trial != a.trial and trials[a.trial].state == TrialState.FAIL
+    assert trials[b.trial].state == TrialState.RUNNING
+
+
+def test_a_tpe_campaign_tells_every_result_and_survives_a_restart(tmp_path):
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S]")
+    client = ScriptedClient()  # a sampler org asks no model: any call fails the test
+    c.start(program, ROLES / "tpe", tag="tpe", max_experiments=5, models=client)
+    numbers = {t.user_attrs["exp"]: t.number for t in _study("tpe").get_trials()}
+    state = c.resume("tpe", max_experiments=8, models=client)
+    assert state["stopped"] == "reached max_experiments=8" and client.sent == []
+
+    rows = Ledger(c.campaign_dir("tpe") / "ledger.db").experiments()
+    assert [r["n"] for r in rows] == list(range(9))
+    for r in rows[1:]:
+        assert (r["role"], r["model"]) == ("proposer", "optuna/tpe")
+        assert r["description"].startswith("optuna/tpe trial ") and "no language model" in r["hypothesis"]
+    # one trial per experiment, the baseline's added from its file; the numbers kept across the restart
+    trials = {t.user_attrs["exp"]: t for t in _study("tpe").get_trials()}
+    assert sorted(trials) == list(range(9)) and trials[8].state == TrialState.RUNNING  # told at the next ask
+    assert {n: trials[n].number for n in numbers} == numbers
+    assert trials[0].params == {"LR": 0.01, "DEPTH": 4, "USE_GATE": False}
+    for r in rows[:8]:
+        t = trials[r["n"]]
+        if r["status"] in ("keep", "discard"):
+            assert t.state == TrialState.COMPLETE and math.isclose(t.value, r["metric"])
+        else:  # a crash (DEPTH < 3) or a rejection has no metric to tell
+            assert t.state == TrialState.FAIL
+    # what a keep's file holds is what the trial set
+    kept = [r for r in rows[1:] if r["status"] == "keep"]
+    for r in kept:
+        assert f"DEPTH = {trials[r['n']].params['DEPTH']}" in _show(program, r["commit"])
+
+
+def _show(program: Path, commit: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "show", f"{commit}:target/train.py"], cwd=program.parents[1],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+
+def test_centaur_gives_the_language_model_its_share_and_tells_the_sampler(tmp_path):
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S]")
+    client = ScriptedClient(script={"proposer": [knob("LR", "x2", hypothesis="keep")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
+    c.start(program, ROLES / "centaur", tag="cen", max_experiments=5, models=client)
+    rows = Ledger(c.campaign_dir("cen") / "ledger.db").experiments()
+    by = [(r["role"], r["model"]) for r in rows[1:]]
+    llm = ("proposer", "local/gemma3-270m")
+    assert by == [("sampler", "optuna/tpe")] * 3 + [llm, ("sampler", "optuna/tpe")]
+    # a base model's words are not kept as a hypothesis: the row says what it picked
+    assert rows[4]["description"] == "LR x2: " + rows[4]["description"].split(": ", 1)[1]
+    assert rows[4]["hypothesis"].startswith("local/gemma3-270m (a base model) picked LR x2 from ")
+    assert "keep" not in rows[4]["hypothesis"].split("picked")[0]
+    trials = {t.user_attrs["exp"]: t for t in _study("cen").get_trials()}
+    assert trials[4].user_attrs["by"] == "proposer" and trials[4].state == TrialState.COMPLETE
+    assert math.isclose(trials[4].value, rows[4]["metric"])
+    assert [s["role"] for s in client.sent if s["role"] == "proposer"] == ["proposer"]  # only experiment 4
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "field", "says"),
+    [
+        ({"proposer.md": "model: optuna/sgd"}, "proposer.md", "model", "unknown sampler"),
+        ({"proposer.md": "model: optuna/tpe", "director.md": "model: optuna/cmaes"}, "director.md", "model",
+         "can only propose"),
+        ({"proposer.md": "model: optuna/tpe\nfallback: local/gemma3-270m"}, "proposer.md", "fallback", "no fallback"),
+        ({"proposer.md": "model: local/gemma3-270m\nstartup_trials: 3"}, "proposer.md", "startup_trials",
+         "only a sampler"),
+        ({"proposer.md": "model: local/gemma3-270m", "sampler.md": "model: local/gemma3-270m"}, "sampler.md",
+         "model", "names a language model"),
+        ({"proposer.md": "model: optuna/tpe", "sampler.md": "model: optuna/random"}, "org.md", "roles.proposer",
+         "must be a language model"),
+    ],
+)
+def test_bad_sampler_roles_name_the_file_and_field(tmp_path, files, where, field, says):
+    roles = "\n".join(f"  {Path(f).stem}: {f}" for f in files)
+    share = "llm_share: 0.3\n" if "sampler.md" in files else ""
+    (tmp_path / "org.md").write_text(f"---\nname: bad\nroles:\n{roles}\n{share}---\nbody\n")
+    for name, front in files.items():
+        (tmp_path / name).write_text(f"---\n{front}\n---\n")
+    with pytest.raises(InputError) as e:
+        load_org(tmp_path)
+    assert Path(e.value.path).name == where and e.value.field == field and says in e.value.message
+
+
+def test_llm_share_and_a_sampler_role_go_together(tmp_path):
+    (tmp_path / "proposer.md").write_text("---\nmodel: local/gemma3-270m\n---\n")
+    (tmp_path / "org.md").write_text("---\nname: half\nroles:\n  proposer: proposer.md\nllm_share: 0.5\n---\n")
+    with pytest.raises(InputError) as e:
+        load_org(tmp_path)
+    assert Path(e.value.path).name == "org.md" and "llm_share" in e.value.message
