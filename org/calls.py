@@ -87,9 +87,9 @@ class Calls:
         msgs = messages(system, kind, n)
         waited, wait = 0.0, self.outage_wait_s
         while True:
-            asked = self._within_caps(kind, role, msgs)
-            start = time.monotonic()
+            asked, start = role, time.monotonic()
             try:
+                asked = self._within_caps(kind, role, msgs)  # ModelError here too: no model usable now
                 result = self.models.structured(asked, msgs, schema)
                 break
             except ModelError as e:  # every model the role may use is down: wait, do not end the night

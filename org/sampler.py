@@ -214,10 +214,7 @@ class SamplerProposer:
             for stale in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if stale.user_attrs.get("exp") == n:  # an earlier attempt refused before it ran
                     self.study.tell(stale.number, state=TrialState.FAIL)
-            live = self.study.ask(self.distributions)
-            live.set_user_attr("exp", n)
-            live.set_user_attr("attempt", attempt)
-            number, params = live.number, live.params
+            number, params = self._ask_new(n, attempt)
         else:
             number, params = trial.number, trial.params
         values = {d.knob.name: d.value(params[d.param]) for d in self.dims}
@@ -229,6 +226,28 @@ class SamplerProposer:
         hypothesis = (f"{self.name} sampler, trial {number}: {len(changes)} of {len(self.dims)} knobs changed from "
                       f"the best, chosen from {finished} finished trials (no language model)")  # fmt: skip
         return Suggestion(values, number, description, hypothesis)
+
+    def _values(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(d.value(params[d.param]) for d in self.dims)
+
+    def _ask_new(self, n: int, attempt: int, tries: int = 50) -> tuple[int, dict[str, Any]]:
+        """A new trial for experiment `n`. One whose values (as the file will hold them) a finished
+        trial already measured is told that trial's result at once and another is asked: the
+        duplicate gate would refuse it, and a sampler told only FAIL proposes it again."""
+        from optuna.trial import TrialState
+
+        seen = {self._values(t.params): t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if set(t.params) == set(self.distributions)}  # fmt: skip
+        for _ in range(tries):
+            live = self.study.ask(self.distributions)
+            live.set_user_attr("exp", n)
+            live.set_user_attr("attempt", attempt)
+            key = self._values(live.params)
+            if key not in seen:
+                return live.number, live.params
+            live.set_user_attr("repeat", True)
+            self.study.tell(live.number, seen[key])
+        return live.number, live.params  # a space this small is exhausted: the duplicate gate says so
 
     def _params(self, source: str | None) -> dict[str, Any] | None:
         if source is None:

@@ -44,9 +44,16 @@ def test_no_experiment_starts_that_could_end_after_the_window():
     assert why is not None and why.startswith("the window closes at ")
 
 
+def _any_offered(schema, messages) -> dict:
+    """The first move the proposer's schema offers (the grammar's choices): never a repeat."""
+    name, moves = next(iter(schema.knob_moves.items()))
+    return knob(name, moves[0])
+
+
 def _client() -> ScriptedClient:
-    moves = [knob("LR", "x2"), knob("DEPTH", "+1"), knob("USE_GATE", "toggle"), knob("LR", "x0.5")] * 3
-    return ScriptedClient(script={"proposer": moves}, default={"director": DIRECTIVE, "reviewer": APPROVE})
+    moves = [knob("LR", "x2"), knob("DEPTH", "+1"), knob("USE_GATE", "toggle"), knob("LR", "x0.5")]
+    return ScriptedClient(script={"proposer": moves},
+                          default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": _any_offered})  # fmt: skip
 
 
 def test_a_night_stops_between_experiments_before_its_window_and_the_next_resumes(tmp_path):

@@ -152,3 +152,17 @@ def test_llm_share_and_a_sampler_role_go_together(tmp_path):
     with pytest.raises(InputError) as e:
         load_org(tmp_path)
     assert Path(e.value.path).name == "org.md" and "llm_share" in e.value.message
+
+
+def test_a_sampled_repeat_of_a_measured_point_is_told_its_result_not_proposed(tmp_path):
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S, LR, DEPTH]")  # only USE_GATE moves
+    prog = load_program(program)
+    source = TRAIN.format(sleep=0.0)
+    sampler = SamplerProposer("optuna/random", tmp_path, "rep", prog, source, seed=1)
+    baseline = {"n": 0, "status": "keep", "metric": 1.05, "commit": "base", "role": "baseline"}
+    sampler.sync([baseline], lambda commit: source, pending=1)
+    for attempt in range(5):  # whatever the seed draws, the measured point is never proposed again
+        s = sampler.suggest(1, attempt, source)
+        assert s.values == {"USE_GATE": True}
+    repeats = [t for t in sampler.study.get_trials() if t.user_attrs.get("repeat")]
+    assert all(t.state == TrialState.COMPLETE and t.value == 1.05 for t in repeats)

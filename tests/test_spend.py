@@ -90,3 +90,22 @@ def test_an_outage_of_every_model_waits_and_never_ends_the_night(tmp_path, monke
     events = (c.campaign_dir("wait") / "events.jsonl").read_text()
     assert events.count('"event": "outage"') == 3 and '"wait_s": 0.1' in events  # the wait doubles
     assert r.data("wait")["degraded"]["proposer"]["failed_calls"] == 3
+
+
+def test_the_real_clients_estimate_bounds_a_call_from_litellms_prices(monkeypatch):
+    from org.models import ModelClient
+    from org.roles import load_role
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-used")  # priced, never called
+    role = load_role(ROLES / "tiered" / "director.md")
+    msgs = [{"role": "system", "content": "word " * 400}, {"role": "user", "content": "go"}]
+    usd, tokens = ModelClient().estimate(role, msgs)
+    attempts, out = role.spec.max_attempts, role.spec.max_tokens
+    assert tokens >= attempts * (400 + out) and 0 < usd < 1
+    # every attempt's completion at the model's output price is inside the bound
+    from org.models.registry import litellm_module
+
+    _, completion = litellm_module().cost_per_token(model=role.spec.model, prompt_tokens=0, completion_tokens=out)
+    assert usd >= attempts * completion
+    monkeypatch.delenv("ANTHROPIC_API_KEY")  # no key: the local fallback answers, for nothing
+    assert ModelClient().estimate(role, msgs) == (0.0, 0)

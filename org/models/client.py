@@ -239,15 +239,14 @@ class ModelClient:
         would ask first. A hosted model with no known price is an unbounded cost (a USD cap then
         stops it rather than be passed blind)."""
         model = self.first_choice(role)
-        name = parse_model(model)
+        if parse_model(model).is_local:
+            return 0.0, 0
         lt = litellm_module()
         try:
             prompt = int(lt.token_counter(model=model, messages=messages))
         except Exception:  # noqa: BLE001 - no tokenizer known: about 3 characters a token, rounded up
             prompt = sum(len(str(m.get("content", ""))) for m in messages) // 3 + 1
         attempts, out = role.spec.max_attempts, role.spec.max_tokens
-        if name.is_local:
-            return 0.0, 0
         try:
             p, c = lt.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=out)
             usd = attempts * float(p + c)
