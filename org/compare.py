@@ -66,6 +66,14 @@ def campaign_tag(name: str, arm: str, replicate: int) -> str:
     return f"{name}-{arm}-r{replicate + 1}"
 
 
+def check_same(stored: BaseModel, asked: dict[str, Any], path: Path, what: str) -> None:
+    """A resumed run (a comparison, a meta run) must be asked for with the settings it began with."""
+    for key, value in asked.items():
+        if getattr(stored, key) != value:
+            raise InputError(path, key, f"{what} was started with {getattr(stored, key)!r}, not {value!r}; "
+                             "use another --name")  # fmt: skip
+
+
 def _plan(name: str, program: str | Path, orgs: list[str], experiments: int, replicates: int) -> ComparePlan:
     """The comparison's plan: made now, or the stored one, which the arguments must match."""
     from org import campaign as c
@@ -79,10 +87,7 @@ def _plan(name: str, program: str | Path, orgs: list[str], experiments: int, rep
                  experiments=experiments, replicates=replicates)  # fmt: skip
     if path.is_file():
         plan = ComparePlan.model_validate_json(path.read_text())
-        for key, value in asked.items():
-            if getattr(plan, key) != value:
-                raise InputError(path, key, f"comparison {name!r} was started with {getattr(plan, key)!r}, not "
-                                 f"{value!r}; use another --name")  # fmt: skip
+        check_same(plan, asked, path, f"comparison {name!r}")
         return plan
     plan = ComparePlan(name=name, base_commit=git(prog.repo, "rev-parse", "HEAD"), created_at=time.time(), **asked)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -164,11 +164,10 @@ def run_meta(name: str, program_path: str | Path, org: str, rounds: int, variant
     asked = dict(program=str(original), org=str(Path(org).resolve()), rounds=rounds, variants=variants,
                  experiments=experiments, replicates=replicates)  # fmt: skip
     if path.is_file():
+        from org.compare import check_same
+
         record = MetaRecord.model_validate_json(path.read_text())
-        for key, value in asked.items():
-            if getattr(record, key) != value:
-                raise InputError(path, key, f"meta run {name!r} was started with {getattr(record, key)!r}, not "
-                                 f"{value!r}; use another --name")  # fmt: skip
+        check_same(record, asked, path, f"meta run {name!r}")
     else:
         directory.mkdir(parents=True, exist_ok=True)
         record = MetaRecord(name=name, created_at=time.time(), **asked)
