@@ -101,7 +101,15 @@ def test_the_report_has_every_section_a_plot_and_renders(tmp_path):
                     "## Reproduce the best", "## Spend and keep rate by role", "## Vetting", "## Lessons from memory",
                     "## Drift", "| 1 | LR x2: 0.01 -> 0.02 |", "- review: 1 refused", "python -m target.train"):
         assert section in text, section
-    d = json.loads(json.dumps(r.data("rep")))  # --json: plain data
+    from click.testing import CliRunner
+
+    from org.cli import cli
+
+    out = CliRunner().invoke(cli, ["report", "rep", "--json"])
+    assert out.exit_code == 0, out.output
+    d = json.loads(out.output)  # report --json
+    status = json.loads(CliRunner().invoke(cli, ["status", "rep", "--json"]).output)
+    assert status[0]["tag"] == "rep" and status[0]["experiments"] == 4 and status[0]["agreement_problems"] == []
     assert d["keeps"] >= 1 and d["kept"][0]["test_delta"] is not None and d["refused"] == {"review": 1}
     image = mpimg.imread(md.parent / r.PLOT)
     assert image.shape[0] >= 400 and len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50
