@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from org.errors import InputError
 from org.ledger import Ledger
-from org.models.names import parse_model
 from org.settings import home_dir
 
 REPORT, PLOT, PLAN = "report.md", "running_best.png", "compare.json"
@@ -139,7 +138,7 @@ def campaign_stats(tag: str, direction: str) -> dict[str, Any]:
     record = c.load_record(tag)
     ledger = Ledger(c.campaign_dir(tag) / "ledger.db")
     try:
-        rows, calls = ledger.experiments(), list(ledger.db["calls"].rows)
+        rows, (usd, frontier) = ledger.experiments(), ledger.spend()
         failures = ledger.failures()
         runs = ledger.run_count()
     finally:
@@ -160,9 +159,7 @@ def campaign_stats(tag: str, direction: str) -> dict[str, Any]:
         "crashes": sum(r["status"] == "crash" for r in rows[1:]),
         "rejects": sum(r["status"] == "rejected" for r in rows[1:]) + len(failures), "runs": runs,
         "wall_s": max(r["created_at"] for r in rows) - record.created_at,
-        "usd": sum(k["cost_usd"] or 0.0 for k in calls),
-        "frontier_tokens": sum((k["prompt_tokens"] or 0) + (k["completion_tokens"] or 0) for k in calls
-                               if k["model_used"] and not parse_model(k["model_used"]).is_local),
+        "usd": usd, "frontier_tokens": frontier,
         "running": running, "direction": direction,
     }  # fmt: skip
 

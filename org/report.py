@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from org.ledger import Ledger
-from org.models.names import parse_model
 
 PLOT = "progress.png"
 
@@ -46,6 +45,7 @@ def data(tag: str) -> dict[str, Any]:
     try:
         rows = ledger.experiments()
         calls = list(ledger.db["calls"].rows)
+        _, frontier = ledger.spend()  # hosted-model tokens, failed calls included
         gates = ledger.gates()
         runs = {r["n"]: [x["metric"] for x in ledger.runs(r["n"]) if x["metric"] is not None] for r in rows}
         run_seconds = [x["seconds"] for x in ledger.db["runs"].rows if x["seconds"]]
@@ -76,7 +76,6 @@ def data(tag: str) -> dict[str, Any]:
                                                                 "failed": 0, "usd": 0.0, "tokens": 0})  # fmt: skip
         entry["experiments"] += 1
         entry["keeps"] += r["status"] == "keep"
-    frontier = 0
     fallbacks: dict[str, int] = {}
     for k in calls:
         entry = roles.setdefault((k["role"], k["model_used"] or k["model_requested"]),
@@ -86,8 +85,6 @@ def data(tag: str) -> dict[str, Any]:
         entry["usd"] += k["cost_usd"] or 0.0
         tokens = (k["prompt_tokens"] or 0) + (k["completion_tokens"] or 0)
         entry["tokens"] += tokens
-        if k["model_used"] and not parse_model(k["model_used"]).is_local:
-            frontier += tokens
         if k["model_used"] and k["model_used"] != k["model_requested"]:
             fallbacks[k["role"]] = fallbacks.get(k["role"], 0) + 1
     degraded = _degraded(calls)

@@ -53,7 +53,8 @@ def _any_offered(schema, messages) -> dict:
 def _client() -> ScriptedClient:
     moves = [knob("LR", "x2"), knob("DEPTH", "+1"), knob("USE_GATE", "toggle"), knob("LR", "x0.5")]
     return ScriptedClient(script={"proposer": moves},
-                          default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": _any_offered})  # fmt: skip
+                          default={"director": DIRECTIVE, "reviewer": APPROVE, "proposer": _any_offered,
+                                   "compactor": {"lessons": []}})  # a fast night reaches compact_every  # fmt: skip
 
 
 def test_a_night_stops_between_experiments_before_its_window_and_the_next_resumes(tmp_path):
