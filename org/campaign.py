@@ -120,6 +120,10 @@ def validate_inputs(program_path: str | Path, org_path: str | Path) -> tuple[Pro
         from org.knobs import set_knobs
 
         set_knobs(source, program.spec.knobs, program.path, program.spec.knob_style)
+    if program.spec.smoke_knobs:  # and the smoke run's, on top of them
+        from org.knobs import set_knobs
+
+        set_knobs(source, program.spec.smoke_knobs, program.path, program.spec.knob_style, field="smoke_knobs")
     sampled = any(org.is_sampler(kind) for kind in org.roles)
     knob_mode = (proposer.spec.mode or "knob") == "knob" or sampled
     space = {"fixed_knobs": program.spec.fixed_knobs, "knob_ranges": program.spec.knob_ranges,

@@ -208,6 +208,14 @@ class ProgramSpec(BaseModel):
     # would have rejected it. For targets whose run starts as cheaply on the same device as a
     # smoke run would (the cpu preset); a GPU target keeps the separate CPU smoke run.
     smoke_inline_s: float | None = Field(default=None, gt=0)
+    # The separate smoke run, for a GPU program: the program's own preset and data (its env), at
+    # most `smoke_steps` optimizer steps ($NIGHTLAB_SMOKE_STEPS, counted by the harness), with
+    # `smoke_knobs` set in a scratch copy of the changed tree (never committed) so the changed code
+    # runs at a size a CPU takes seconds for. `smoke_device: cpu` hides every GPU from it (a smoke
+    # never shares a GPU a run is timing on); `same` runs it where the runs run.
+    smoke_device: Literal["cpu", "same"] = "cpu"
+    smoke_knobs: dict[str, KnobValue] = {}
+    smoke_steps: int = Field(default=2, ge=1)
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     # Held-out test: a command that scores the models a keep's runs saved on data the runs never
     # saw, printing `test_metric` in a final --- block. Each run is told where to save its model
@@ -231,6 +239,12 @@ class ProgramSpec(BaseModel):
             if is_secret(key):
                 raise ValueError(f"env {key!r} looks like a secret; experiments never get secrets")
         return env
+
+    @model_validator(mode="after")
+    def _smoke_knobs_need_a_smoke_run(self) -> ProgramSpec:
+        if self.smoke_knobs and (self.smoke_timeout_s is None or self.smoke_inline_s is not None):
+            raise ValueError("smoke_knobs shrink the separate smoke run: set smoke_timeout_s, not smoke_inline_s")
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -1,6 +1,6 @@
 """Vet a committed change before it may spend a run. Cheapest gate first; the first rejection wins.
 
-    scope -> syntax -> rules (static AST) -> duplicate (ledger, memory) -> smoke (sandboxed CPU run) -> review (LLM)
+    scope -> syntax -> rules (static AST) -> duplicate (ledger, memory) -> smoke (a step or two, sandboxed) -> review (LLM)
 
 A gate is a function `(VetInput) -> GateResult | None`: None is a clean pass, a `GateResult`
 rejects or passes with a recorded warning. The static gates are listed in `GATES`; the smoke run
@@ -138,14 +138,18 @@ def rules_gate(v: VetInput) -> GateResult | None:
 
 
 def smoke_gate(v: VetInput) -> GateResult | None:
-    """A few seconds of the changed target on CPU in the sandbox (skipped if the program opts out)."""
-    from org.smoke import smoke_reason, smoke_run
+    """A step or two of the changed target in the sandbox, on CPU unless the program says
+    otherwise (org/smoke.py; skipped if the program opts out)."""
+    from org.smoke import SmokeKnobError, smoke_reason, smoke_run
 
     spec = v.program.spec
     if spec.smoke_timeout_s is None:
         return None
     log_dir = v.log_dir or Path(tempfile.mkdtemp(prefix="nightlab-smoke-"))
-    res = smoke_run(v.program, v.workspace.path, log_dir / "smoke.log", v.sandboxed, protected=v.protected_hashes)
+    try:
+        res = smoke_run(v.program, v.workspace.path, log_dir / "smoke.log", v.sandboxed, protected=v.protected_hashes)
+    except SmokeKnobError as e:
+        return reject(f"the smoke run cannot shrink the changed target: {e}")
     return reject(smoke_reason(res, spec.metric))
 
 

@@ -91,6 +91,9 @@ if os.environ.get("NIGHTLAB_SMOKE") == "1":
     # a few seconds of wall clock; or a few FLOPs where a smoke run must be repeatable (tests)
     FLOP_BUDGET = float(os.environ["NIGHTLAB_SMOKE_FLOPS"]) if os.environ.get("NIGHTLAB_SMOKE_FLOPS") else None
     EVAL_TOKENS = 4 * MAX_SEQ_LEN
+# ... and at most this many optimizer steps, warm-up steps included: a GPU program's smoke run stops
+# after a step or two whatever its clock says (the gpu preset excludes its first 10 from timing).
+SMOKE_STEPS = int(os.environ.get("NIGHTLAB_SMOKE_STEPS") or 0) if os.environ.get("NIGHTLAB_SMOKE") == "1" else 0
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|sep|>"]  # BOS is the first special
 # GPT-4 style split, but numbers in groups of at most 2 digits (as nanochat / autoresearch)
@@ -373,6 +376,7 @@ class Budget:
         self.flops = 0.0  # FLOPs of the steps taken
         self.seconds = 0.0  # wall clock of the timed steps (warm-up / compile steps excluded)
         self.timed_steps = 0
+        self.steps = 0  # every step, timed or not (a smoke run's SMOKE_STEPS cap)
 
     @classmethod
     def for_model(cls, model, x: torch.Tensor, y: torch.Tensor) -> Budget:
@@ -393,6 +397,7 @@ class Budget:
         at least those the harness's train loader handed out (less the one batch in hand), so a
         loop that trains on more batches than it reports spends its budget all the same."""
         self.tokens += tokens
+        self.steps += 1
         if self.flops_per_token is not None:
             served = _TRAIN_SERVED[0] - _TRAIN_SERVED[1] - self.served_at_start
             self.flops = max(self.tokens, served) * self.flops_per_token
@@ -409,6 +414,8 @@ class Budget:
 
     @property
     def done(self) -> bool:
+        if SMOKE_STEPS and self.steps >= SMOKE_STEPS:
+            return True
         return self.progress >= 1.0 and (self.flops_per_token is not None or self.timed_steps > 0)
 
     def describe(self) -> str:
