@@ -362,8 +362,9 @@ def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_exper
         record = record.model_copy(update=update)
         _save_record(campaign_dir(tag), record)
     lab = _open_lab(record, program, org, models, memory, progress)
-    if kill_stale(lab.run_pid_file):
-        lab.log.info("killed_stale_run")
+    for pid_file in sorted(lab.dir.glob("run*.pid")):  # slot 0's run.pid, and run.<i>.pid of the others
+        if kill_stale(pid_file):
+            lab.log.info("killed_stale_run", pid_file=pid_file.name)
     lab.write_tsv()  # results.tsv is a view of the ledger: rebuild it whatever happened before
     lab.log.info("campaign_resume", experiments=len(lab.ledger.experiments()))
     graph, config, conn = _compiled(lab)

@@ -22,19 +22,20 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from org import manifest
+from org.ahead import adopt, replicates, room, speculate, stale
+from org.ahead import prepare as prepare_ahead
 from org.drift import check_drift
-from org.errors import InputError, ModelError
+from org.errors import InputError
 from org.lab import Lab
 from org.measure import child_env, keep_test
-from org.models.names import parse_model
-from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
-from org.review import advisory_only, fail_open, review_change
+from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_listing
+from org.proposer import Asking, candidates, commit_proposal
 from org.runner import parse_number, run_command
+from org.screening import screen
 from org.smoke import smoke_reason
-from org.state import CampaignState, Outcome, Proposal
-from org.untrusted import fence, quote_file
+from org.state import CampaignState, Outcome, Proposal, next_attempt
+from org.untrusted import fence
 from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
-from org.vet import GateResult, VetInput, reject, vet
 
 Next = Literal["rebaseline", "compact", "direct", "propose", "__end__"]
 VIOLATION_CHARS = 400  # of a rejection's reasons in the proposer's feedback (the ledger keeps them whole)
@@ -89,11 +90,23 @@ def _failed(state: CampaignState, lab: Lab, stage: str, reason: str,
     if state.get("commit"):
         lab.workspace.reset(state["best_commit"])
     what = p.get("description") or "your proposal"
-    update = {"attempt": attempt + 1, "fails_in_row": state["fails_in_row"] + 1,
-              "feedback": [f"{stage}: {what}: {reason}"], "proposal": None, "commit": None}  # fmt: skip
+    update = {"attempt": next_attempt(state), "fails_in_row": state["fails_in_row"] + 1,
+              "feedback": [f"{stage}: {what}: {reason}"], "proposal": None, "commit": None, "prepared": None}  # fmt: skip
     queue = state.get("queue") or []
     if queue:  # another candidate from the same round: try it before asking the model again
         return Command(goto="apply", update={**update, "proposal": queue[0], "queue": queue[1:]})
+    return _loop(state, lab, update, after_record=False)
+
+
+def _dropped(state: CampaignState, lab: Lab, reason: str) -> Command:
+    """A proposal the pipeline prepared no longer applies after a keep: recorded (stage `rebase`),
+    not held against the proposer; the next one ready, or a new proposal."""
+    p = state["proposal"] or {}
+    lab.ledger.record_failure(f"{state['attempt']}:rebase", state["n"], "rebase", reason, p.get("hypothesis", ""),
+                              p.get("role", ""), p.get("model", ""))  # fmt: skip
+    lab.log.info("ahead_dropped", exp=state["n"], description=p.get("description", ""), reason=reason)
+    lab.workspace.reset(state["best_commit"])
+    update = {"attempt": next_attempt(state), "proposal": None, "commit": None, "prepared": None}
     return _loop(state, lab, update, after_record=False)
 
 
@@ -150,6 +163,9 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
     else:
         d: Directive = res.value
         update["directive"] = d.guidance()
+        if state.get("ahead") and update["directive"] != state["directive"]:  # made under the old one
+            lab.log.info("ahead_dropped", exp=state["n"], count=len(state["ahead"]), reason="a new directive")
+            update["ahead"] = []
         lab.log.info("directive", assessment=d.assessment, directive=update["directive"])
         lab.memory.add_direction(lab.tag, lab.recall.target, f"{d.assessment} {update['directive']}",
                                  evidence=[f"exp:{lab.tag}:{state['n'] - 1}"])  # fmt: skip
@@ -157,143 +173,58 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
 
 
 def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
-    """The proposer picks one change: a knob move (closed choices) or search/replace edits; or a
-    sampler (an Optuna study over the knob space) picks a value for every knob."""
-    from org.proposal import EditProposal, knob_schema, offered_moves
-
+    """The proposer picks one change (org/proposer.py): a knob move (closed choices), search/replace
+    edits, or a sampler's trial; or the pipeline has one ready (org/ahead.py)."""
     lab = runtime.context
     lab.progress(phase="propose", n=state["n"])
-    kind = lab.org.proposer_for(state["n"])
-    if lab.org.is_sampler(kind):
-        return _sample(state, lab, kind)
-    role = lab.org.roles[kind]
-    mode = role.spec.mode or "knob"
-    source = lab.workspace.read(lab.program.knob_path)
-    knobs = lab.program.search_space(source)
-    # knob mode offers only moves memory has not seen from the current values: with a base model
-    # the grammar, not the prompt, is what keeps it from proposing a known result again
-    tried = lab.recall.tried_moves(source, knobs) if mode == "knob" else set()
-    offered = offered_moves(knobs, tried)
-    rows = lab.ledger.experiments()
-    variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
-        experiment=state["n"], mode=mode, best_metric=fmt_metric(state["best_metric"]),
-        baseline_metric=fmt_metric(state["baseline_metric"]), keep_rate=keep_rate(rows),
-        history=history_table(rows, 15), directive=state["directive"],
-        feedback=list(state["feedback"]), knobs=knob_listing(knobs, offered),
-        knob_guide=knob_guide(knobs), knob_values=knob_values(knobs, offered),
-        moves=", ".join(dict.fromkeys(m for moves in offered.values() for m in moves)),
-        memory=lab.recall.context(state["directive"] or lab.program.strategy[:300], 500),
-    )  # fmt: skip
-    if mode == "edit":
-        variables["files"] = {p: quote_file(lab.workspace.read(lab.program.target_path(p)))
-                              for p in lab.program.spec.editable}  # fmt: skip
-        schema: Any = EditProposal
-    else:
-        if not knobs:
-            raise InputError(lab.program.knob_path, "knobs", "no UPPER_CASE knob constants found")
-        schema = knob_schema(knobs, tried=tried)
-    proposals: list[Proposal] = []
-    failures: list[str] = []
-    for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
-        res = lab.calls.ask(kind, state["n"], schema, **variables)
-        rec = res.record
-        if res.value is None:
-            failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
-            continue
-        v = res.value
-        if mode == "edit":
-            proposals.append(Proposal(
-                hypothesis=v.hypothesis, description=v.description(), role=kind,
-                model=rec.model_used, knob_move=None, edits=[e.model_dump() for e in v.edits]))  # fmt: skip
-        else:
-            move = f"{v.knob} {v.move}"
-            # a base model's words are grammar-shaped noise ("choose-1", "keep"): the record says
-            # what it did instead
-            hypothesis = (f"{rec.model_used} (a base model) picked {move} from {sum(map(len, offered.values()))} "
-                          "offered moves" if parse_model(rec.model_used).is_base else v.hypothesis)  # fmt: skip
-            proposals.append(Proposal(hypothesis=hypothesis, description=move, role=kind,
-                                      model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
+    if ahead := state.get("ahead"):  # made and vetted while the last run trained
+        item = ahead[0]
+        lab.log.info("proposal", exp=state["n"], candidates=1, description=item["proposal"]["description"],
+                     hypothesis=item["proposal"]["hypothesis"], ahead=True)  # fmt: skip
+        return Command(goto="apply", update={"proposal": item["proposal"], "queue": [], "ahead": ahead[1:],
+                                             "prepared": item, "attempt": item["attempt"]})  # fmt: skip
+    asking = Asking(state["n"], state["attempt"], state["best_commit"], state["best_metric"], state["baseline_metric"],
+                    state["directive"], tuple(state["feedback"]))  # fmt: skip
+    proposals, failures = candidates(lab, asking)
     if not proposals:
         return _failed(state, lab, "propose", "; ".join(dict.fromkeys(failures)))
     lab.log.info("proposal", exp=state["n"], candidates=len(proposals),
                  description=proposals[0]["description"], hypothesis=proposals[0]["hypothesis"])  # fmt: skip
-    return Command(goto="apply", update={"proposal": proposals[0], "queue": proposals[1:]})
-
-
-def _sample(state: CampaignState, lab: Lab, kind: str) -> Command:
-    """A sampler's proposal: the study is told every result the ledger has first."""
-    sampler = lab.sampler(kind)
-    sampler.sync(lab.ledger.experiments(), lambda commit: lab.workspace.show(commit, lab.program.knob_path),
-                 pending=state["n"])  # fmt: skip
-    s = sampler.suggest(state["n"], state["attempt"], lab.workspace.read(lab.program.knob_path))
-    proposal = Proposal(hypothesis=s.hypothesis, description=s.description, role=kind, model=sampler.model,
-                        knob_move=None, edits=None, knob_values=s.values)  # fmt: skip
-    lab.log.info("proposal", exp=state["n"], candidates=1, description=s.description, trial=s.trial)
-    return Command(goto="apply", update={"proposal": proposal, "queue": []})
+    return Command(goto="apply", update={"proposal": proposals[0], "queue": proposals[1:], "prepared": None})
 
 
 def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "apply", "direct", "propose", "__end__"]]:
-    """Turn the proposal into one commit on the campaign branch (from the best commit)."""
-    from org.knobs import set_knobs
-    from org.proposal import SearchReplace, apply_edits, apply_knob_move
-
+    """Turn the proposal into one commit on the campaign branch (from the best commit). A proposal
+    the pipeline prepared on this best is its commit already; one prepared on an older best is
+    rebased (applied again here, and vetted again), or dropped when it no longer applies."""
     lab = runtime.context
     lab.progress(phase="apply", n=state["n"])
-    ws, prog, p = lab.workspace, lab.program, state["proposal"]
-    ws.reset(state["best_commit"])  # idempotent: a re-run after kill starts from the same point
+    ws, p, prepared = lab.workspace, state["proposal"], state.get("prepared")
+    if prepared and prepared["parent"] == state["best_commit"]:
+        ws.reset(prepared["commit"])  # the branch moves to it: its parent is the best
+        return Command(goto="vet", update={"commit": prepared["commit"]})
     try:
-        if p.get("knob_values"):  # a sampler's trial (its description is already the change)
-            ws.write(prog.knob_path, set_knobs(ws.read(prog.knob_path), p["knob_values"], prog.path,
-                                                 prog.spec.knob_style))
-        elif p["knob_move"]:
-            knob, move = p["knob_move"].split(" ", 1)
-            new_source, description = apply_knob_move(ws.read(prog.knob_path), knob, move, prog.knob_path,
-                                                        prog.spec.knob_style)
-            ws.write(prog.knob_path, new_source)
-            p = {**p, "description": description}
-        else:
-            files = {rel: ws.read(prog.target_path(rel)) for rel in prog.spec.editable}
-            edits = [SearchReplace.model_validate(e) for e in p["edits"] or []]
-            for rel, text in apply_edits(files, edits).items():  # paths relative to the target
-                ws.write(prog.target_path(rel), text)
+        p = commit_proposal(lab, ws, p, state["n"], state["best_commit"])
     except (InputError, ValueError, KeyError) as e:  # the model's edit did not apply
+        if prepared:  # made for an older best: not the model's fault that it no longer fits
+            return _dropped(state, lab, f"made on {prepared['parent'][:7]}, it no longer applies on the new best: {e}")
         return _failed(state, lab, "apply", str(e), p)
-    ws.commit(f"exp {state['n']}: {p['description']}\n\n{p['hypothesis']}", prog.editable_paths)
-    return Command(goto="vet", update={"proposal": p, "commit": ws.head()})
+    if prepared:
+        lab.log.info("ahead_rebased", exp=state["n"], description=p["description"], parent=prepared["parent"][:7])
+    return Command(goto="vet", update={"proposal": p, "commit": ws.head(), "prepared": None})
 
 
 def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "__end__"]]:
-    """Scope, syntax, static rules, duplicate, smoke run and peer review before any run is spent."""
+    """Scope, syntax, static rules, duplicate, smoke run and peer review before any run is spent
+    (org/screening.py); already done for a proposal the pipeline prepared on this best."""
     lab = runtime.context
     lab.progress(phase="vet", n=state["n"])
     lab.workspace.reset(state["commit"])  # idempotent: a kill mid-rejection may have moved HEAD
     p = state["proposal"]
-    v = VetInput(workspace=lab.workspace, program=lab.program, best_commit=state["best_commit"],
-                 protected_hashes=lab.protected_hashes, hypothesis=p["hypothesis"],
-                 knob_move=p["knob_move"], log_dir=lab.dir / "runs" / f"vet-{state['attempt']:04d}",
-                 sandboxed=lab.sandboxed)  # fmt: skip
-
-    def duplicate(v: VetInput) -> GateResult | None:
-        return reject(lab.recall.repeat(p, v.diff))
-
-    def review(v: VetInput) -> GateResult | None:
-        primary = lab.org.roles["reviewer"].spec.model
-        try:
-            first = lab.calls.first_choice("reviewer")
-        except ModelError as e:
-            return fail_open(e)
-        if skipped := advisory_only(primary, first):
-            return skipped
-        result = review_change(lab.calls.ask, state["n"], p["hypothesis"], p["description"], v.diff,
-                               fmt_metric(state["best_metric"]), lab.recall.context(p["hypothesis"], 600),
-                               primary_model=primary)  # fmt: skip
-        if result is not None and result.advisory:
-            lab.log.info("review_advisory", exp=state["n"], model=result.model, reason=result.reason)
-        return result
-
-    use_review = lab.org.spec.review and "reviewer" in lab.org.roles
-    verdict = vet(v, duplicate=duplicate, review=review if use_review else None,
-                  smoke=lab.program.spec.smoke_inline_s is None)  # inline: `run` is the smoke run
+    if (prepared := state.get("prepared")) and prepared["commit"] == state["commit"]:
+        lab.log.info("vet", exp=state["n"], ok=True, gate="", reason="vetted ahead", gates=[])
+        return Command(goto="run")
+    verdict = screen(lab, lab.workspace, p, state["n"], state["attempt"], state["best_commit"], state["best_metric"])
     for g in verdict.records:  # every gate's verdict, passes (and fail-open warnings) included
         lab.ledger.record_gate(state["n"], state["attempt"], g.gate, g.ok, g.reason, g.seconds)
     lab.log.info("vet", exp=state["n"], ok=verdict.ok, gate=verdict.gate, reason=verdict.reason,
@@ -304,7 +235,9 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
 
 
 def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge", "apply", "direct", "propose", "__end__"]]:
-    """Run the target at the experiment commit; metrics only from the final summary block."""
+    """Run the target at the experiment commit; metrics only from the final summary block. With
+    more slots, replicates run side by side and free slots run the first runs of the proposals
+    the pipeline has ready (org/ahead.py); a first run one of them already made is used."""
     lab = runtime.context
     n, r = state["n"], state.get("replicate", 0)  # .get: a checkpoint from before replicates
     lab.progress(phase="run" if r == 0 else f"replicate {r}", n=n)
@@ -315,7 +248,19 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         o = _no_run_outcome(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
                             "cannot change the seed, so the result could never be confirmed")  # fmt: skip
         return Command(goto="judge", update={"outcome": o})
-    res = lab.run_target(state["commit"], n, r, dict(seeding.env))
+    stale(lab, state)
+    ahead_update: dict[str, Any] = {}
+    res = adopt(lab, state["commit"], n) if n > 0 and r == 0 else None
+    side = replicates(lab, state, r) if res is None else []
+
+    def meanwhile(running: Any) -> None:  # the pipeline: the next proposals, made and vetted as this trains
+        if room(lab, state):
+            ahead_update.update(prepare_ahead(lab, state, running))
+        speculate(lab, state, ahead_update.get("ahead", state.get("ahead") or []))
+
+    if res is None:
+        parallel = room(lab, state) or side or len(lab.slots) > 1
+        res = lab.run_target(state["commit"], n, r, dict(seeding.env), meanwhile=meanwhile if parallel else None)
     inline = prog.spec.smoke_inline_s
     if inline is not None and n > 0 and r == 0 and not res.violations:
         # the run was its own smoke test: failing in the window a smoke run covers is a vet
@@ -327,21 +272,40 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         if reason:
             lab.log.info("vet", exp=state["n"], ok=False, gate="smoke", reason=reason,
                          gates=[("smoke", False, round(res.seconds, 2))])  # fmt: skip
-            return _failed(state, lab, "vet:smoke", reason, state["proposal"])
+            failed = _failed({**state, **ahead_update}, lab, "vet:smoke", reason, state["proposal"])
+            failed.update = {**ahead_update, **failed.update, "feedback": [*ahead_update.get("feedback", []),
+                                                                             *failed.update["feedback"]]}  # fmt: skip
+            return failed
+    outcome = _record_run(lab, state, r, seeding.seed, res)
+    for rep, rep_seeding, running in side:  # replicates that ran beside it, in order
+        rep_res = lab.finish(running)
+        running.slot.workspace.reset(state["commit"])
+        rep_outcome = _record_run(lab, state, rep, rep_seeding.seed, rep_res)
+        if outcome["metric"] is not None and not outcome["violations"] and (rep_outcome["metric"] is None
+                                                                            or rep_outcome["violations"]):  # fmt: skip
+            outcome = rep_outcome  # the judge hears of the run that failed
+    update = {**ahead_update, "outcome": outcome}
+    if side:
+        update["replicate"] = side[-1][0]
+    return Command(goto="judge", update=update)
+
+
+def _record_run(lab: Lab, state: CampaignState, r: int, seed: int | None, res: Any) -> Outcome:
+    """One run of the experiment in flight, in the ledger and the event log; its outcome."""
+    n, prog = state["n"], lab.program
     metric = lab.metric_of(res)
     mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
-    outcome = Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
-                      metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
-                      tail=res.tail[-1500:], violations=res.violations, network=res.network)  # fmt: skip
-    lab.ledger.record_run(n, r, dict(commit=state["commit"], seed=seeding.seed, metric=metric,
+    lab.ledger.record_run(n, r, dict(commit=state["commit"], seed=seed, metric=metric,
                                      seconds=res.seconds, returncode=res.returncode,
                                      timed_out=int(res.timed_out), log=str(res.log_path),
                                      summary=json.dumps(res.summary), cpu_seconds=res.cpu_seconds,
                                      isolation=res.network))  # fmt: skip
-    lab.log.info("run_done", exp=n, replicate=r, seed=seeding.seed, returncode=res.returncode,
+    lab.log.info("run_done", exp=n, replicate=r, seed=seed, returncode=res.returncode,
                  timed_out=res.timed_out, metric=metric, seconds=round(res.seconds, 2),
                  network=res.network, violations=res.violations)  # fmt: skip
-    return Command(goto="judge", update={"outcome": outcome})
+    return Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
+                   metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
+                   tail=res.tail[-1500:], violations=res.violations, network=res.network)  # fmt: skip
 
 
 def _no_run_outcome(reason: str) -> Outcome:
@@ -440,7 +404,7 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
                  description=p["description"])  # fmt: skip
     update: dict[str, Any] = {
         "n": n + 1, "proposal": None, "commit": None, "outcome": None, "fails_in_row": 0, "replicate": 0,
-        "attempt": state["attempt"] + 1, "since_direct": state["since_direct"] + (n > 0),
+        "attempt": next_attempt(state), "prepared": None, "since_direct": state["since_direct"] + (n > 0),
         "since_keep": 0 if kept else state["since_keep"] + 1,
     }  # fmt: skip
     if kept:

@@ -10,9 +10,11 @@ log, run logs, results.tsv) and the composition of the parts the nodes use:
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from org.recall import Recall
 from org.roles import Org
 from org.runner import metric_from
 from org.sandbox import SandboxResult
+from org.slots import Running, Slot, executor_for, plan
 from org.workspace import Workspace
 
 
@@ -53,6 +56,11 @@ class Lab:
     calls: Calls = field(init=False)
     recall: Recall = field(init=False)
     _samplers: dict[str, Any] = field(init=False, default_factory=dict)
+    _slots: list[Slot] | None = field(init=False, default=None)
+    _executor: Any = field(init=False, default=None)
+    busy: dict[int, Running] = field(init=False, default_factory=dict)  # slot index -> its run
+    # first runs of proposals the pipeline has ready, started on free slots: commit -> its run
+    speculative: dict[str, Running] = field(init=False, default_factory=dict)
 
     def __post_init__(self, models: StructuredClient) -> None:
         self.calls = Calls(self.program, self.org, models, self.ledger, self.log, self.overhead, stop=self.stop)
@@ -91,24 +99,76 @@ class Lab:
         """Where run `replicate` of experiment `n` saves its model for the held-out test (0007.r2.pt)."""
         return self.run_log(n, replicate).with_suffix(".pt")
 
-    def run_target(self, commit: str, n: int, replicate: int, env: dict[str, str]) -> SandboxResult:
-        """Measure the target once (org/measure.py: train, then evaluate in a separate sandbox), in
-        the worktree as it stands (at `commit`, seeded for `replicate`), logging to its run log;
-        then reset the worktree to `commit` (the seed edit and whatever the run left are not the
-        change). The model it saved is kept at `checkpoint(n, replicate)` for the held-out test.
-        A baseline run is unbounded but for the timeout; later runs are capped by its compute."""
+    # ---- runs and the slots they go to (org/slots.py) -----------------------------------------
+
+    @property
+    def slots(self) -> list[Slot]:
+        """The program's slots (slot 0 runs in the campaign's worktree), planned on first use."""
+        if self._slots is None:
+            self._slots = plan(self.program, self.dir, self.workspace)
+        return self._slots
+
+    def launch(self, slot: Slot, commit: str, n: int, env: dict[str, str], log: Path, saved: Path,
+               inline: bool = False) -> Running:  # fmt: skip
+        """Start one measurement (org/measure.py: train, then evaluate in a separate sandbox) of
+        `slot`'s worktree as it stands (at `commit`, seeded), logging to `log`; its saved model
+        goes to `saved`. A baseline run is unbounded but for the timeout; later runs are capped by
+        its compute. `inline`: run it here and now (no executor)."""
         manifest.verify(self.data_manifest, self.data_roots())  # InputError: the data changed under us
-        out = self.run_log(n, replicate).with_suffix(".out")
-        self.checkpoint(n, replicate).unlink(missing_ok=True)  # never one an earlier attempt left
-        res = measure(self.program, self.workspace.path, env, self.run_log(n, replicate), out, self.sandboxed,
-                      self.program.run_timeout_s, pid_file=self.run_pid_file, protected=self.protected_hashes,
-                      caps=self.caps() if n > 0 else Caps())  # fmt: skip
+        saved.unlink(missing_ok=True)  # never one an earlier attempt left
+        job = functools.partial(measure, self.program, slot.workspace.path, {**env, **slot.env}, log,
+                                log.with_suffix(".out"), self.sandboxed, self.program.run_timeout_s,
+                                pid_file=slot.pid_file, protected=self.protected_hashes,
+                                caps=self.caps() if n > 0 else Caps())  # fmt: skip
+        if inline:
+            future: Future = Future()
+            future.set_result(job())
+        else:
+            if self._executor is None:
+                self._executor = executor_for(self.program, self.slots)
+            future = self._executor.submit(slot, job)
+        running = Running(slot, commit, future, log, saved)
+        self.busy[slot.index] = running
+        return running
+
+    def finish(self, running: Running) -> SandboxResult:
+        """Wait for a run; keep its saved model at its `saved` path; count its time."""
+        res = running.future.result()
+        out = running.log.with_suffix(".out")
         if (out / CHECKPOINT).is_file() and not (out / CHECKPOINT).is_symlink():
-            (out / CHECKPOINT).replace(self.checkpoint(n, replicate))
+            (out / CHECKPOINT).replace(running.saved)
         shutil.rmtree(out, ignore_errors=True)
-        self.workspace.reset(commit)
+        if self.busy.get(running.slot.index) is running:
+            del self.busy[running.slot.index]
         self.overhead.add("run", res.seconds)
         return res
+
+    def free_slots(self) -> list[Slot]:
+        """Slots other than the campaign's own with nothing running."""
+        return [s for s in self.slots[1:] if s.index not in self.busy or self.busy[s.index].future.done()]
+
+    def run_target(self, commit: str, n: int, replicate: int, env: dict[str, str],
+                   meanwhile: Callable[[Future], None] | None = None) -> SandboxResult:  # fmt: skip
+        """Measure the target once on slot 0, in the campaign's worktree as it stands (at `commit`,
+        seeded for `replicate`), logging to its run log; then reset the worktree to `commit` (the
+        seed edit and whatever the run left are not the change). The model it saved is kept at
+        `checkpoint(n, replicate)` for the held-out test. With `meanwhile`, the run goes to the
+        executor and `meanwhile(future)` works on this thread (the pipeline and the other slots:
+        the ledger, memory and model calls stay here) until the run is done."""
+        slot = self.slots[0]
+        running = self.launch(slot, commit, n, env, self.run_log(n, replicate), self.checkpoint(n, replicate),
+                              inline=meanwhile is None)  # fmt: skip
+        if meanwhile is not None:
+            meanwhile(running.future)
+        res = self.finish(running)
+        self.workspace.reset(commit)
+        return res
+
+    def close_runs(self) -> None:
+        """Wait for runs still going on other slots (first runs made ahead), then stop the executor."""
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
     @property
     def data_manifest(self) -> Path:
@@ -141,6 +201,7 @@ class Lab:
 
     def close(self) -> None:
         """Close the ledger and the event log (the campaign's process may go on: tests, compare)."""
+        self.close_runs()
         self.ledger.close()
         if self.event_file is not None:
             self.event_file.close()

@@ -66,6 +66,17 @@ class StopSpec(BaseModel):
         return None
 
 
+class ExecutorSpec(BaseModel):
+    """Where runs go and how many at once (org/slots.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ray"] = "local"
+    # runs at once, each on a device of its own: default one per visible GPU, or one. On CPU each
+    # slot gets its share of the cores.
+    slots: int | None = Field(default=None, ge=1, le=64)
+
+
 class NoiseSpec(BaseModel):
     """How a result is told from noise: the same code run again with another seed.
 
@@ -216,6 +227,12 @@ class ProgramSpec(BaseModel):
     smoke_device: Literal["cpu", "same"] = "cpu"
     smoke_knobs: dict[str, KnobValue] = {}
     smoke_steps: int = Field(default=2, ge=1)
+    # Pipelining (org/ahead.py): while a run trains, up to this many next proposals are made and
+    # vetted, so the device never waits for a model. 0: propose after each verdict.
+    pipeline_depth: int = Field(default=0, ge=0, le=8)
+    # Slots (org/slots.py): with more than one, replicates run side by side and free slots run
+    # the first runs of the proposals the pipeline has ready (at least slots - 1 are prepared).
+    executor: ExecutorSpec = ExecutorSpec()
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     # Held-out test: a command that scores the models a keep's runs saved on data the runs never
     # saw, printing `test_metric` in a final --- block. Each run is told where to save its model

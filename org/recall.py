@@ -49,9 +49,10 @@ class Recall:
 
     # ---- repeats -----------------------------------------------------------------------------
 
-    def repeat(self, proposal: Proposal, diff: str) -> str | None:
-        """Rejection reason if the proposal, committed at HEAD, repeats an earlier experiment."""
-        if same := self.same_as_run(self.workspace.head()):
+    def repeat(self, proposal: Proposal, diff: str, commit: str | None = None) -> str | None:
+        """Rejection reason if the proposal, committed at `commit` (default: the worktree's HEAD),
+        repeats an earlier experiment."""
+        if same := self.same_as_run(commit or self.workspace.head()):
             return same
         knob = absolute_move(proposal["description"]) if proposal["knob_move"] else None
         text = experiment_text(proposal["description"], proposal["hypothesis"])
@@ -91,15 +92,17 @@ class Recall:
         return (f"the same files already ran as experiment #{row['n']} ({row['description']}: "
                 f"{row['status']}, {self.program.spec.metric} {row['metric']})")  # fmt: skip
 
-    def tried_moves(self, source: str, knobs: list[Any]) -> set[tuple[str, str]]:
+    def tried_moves(self, source: str, knobs: list[Any], at: str | None = None) -> set[tuple[str, str]]:
         """(knob, move) pairs that would reach a value memory already holds from this value, or
         files this campaign already ran: the duplicate gate would reject them, so the proposer is
-        not offered them. `source` is the knob file at the best commit (the workspace's state)."""
+        not offered them. `source` is the knob file at the best commit `at` (default: the
+        workspace as it stands)."""
         from org.proposal import apply_knob_move
 
         paths = self.program.editable_paths
         ran = self.ran_configs() if self.program.knob_path in paths else {}
-        here = [_sha(self.workspace.read(rel)) for rel in paths] if ran else []
+        read = (lambda rel: self.workspace.show(at, rel)) if at else self.workspace.read
+        here = [_sha(read(rel)) for rel in paths] if ran else []
         slot = paths.index(self.program.knob_path) if ran else 0
         absolute, tried = {}, set()
         for k in knobs:

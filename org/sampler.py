@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,10 +168,11 @@ class SamplerProposer:
     def distributions(self) -> dict[str, Any]:
         return {d.param: d.distribution for d in self.dims}
 
-    def sync(self, rows: list[dict[str, Any]], source_at: Callable[[str], str | None], pending: int | None) -> int:
+    def sync(self, rows: list[dict[str, Any]], source_at: Callable[[str], str | None],
+             pending: Collection[int] = ()) -> int:  # fmt: skip
         """Tell the study every experiment in `rows` (the ledger's) it has not been told of; a
-        trial asked for an experiment that never ran (`pending` excepted: the one in flight) is
-        told FAIL. Returns how many were told."""
+        trial asked for an experiment that never ran (`pending` excepted: the one in flight and
+        those the pipeline asked ahead) is told FAIL. Returns how many were told."""
         from optuna.trial import TrialState, create_trial
 
         told = 0
@@ -199,7 +200,7 @@ class SamplerProposer:
                                                   user_attrs={"exp": n, "by": row.get("role") or ""}))  # fmt: skip
             told += 1
         for n, trial in asked.items():
-            if n != pending:  # asked, never ran (refused at vet, or the campaign moved on)
+            if n not in pending:  # asked, never ran (refused at vet, or the campaign moved on)
                 self.study.tell(trial.number, state=TrialState.FAIL)
         return told
 

@@ -33,6 +33,16 @@ class Proposal(TypedDict):
     knob_values: NotRequired[dict[str, Any] | None]  # a sampler's trial: every knob of its space, set
 
 
+class Prepared(TypedDict):
+    """A proposal the pipeline made and vetted while a run trained (org/ahead.py)."""
+
+    proposal: Proposal  # as applied (a knob move's description names its values)
+    parent: str  # the best commit it was committed on and vetted against
+    commit: str  # its commit on `parent`
+    n: int  # the experiment it was made for (its gates are recorded under it)
+    attempt: int  # its proposal attempt (its gates' and failures' key)
+
+
 class Outcome(TypedDict):
     returncode: int | None
     timed_out: bool
@@ -71,6 +81,9 @@ class CampaignState(TypedDict, total=False):
     replicate: Annotated[int, replace]  # which run of the experiment is in flight (0: the first)
     rebaselined: Annotated[int, replace]  # experiments done when the best was last re-run (drift)
     outcome: Annotated[Outcome | None, replace]
+    ahead: Annotated[list[Prepared], replace]  # proposals the pipeline has ready, oldest first
+    prepared: Annotated[Prepared | None, replace]  # the one in use: its vet is done unless rebased
+    ahead_attempt: Annotated[int, replace]  # the last proposal attempt the pipeline used (-1: none)
     stopped: Annotated[str | None, replace]  # why the campaign ended
 
 
@@ -78,5 +91,10 @@ def initial_state() -> CampaignState:
     return CampaignState(
         n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
         since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
-        replicate=0, rebaselined=0, outcome=None, stopped=None,
+        replicate=0, rebaselined=0, outcome=None, ahead=[], prepared=None, ahead_attempt=-1, stopped=None,
     )  # fmt: skip
+
+
+def next_attempt(state: CampaignState | dict[str, Any]) -> int:
+    """The next free proposal attempt number: past the one in flight and every one the pipeline used."""
+    return max(state["attempt"], state.get("ahead_attempt", -1)) + 1

@@ -8,6 +8,7 @@ valid" (which the graph must record and feed back), or a callable `(schema, mess
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,7 +28,8 @@ class ScriptedClient:
     def __init__(self, script: dict[str, Iterable[Answer]] | None = None,
                  default: dict[str, Answer] | None = None, cost_usd: float = 0.0,
                  answered_by: dict[str, str] | None = None, down: set[str] | None = None,
-                 tokens: int = 0, outage: dict[str, int] | None = None, local_free: bool = False):  # fmt: skip
+                 tokens: int = 0, outage: dict[str, int] | None = None, local_free: bool = False,
+                 delay_s: dict[str, float] | None = None):  # fmt: skip
         self.queues = {kind: deque(items) for kind, items in (script or {}).items()}
         self.default = default or {}
         self.cost_usd = cost_usd
@@ -36,6 +38,7 @@ class ScriptedClient:
         self.local_free = local_free  # True: a local model's answer costs nothing (as it does for real)
         self.answered_by = answered_by or {}  # role kind -> model to report (e.g. a fallback)
         self.down = down or set()  # role kinds whose primary is known to be down before a call
+        self.delay_s = delay_s or {}  # role kind -> seconds each answer takes (a model's latency)
         self.sent: list[dict[str, Any]] = []  # {"role", "messages", "schema"} per call
 
     def estimate(self, role: Any, messages: list[dict]) -> tuple[float, int]:
@@ -61,7 +64,9 @@ class ScriptedClient:
             if not (fb and parse_model(fb).is_local):
                 raise ModelError(f"{role.path}: model: scripted outage")
             answered_by = fb
-        self.sent.append({"role": kind, "messages": messages, "schema": schema, "model": role.spec.model})
+        self.sent.append({"role": kind, "messages": messages, "schema": schema, "model": role.spec.model,
+                          "at": time.monotonic()})  # fmt: skip
+        time.sleep(self.delay_s.get(kind, 0.0))
         queue = self.queues.get(kind)
         if queue:
             answer = queue.popleft()
@@ -82,5 +87,5 @@ class ScriptedClient:
         usd, tokens = self._price(used)
         record = CallRecord(role=kind, model_requested=role.spec.model, model_used=used,
                             ok=value is not None, attempts=1, prompt_tokens=tokens, completion_tokens=0,
-                            cost_usd=usd, seconds=0.0, error=error)  # fmt: skip
+                            cost_usd=usd, seconds=self.delay_s.get(kind, 0.0), error=error)  # fmt: skip
         return StructuredResult(value=value, record=record)

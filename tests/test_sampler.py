@@ -160,7 +160,7 @@ def test_a_sampled_repeat_of_a_measured_point_is_told_its_result_not_proposed(tm
     source = TRAIN.format(sleep=0.0)
     sampler = SamplerProposer("optuna/random", tmp_path, "rep", prog, source, seed=1)
     baseline = {"n": 0, "status": "keep", "metric": 1.05, "commit": "base", "role": "baseline"}
-    sampler.sync([baseline], lambda commit: source, pending=1)
+    sampler.sync([baseline], lambda commit: source, pending={1})
     for attempt in range(5):  # whatever the seed draws, the measured point is never proposed again
         s = sampler.suggest(1, attempt, source)
         assert s.values == {"USE_GATE": True}

@@ -1,0 +1,103 @@
+"""Does the device wait for a model? Duty cycle of a campaign with and without pipelining.
+
+A real campaign (git worktree, ledger, memory, the vet gates, sandboxed runs) on the tiny test
+target, whose run sleeps for `--run-s` as training would, driven by a proposer whose scripted
+answers take `--propose-s` each (a model's latency; the answers pick a random offered knob move).
+For each pipeline depth (program `pipeline_depth`, org/ahead.py) one campaign of `--experiments`
+experiments; per campaign, over the experiment phase (from the baseline's verdict to the last):
+
+    duty cycle = seconds the target ran / wall seconds          (target: >= 0.95 at depth 1)
+    experiments per hour
+
+    python -m evals.bench_scale                         # 20 s proposer, 60 s runs (~17 min)
+    python -m evals.bench_scale --run-s 6 --propose-s 2  # the same ratio, ~2 min
+
+Issue 16's other target (2 workers >= 1.8x the experiments per hour of one, local and Ray) needs
+executors this does not have yet. Prints one line per depth, then `---` and `key: value` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def answer(rng: random.Random):
+    """A scripted proposer answer: a random move among those the schema offers."""
+
+    def pick(schema: Any, _messages: list[dict]) -> dict[str, str]:
+        branches = schema.model_json_schema().get("anyOf") or [schema.model_json_schema()]
+        branch = rng.choice(branches)["properties"]
+        return {"hypothesis": "a random offered move", "knob": rng.choice(branch["knob"]["enum"]),
+                "move": rng.choice(branch["move"]["enum"])}  # fmt: skip
+
+    return pick
+
+
+def campaign(tmp: Path, depth: int, experiments: int, run_s: float, propose_s: float) -> dict[str, float]:
+    from org import campaign as c
+    from org.ledger import Ledger
+    from tests.scripted import ScriptedClient
+    from tests.tiny import make_repo
+
+    org = tmp / f"org{depth}"
+    org.mkdir()
+    (org / "org.md").write_text("---\nname: bench-scale\nroles:\n  proposer: proposer.md\nreview: false\n---\n"
+                                "A proposer only: its latency is what pipelining hides.\n")  # fmt: skip
+    shutil.copy(ROOT / "roles" / "tiered" / "proposer.md", org / "proposer.md")
+    # the run is its own smoke test (a separate one would sleep too); SLEEP_S is not research
+    program = make_repo(tmp / f"repo{depth}", sleep=run_s, pipeline_depth=str(depth), smoke_inline_s="5",
+                        fixed_knobs="[SLEEP_S]", run_timeout_s=str(run_s * 3 + 60))  # fmt: skip
+    client = ScriptedClient(default={"proposer": answer(random.Random(depth))}, delay_s={"proposer": propose_s})
+    tag = f"scale{depth}"
+    c.start(program, org, tag=tag, max_experiments=experiments, models=client)
+    events = [json.loads(line) for line in (c.campaign_dir(tag) / "events.jsonl").read_text().splitlines()]
+    records = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events if e["event"] == "record"]
+    ledger = Ledger(c.campaign_dir(tag) / "ledger.db")
+    ran = sum(r["seconds"] or 0.0 for n in range(1, experiments + 1) for r in ledger.runs(n))
+    runs = sum(len(ledger.runs(n)) for n in range(1, experiments + 1))
+    ledger.close()
+    wall = records[-1] - records[0]
+    return {"wall_s": wall, "run_s": ran, "runs": runs, "duty": ran / wall, "per_hour": experiments * 3600 / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiments", type=int, default=6)
+    ap.add_argument("--run-s", type=float, default=60.0, help="seconds each run trains (sleeps)")
+    ap.add_argument("--propose-s", type=float, default=20.0, help="seconds each proposer answer takes")
+    ap.add_argument("--depths", type=int, nargs="+", default=[0, 1])
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    os.environ.update(NIGHTLAB_HOME=str(tmp / "home"), HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    results = {}
+    t0 = time.monotonic()
+    for depth in args.depths:
+        r = results[depth] = campaign(tmp, depth, args.experiments, args.run_s, args.propose_s)
+        print(f"depth {depth}: wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s over {r['runs']} runs, "
+              f"duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("---")
+    print(f"date: {time.strftime('%Y-%m-%d')}")
+    print(f"machine: {os.cpu_count()} cores")
+    print(f"run_s: {args.run_s:g}")
+    print(f"propose_s: {args.propose_s:g}")
+    print(f"experiments: {args.experiments}")
+    for depth, r in results.items():
+        print(f"duty_cycle_depth{depth}: {r['duty']:.3f}")
+        print(f"experiments_per_hour_depth{depth}: {r['per_hour']:.1f}")
+    print(f"wall_min: {(time.monotonic() - t0) / 60:.1f}")
+
+
+if __name__ == "__main__":
+    main()

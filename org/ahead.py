@@ -1,0 +1,202 @@
+"""The pipeline: while a run trains, the org proposes and vets the experiments after it.
+
+With a program's `pipeline_depth` N > 0 the run node starts the target in a thread, and while it
+trains this prepares up to N next proposals in a worktree of their own (`ahead/` in the campaign
+directory): each is asked of the proposer as the propose node would ask it (at the same best
+commit, told what is in flight), committed there on the best, and vetted there by every gate, the
+smoke run and the peer review included. When the run ends, the next experiment's proposal is
+ready: the GPU does not wait for a model.
+
+A prepared proposal is used as it is while the best it was made on is still the best. After a keep
+it is rebased: applied again on the new best (a knob move moves from the new value) and vetted
+again; one that no longer applies is dropped, and the ledger says so. A new directive drops them
+all (they were made under the old one). What a model got wrong is recorded as it would be in
+line. What is prepared is checkpointed with the run node's result: a kill loses the preparation
+of the run in flight only, and the resumed run asks again (a sampler gets the same trials back).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from org.errors import InputError
+from org.proposer import Asking, candidates, commit_proposal
+from org.sandbox import SandboxResult
+from org.screening import screen
+from org.slots import Running
+from org.state import CampaignState, Prepared, next_attempt
+from org.verdict import seed_run
+from org.workspace import Workspace, git
+
+if TYPE_CHECKING:
+    from org.lab import Lab
+
+AHEAD_DIR = "ahead"  # the pipeline's worktree, in the campaign directory
+
+
+def workspace(lab: Lab) -> Workspace:
+    """The pipeline's worktree (detached, on the campaign's repo), made on first use."""
+    path = lab.dir / AHEAD_DIR
+    ws = Workspace(path, keep=tuple(rel for rel, _ in lab.program.data_links()))
+    if not (path / ".git").exists():
+        git(lab.workspace.path, "worktree", "add", "--detach", str(path), "HEAD")
+    for rel, src in lab.program.data_links():
+        ws.link(rel, src)
+    return ws
+
+
+def depth_of(lab: Lab) -> int:
+    """Proposals kept ready: the program's `pipeline_depth`, and at least one per slot beyond the
+    first (each can run one's first run)."""
+    return max(lab.program.spec.pipeline_depth, len(lab.slots) - 1)
+
+
+def room(lab: Lab, state: CampaignState) -> bool:
+    """Is there a proposal to prepare while experiment n runs? (Never during the baseline, never
+    past the last experiment the campaign may run.)"""
+    depth = depth_of(lab)
+    nxt = state["n"] + 1 + len(state.get("ahead") or [])
+    cap = lab.stop.max_experiments
+    return bool(depth) and state["n"] > 0 and len(state.get("ahead") or []) < depth and (cap is None or nxt <= cap)
+
+
+def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
+    """Prepare proposals until `pipeline_depth` are ready or `running` is done. The state update:
+    `ahead` (what is ready, oldest first), `ahead_attempt` (the last attempt number it used) and
+    the proposer's `feedback`."""
+    ready: list[Prepared] = list(state.get("ahead") or [])
+    attempt, feedback, failures = next_attempt(state), [], 0
+    ws = workspace(lab)
+    in_flight = {state["commit"]: state["n"], **{r["commit"]: r["n"] for r in ready}}
+    speculate(lab, state, ready)
+    while room(lab, {**state, "ahead": ready}) and not running.done() and failures <= depth_of(lab):
+        n = state["n"] + 1 + len(ready)
+        told = [f"in flight, not judged yet: experiment {state['n']}: {state['proposal']['description']}"] + \
+               [f"in flight, not judged yet: experiment {r['n']}: {r['proposal']['description']}" for r in ready]  # fmt: skip
+        asking = Asking(n, attempt, state["best_commit"], state["best_metric"], state["baseline_metric"],
+                        state["directive"], (*state["feedback"], *feedback, *told),
+                        pending=frozenset(range(state["n"], n)))  # fmt: skip
+        proposals, why = candidates(lab, asking)
+        if not proposals:
+            feedback.append(_fail(lab, attempt, n, "propose", "; ".join(dict.fromkeys(why)), None))
+            attempt, failures = attempt + 1, failures + 1
+            continue
+        for p in proposals:
+            made = _vetted(lab, ws, p, n, attempt, state, in_flight)
+            attempt += 1
+            if isinstance(made, str):
+                feedback.append(made)
+                failures += 1
+                continue
+            ready.append(made)
+            in_flight[made["commit"]] = n
+            speculate(lab, state, ready)
+            lab.log.info("ahead", exp=n, description=made["proposal"]["description"], ready=len(ready))
+            break
+    return {"ahead": ready, "ahead_attempt": attempt - 1, "feedback": feedback}
+
+
+def _vetted(lab: Lab, ws: Workspace, p: Any, n: int, attempt: int, state: CampaignState,
+            in_flight: dict[str, int]) -> Prepared | str:  # fmt: skip
+    """`p` committed and vetted in the pipeline's worktree; or the feedback line of its failure."""
+    try:
+        p = commit_proposal(lab, ws, p, n, state["best_commit"])
+    except (InputError, ValueError, KeyError) as e:
+        return _fail(lab, attempt, n, "apply", str(e), p)
+    trees = {git(ws.path, "rev-parse", f"{c}^{{tree}}"): m for c, m in in_flight.items()}
+
+    def running_twice(commit: str) -> str | None:  # the same files as an experiment not yet judged
+        m = trees.get(git(ws.path, "rev-parse", f"{commit}^{{tree}}"))
+        return None if m is None else f"repeats experiment {m}, in flight (not judged yet)"
+
+    verdict = screen(lab, ws, p, n, attempt, state["best_commit"], state["best_metric"], running_twice)
+    for g in verdict.records:
+        lab.ledger.record_gate(n, attempt, g.gate, g.ok, g.reason, g.seconds)
+    if not verdict.ok:
+        return _fail(lab, attempt, n, f"vet:{verdict.gate}", verdict.reason, p)
+    return Prepared(proposal=p, parent=state["best_commit"], commit=ws.head(), n=n, attempt=attempt)
+
+
+def _fail(lab: Lab, attempt: int, n: int, stage: str, reason: str, p: Any) -> str:
+    """Record a model-caused failure of a proposal made ahead; the proposer's feedback line."""
+    p = p or {}
+    lab.ledger.record_failure(f"{attempt}:{stage}", n, stage, reason, p.get("hypothesis", ""), p.get("role", ""),
+                              p.get("model", ""))  # fmt: skip
+    lab.log.info("rejected", exp=n, stage=stage, reason=reason, ahead=True)
+    return f"{stage}: {p.get('description') or 'your proposal'}: {reason}"
+
+
+# ---- the other slots (org/slots.py) --------------------------------------------------------------
+
+
+def speculate(lab: Lab, state: CampaignState, ready: list[Prepared]) -> None:
+    """Start the first run of each proposal ready on the current best on a free slot: when its
+    experiment comes (the best unchanged), the run is its first (`adopt`). After a keep it is
+    rebased, and its run here is not used."""
+    best = state["best_commit"]
+    for item in ready:
+        free = lab.free_slots()
+        if not free:
+            return
+        if item["parent"] != best or item["commit"] in lab.speculative:
+            continue
+        slot = free[0]
+        slot.workspace.reset(item["commit"])
+        seeding = seed_run(lab.program, slot.workspace, 0)
+        log = lab.dir / "runs" / f"ahead-{item['commit'][:12]}.log"
+        lab.speculative[item["commit"]] = lab.launch(slot, item["commit"], item["n"], dict(seeding.env), log,
+                                                     log.with_suffix(".pt"))  # fmt: skip
+        lab.log.info("ahead_run", exp=item["n"], slot=slot.index, commit=item["commit"][:7])
+
+
+def adopt(lab: Lab, commit: str, n: int) -> SandboxResult | None:
+    """The first run of experiment `n` if a free slot already ran it (at this very commit, seeded as
+    a first run is): its log and saved model moved to where the experiment's first run keeps them."""
+    running = lab.speculative.pop(commit, None)
+    if running is None:
+        return None
+    res = lab.finish(running)
+    log, saved = lab.run_log(n, 0), lab.checkpoint(n, 0)
+    if running.log.exists():
+        running.log.replace(log)
+    if running.saved.exists():
+        running.saved.replace(saved)
+    lab.log.info("ahead_run_used", exp=n, slot=running.slot.index, seconds=round(res.seconds, 2))
+    return replace(res, log_path=log)
+
+
+def stale(lab: Lab, state: CampaignState) -> None:
+    """Forget finished first runs of proposals no longer ready on the best (a keep rebased them)."""
+    wanted = {state.get("commit")} | {i["commit"] for i in state.get("ahead") or [] if i["parent"] == state["best_commit"]}
+    for commit, running in list(lab.speculative.items()):
+        if commit not in wanted and running.future.done():
+            del lab.speculative[commit]
+            res = lab.finish(running)
+            lab.log.info("ahead_run_unused", commit=commit[:7], seconds=round(res.seconds, 2),
+                         reason="made on an older best")  # fmt: skip
+            running.saved.unlink(missing_ok=True)
+
+
+def replicates(lab: Lab, state: CampaignState, first: int) -> list[tuple[int, Any, Running]]:
+    """Replicates `first`+1, ... of the experiment in flight, started side by side on free slots
+    (as many as the rule may still ask for): (replicate, its seeding, its run)."""
+    spec, n = lab.program.spec, state["n"]
+    if not spec.noise.replicated:
+        return []
+    if n == 0:
+        last = spec.noise.baseline_runs - 1
+    elif first == 0:  # a first run that is clearly worse stops there: no replicate before it is judged
+        return []
+    else:
+        last = spec.noise.max_replicates
+    started = []
+    for slot, r in zip(lab.free_slots(), range(first + 1, last + 1), strict=False):
+        slot.workspace.reset(state["commit"])
+        seeding = seed_run(lab.program, slot.workspace, r)
+        if seeding.seed is None:
+            break
+        started.append((r, seeding, lab.launch(slot, state["commit"], n, dict(seeding.env), lab.run_log(n, r),
+                                               lab.checkpoint(n, r))))  # fmt: skip
+    return started

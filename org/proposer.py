@@ -1,0 +1,131 @@
+"""Where a proposal comes from: a role's model (a knob move or edits) or a sampler's trial.
+
+The propose node asks for the experiment in flight; the pipeline (org/ahead.py) asks for the
+ones after it while a run trains. Both go through `candidates`, so a proposal made ahead is made
+the same way, from the same prompt, at the same best commit, told what is still in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from org.errors import InputError
+from org.models.names import parse_model
+from org.prompts import fmt_metric, history_table, keep_rate, knob_guide, knob_listing, knob_values
+from org.state import Proposal
+from org.untrusted import quote_file
+from org.workspace import Workspace
+
+if TYPE_CHECKING:
+    from org.lab import Lab
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What a proposal is asked for: experiment `n` (its `attempt`-th proposal), from `best_commit`."""
+
+    n: int
+    attempt: int
+    best_commit: str
+    best_metric: float | None
+    baseline_metric: float | None
+    directive: str
+    feedback: tuple[str, ...]
+    pending: frozenset[int] = frozenset()  # experiments asked of a sampler and not yet judged
+
+
+def candidates(lab: Lab, asking: Asking) -> tuple[list[Proposal], list[str]]:
+    """The round's proposals (the first is tried first) and why any answer was unusable."""
+    kind = lab.org.proposer_for(asking.n)
+    if lab.org.is_sampler(kind):
+        return [_sample(lab, kind, asking)], []
+    from org.proposal import EditProposal, knob_schema, offered_moves
+
+    role = lab.org.roles[kind]
+    mode = role.spec.mode or "knob"
+    ws, prog = lab.workspace, lab.program
+    source = ws.show(asking.best_commit, prog.knob_path) or ""
+    knobs = prog.search_space(source)
+    # knob mode offers only moves memory has not seen from the current values: with a base model
+    # the grammar, not the prompt, is what keeps it from proposing a known result again
+    tried = lab.recall.tried_moves(source, knobs, at=asking.best_commit) if mode == "knob" else set()
+    offered = offered_moves(knobs, tried)
+    rows = lab.ledger.experiments()
+    variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
+        experiment=asking.n, mode=mode, best_metric=fmt_metric(asking.best_metric),
+        baseline_metric=fmt_metric(asking.baseline_metric), keep_rate=keep_rate(rows),
+        history=history_table(rows, 15), directive=asking.directive,
+        feedback=list(asking.feedback), knobs=knob_listing(knobs, offered),
+        knob_guide=knob_guide(knobs), knob_values=knob_values(knobs, offered),
+        moves=", ".join(dict.fromkeys(m for moves in offered.values() for m in moves)),
+        memory=lab.recall.context(asking.directive or prog.strategy[:300], 500),
+    )  # fmt: skip
+    if mode == "edit":
+        variables["files"] = {p: quote_file(ws.show(asking.best_commit, prog.target_path(p)) or "")
+                              for p in prog.spec.editable}  # fmt: skip
+        schema: Any = EditProposal
+    else:
+        if not knobs:
+            raise InputError(prog.knob_path, "knobs", "no UPPER_CASE knob constants found")
+        schema = knob_schema(knobs, tried=tried)
+    proposals: list[Proposal] = []
+    failures: list[str] = []
+    for _ in range(lab.org.spec.proposals_per_round):  # candidates; vet picks the first good one
+        res = lab.calls.ask(kind, asking.n, schema, **variables)
+        rec = res.record
+        if res.value is None:
+            failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
+            continue
+        v = res.value
+        if mode == "edit":
+            proposals.append(Proposal(
+                hypothesis=v.hypothesis, description=v.description(), role=kind,
+                model=rec.model_used, knob_move=None, edits=[e.model_dump() for e in v.edits]))  # fmt: skip
+        else:
+            move = f"{v.knob} {v.move}"
+            # a base model's words are grammar-shaped noise ("choose-1", "keep"): the record says
+            # what it did instead
+            hypothesis = (f"{rec.model_used} (a base model) picked {move} from {sum(map(len, offered.values()))} "
+                          "offered moves" if parse_model(rec.model_used).is_base else v.hypothesis)  # fmt: skip
+            proposals.append(Proposal(hypothesis=hypothesis, description=move, role=kind,
+                                      model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
+    return proposals, failures
+
+
+def _sample(lab: Lab, kind: str, asking: Asking) -> Proposal:
+    """A sampler's proposal: the study is told every result the ledger has first."""
+    sampler = lab.sampler(kind)
+    knob_path = lab.program.knob_path
+    sampler.sync(lab.ledger.experiments(), lambda commit: lab.workspace.show(commit, knob_path),
+                 pending=asking.pending | {asking.n})  # fmt: skip
+    s = sampler.suggest(asking.n, asking.attempt, lab.workspace.show(asking.best_commit, knob_path) or "")
+    lab.log.info("trial", exp=asking.n, trial=s.trial)
+    return Proposal(hypothesis=s.hypothesis, description=s.description, role=kind, model=sampler.model,
+                    knob_move=None, edits=None, knob_values=s.values)  # fmt: skip
+
+
+def commit_proposal(lab: Lab, ws: Workspace, p: Proposal, n: int, best_commit: str) -> Proposal:
+    """Apply `p` on `best_commit` in `ws` as one commit; the proposal as applied (a knob move's
+    description names the values it moved between). Raises InputError, ValueError or KeyError
+    when it does not apply: the model's fault, or a rebase onto a best it no longer fits."""
+    from org.knobs import set_knobs
+    from org.proposal import SearchReplace, apply_edits, apply_knob_move
+
+    prog = lab.program
+    ws.reset(best_commit)  # idempotent: a re-run after kill starts from the same point
+    if p.get("knob_values"):  # a sampler's trial (its description is already the change)
+        ws.write(prog.knob_path, set_knobs(ws.read(prog.knob_path), p["knob_values"], prog.path, prog.spec.knob_style))
+    elif p["knob_move"]:
+        knob, move = p["knob_move"].split(" ", 1)
+        new_source, description = apply_knob_move(ws.read(prog.knob_path), knob, move, prog.knob_path,
+                                                    prog.spec.knob_style)  # fmt: skip
+        ws.write(prog.knob_path, new_source)
+        p = {**p, "description": description}
+    else:
+        files = {rel: ws.read(prog.target_path(rel)) for rel in prog.spec.editable}
+        edits = [SearchReplace.model_validate(e) for e in p["edits"] or []]
+        for rel, text in apply_edits(files, edits).items():  # paths relative to the target
+            ws.write(prog.target_path(rel), text)
+    ws.commit(f"exp {n}: {p['description']}\n\n{p['hypothesis']}", prog.editable_paths)
+    return p
