@@ -1,19 +1,19 @@
-"""Does the device wait for a model? Duty cycle of a campaign with and without pipelining.
+"""Does the device wait for a model, and do more slots give more experiments an hour?
 
 A real campaign (git worktree, ledger, memory, the vet gates, sandboxed runs) on the tiny test
 target, whose run sleeps for `--run-s` as training would, driven by a proposer whose scripted
 answers take `--propose-s` each (a model's latency; the answers pick a random offered knob move).
-For each pipeline depth (program `pipeline_depth`, org/ahead.py) one campaign of `--experiments`
-experiments; per campaign, over the experiment phase (from the baseline's verdict to the last):
+For each configuration `depth:slots:executor` (program `pipeline_depth`, org/ahead.py, and
+`executor`, org/slots.py) one campaign of `--experiments` experiments; per campaign, over the
+experiment phase (from the baseline's verdict to the last):
 
-    duty cycle = seconds the target ran / wall seconds          (target: >= 0.95 at depth 1)
-    experiments per hour
+    duty cycle = seconds slot 0 ran the target / wall seconds    (target: >= 0.95, one slot, depth 1)
+    experiments per hour                                         (target: 2 slots >= 1.8x one)
 
-    python -m evals.bench_scale                         # 20 s proposer, 60 s runs (~17 min)
-    python -m evals.bench_scale --run-s 6 --propose-s 2  # the same ratio, ~2 min
+    python -m evals.bench_scale                          # 20 s proposer, 60 s runs (~35 min)
+    python -m evals.bench_scale --run-s 6 --propose-s 2   # the same ratios, ~4 min
 
-Issue 16's other target (2 workers >= 1.8x the experiments per hour of one, local and Ray) needs
-executors this does not have yet. Prints one line per depth, then `---` and `key: value` lines.
+Prints one line per configuration, then `---` and `key: value` lines.
 """
 
 from __future__ import annotations
@@ -44,27 +44,32 @@ def answer(rng: random.Random):
     return pick
 
 
-def campaign(tmp: Path, depth: int, experiments: int, run_s: float, propose_s: float) -> dict[str, float]:
+def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: float) -> dict[str, float]:
     from org import campaign as c
     from org.ledger import Ledger
     from tests.scripted import ScriptedClient
     from tests.tiny import make_repo
 
-    org = tmp / f"org{depth}"
+    depth, slots, kind = config.split(":")
+    org = tmp / f"org-{config.replace(':', '-')}"
     org.mkdir()
     (org / "org.md").write_text("---\nname: bench-scale\nroles:\n  proposer: proposer.md\nreview: false\n---\n"
                                 "A proposer only: its latency is what pipelining hides.\n")  # fmt: skip
     shutil.copy(ROOT / "roles" / "tiered" / "proposer.md", org / "proposer.md")
     # the run is its own smoke test (a separate one would sleep too); SLEEP_S is not research
-    program = make_repo(tmp / f"repo{depth}", sleep=run_s, pipeline_depth=str(depth), smoke_inline_s="5",
-                        fixed_knobs="[SLEEP_S]", run_timeout_s=str(run_s * 3 + 60))  # fmt: skip
-    client = ScriptedClient(default={"proposer": answer(random.Random(depth))}, delay_s={"proposer": propose_s})
-    tag = f"scale{depth}"
+    program = make_repo(tmp / f"repo-{config.replace(':', '-')}", sleep=run_s, pipeline_depth=depth,
+                        smoke_inline_s="5", fixed_knobs="[SLEEP_S]", run_timeout_s=str(run_s * 3 + 60),
+                        executor=f"{{kind: {kind}, slots: {slots}}}")  # fmt: skip
+    # the same answers in every configuration: the same experiments, kept or not alike
+    client = ScriptedClient(default={"proposer": answer(random.Random(0))}, delay_s={"proposer": propose_s})
+    tag = f"scale-{config.replace(':', '-')}"
     c.start(program, org, tag=tag, max_experiments=experiments, models=client)
     events = [json.loads(line) for line in (c.campaign_dir(tag) / "events.jsonl").read_text().splitlines()]
     records = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events if e["event"] == "record"]
     ledger = Ledger(c.campaign_dir(tag) / "ledger.db")
-    ran = sum(r["seconds"] or 0.0 for n in range(1, experiments + 1) for r in ledger.runs(n))
+    slot0 = [e for e in events if e["event"] == "run_done" and e["exp"] > 0]
+    used = {e["exp"] for e in events if e["event"] == "ahead_run_used"}  # first runs another slot made
+    ran = sum(e["seconds"] for e in slot0 if not (e["replicate"] == 0 and e["exp"] in used))
     runs = sum(len(ledger.runs(n)) for n in range(1, experiments + 1))
     ledger.close()
     wall = records[-1] - records[0]
@@ -76,15 +81,16 @@ def main() -> None:
     ap.add_argument("--experiments", type=int, default=6)
     ap.add_argument("--run-s", type=float, default=60.0, help="seconds each run trains (sleeps)")
     ap.add_argument("--propose-s", type=float, default=20.0, help="seconds each proposer answer takes")
-    ap.add_argument("--depths", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--configs", nargs="+", default=["0:1:local", "1:1:local", "1:2:local", "1:2:ray"],
+                    help="depth:slots:executor per campaign")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     os.environ.update(NIGHTLAB_HOME=str(tmp / "home"), HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
     results = {}
     t0 = time.monotonic()
-    for depth in args.depths:
-        r = results[depth] = campaign(tmp, depth, args.experiments, args.run_s, args.propose_s)
-        print(f"depth {depth}: wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s over {r['runs']} runs, "
+    for config in args.configs:
+        r = results[config] = campaign(tmp, config, args.experiments, args.run_s, args.propose_s)
+        print(f"{config}: wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s over {r['runs']} runs, "
               f"duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     print("---")
@@ -93,9 +99,10 @@ def main() -> None:
     print(f"run_s: {args.run_s:g}")
     print(f"propose_s: {args.propose_s:g}")
     print(f"experiments: {args.experiments}")
-    for depth, r in results.items():
-        print(f"duty_cycle_depth{depth}: {r['duty']:.3f}")
-        print(f"experiments_per_hour_depth{depth}: {r['per_hour']:.1f}")
+    for config, r in results.items():
+        key = config.replace(":", "_")
+        print(f"duty_cycle_{key}: {r['duty']:.3f}")
+        print(f"experiments_per_hour_{key}: {r['per_hour']:.1f}")
     print(f"wall_min: {(time.monotonic() - t0) / 60:.1f}")
 
 

@@ -273,9 +273,8 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
             lab.log.info("vet", exp=state["n"], ok=False, gate="smoke", reason=reason,
                          gates=[("smoke", False, round(res.seconds, 2))])  # fmt: skip
             failed = _failed({**state, **ahead_update}, lab, "vet:smoke", reason, state["proposal"])
-            failed.update = {**ahead_update, **failed.update, "feedback": [*ahead_update.get("feedback", []),
-                                                                             *failed.update["feedback"]]}  # fmt: skip
-            return failed
+            feedback = [*ahead_update.get("feedback", []), *failed.update["feedback"]]
+            return Command(goto=failed.goto, update={**ahead_update, **failed.update, "feedback": feedback})
     outcome = _record_run(lab, state, r, seeding.seed, res)
     for rep, rep_seeding, running in side:  # replicates that ran beside it, in order
         rep_res = lab.finish(running)

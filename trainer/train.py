@@ -254,7 +254,7 @@ def main() -> None:
     if cuda:
         torch.set_float32_matmul_precision("high")
     else:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this run was given (a slot's share)
         torch.optim._muon._zeropower_via_newtonschulz = newton_schulz_fp32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
