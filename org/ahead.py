@@ -17,8 +17,12 @@ of the run in flight only, and the resumed run asks again (a sampler gets the sa
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from org.errors import InputError
@@ -62,16 +66,49 @@ def room(lab: Lab, state: CampaignState) -> bool:
     return bool(depth) and state["n"] > 0 and len(state.get("ahead") or []) < depth and (cap is None or nxt <= cap)
 
 
+def fingerprint(lab: Lab) -> str:
+    """What a vet verdict depends on besides the change: the program file, the org's role files,
+    the protected files' hashes and the gates' own code. A prepared proposal whose fingerprint is
+    not the campaign's now (a resume after any of them changed) is vetted again."""
+    import org.rules
+    import org.vet
+
+    h = hashlib.sha256()
+    for path in [lab.program.path, *sorted(lab.org.path.glob("*.md")), Path(org.rules.__file__), Path(org.vet.__file__)]:
+        h.update(path.read_bytes())
+    h.update(json.dumps(lab.protected_hashes, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def in_flight(lab: Lab, state: CampaignState, besides: str | None = None) -> Callable[[str], str | None]:
+    """A duplicate check against experiments not judged yet: the one in flight (when it is not
+    `besides`) and every proposal ready on the current best. Same tree, same files: a second run
+    of them is a second noisy draw, never a new experiment."""
+    commits = {r["commit"]: r["n"] for r in state.get("ahead") or [] if r["parent"] == state["best_commit"]}
+    if state.get("commit") and state["commit"] != besides:
+        commits[state["commit"]] = state["n"]
+    commits.pop(besides, None)
+    ws = lab.workspace
+    trees = {git(ws.path, "rev-parse", f"{c}^{{tree}}"): m for c, m in commits.items()}
+
+    def check(commit: str) -> str | None:
+        m = trees.get(git(ws.path, "rev-parse", f"{commit}^{{tree}}"))
+        return None if m is None else f"repeats experiment {m}, in flight (not judged yet)"
+
+    return check
+
+
 def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
     """Prepare proposals until `pipeline_depth` are ready or `running` is done. The state update:
-    `ahead` (what is ready, oldest first), `ahead_attempt` (the last attempt number it used) and
-    the proposer's `feedback`."""
+    `ahead` (what is ready, oldest first), `ahead_attempt` (the last attempt number it used), the
+    proposer's `feedback` and `ahead_fails` (its failures here in a row: the stop rule counts them)."""
     ready: list[Prepared] = list(state.get("ahead") or [])
     attempt, feedback, failures = next_attempt(state), [], 0
+    in_row = state.get("ahead_fails", 0)  # the proposer's failures ahead since its last good proposal
     ws = workspace(lab)
-    in_flight = {state["commit"]: state["n"], **{r["commit"]: r["n"] for r in ready}}
     speculate(lab, state, ready)
-    while room(lab, {**state, "ahead": ready}) and not running.done() and failures <= depth_of(lab):
+    while (room(lab, {**state, "ahead": ready}) and not running.done() and failures <= depth_of(lab)
+           and in_row < lab.stop.max_failures_in_row):  # fmt: skip
         n = state["n"] + 1 + len(ready)
         told = [f"in flight, not judged yet: experiment {state['n']}: {state['proposal']['description']}"] + \
                [f"in flight, not judged yet: experiment {r['n']}: {r['proposal']['description']}" for r in ready]  # fmt: skip
@@ -81,42 +118,36 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
         proposals, why = candidates(lab, asking)
         if not proposals:
             feedback.append(_fail(lab, attempt, n, "propose", "; ".join(dict.fromkeys(why)), None))
-            attempt, failures = attempt + 1, failures + 1
+            attempt, failures, in_row = attempt + 1, failures + 1, in_row + 1
             continue
         for p in proposals:
-            made = _vetted(lab, ws, p, n, attempt, state, in_flight)
+            made = _vetted(lab, ws, p, n, attempt, {**state, "ahead": ready})
             attempt += 1
             if isinstance(made, str):
                 feedback.append(made)
-                failures += 1
+                failures, in_row = failures + 1, in_row + 1
                 continue
             ready.append(made)
-            in_flight[made["commit"]] = n
+            in_row = 0
             speculate(lab, state, ready)
             lab.log.info("ahead", exp=n, description=made["proposal"]["description"], ready=len(ready))
             break
-    return {"ahead": ready, "ahead_attempt": attempt - 1, "feedback": feedback}
+    return {"ahead": ready, "ahead_attempt": attempt - 1, "feedback": feedback, "ahead_fails": in_row}
 
 
-def _vetted(lab: Lab, ws: Workspace, p: Any, n: int, attempt: int, state: CampaignState,
-            in_flight: dict[str, int]) -> Prepared | str:  # fmt: skip
+def _vetted(lab: Lab, ws: Workspace, p: Any, n: int, attempt: int, state: CampaignState) -> Prepared | str:
     """`p` committed and vetted in the pipeline's worktree; or the feedback line of its failure."""
     try:
         p = commit_proposal(lab, ws, p, n, state["best_commit"])
     except (InputError, ValueError, KeyError) as e:
         return _fail(lab, attempt, n, "apply", str(e), p)
-    trees = {git(ws.path, "rev-parse", f"{c}^{{tree}}"): m for c, m in in_flight.items()}
-
-    def running_twice(commit: str) -> str | None:  # the same files as an experiment not yet judged
-        m = trees.get(git(ws.path, "rev-parse", f"{commit}^{{tree}}"))
-        return None if m is None else f"repeats experiment {m}, in flight (not judged yet)"
-
-    verdict = screen(lab, ws, p, n, attempt, state["best_commit"], state["best_metric"], running_twice)
+    verdict = screen(lab, ws, p, n, attempt, state["best_commit"], state["best_metric"], in_flight(lab, state))
     for g in verdict.records:
         lab.ledger.record_gate(n, attempt, g.gate, g.ok, g.reason, g.seconds)
     if not verdict.ok:
         return _fail(lab, attempt, n, f"vet:{verdict.gate}", verdict.reason, p)
-    return Prepared(proposal=p, parent=state["best_commit"], commit=ws.head(), n=n, attempt=attempt)
+    return Prepared(proposal=p, parent=state["best_commit"], commit=ws.head(), n=n, attempt=attempt,
+                    fingerprint=fingerprint(lab))  # fmt: skip
 
 
 def _fail(lab: Lab, attempt: int, n: int, stage: str, reason: str, p: Any) -> str:
@@ -146,17 +177,21 @@ def speculate(lab: Lab, state: CampaignState, ready: list[Prepared]) -> None:
         slot.workspace.reset(item["commit"])
         seeding = seed_run(lab.program, slot.workspace, 0)
         log = lab.dir / "runs" / f"ahead-{item['commit'][:12]}.log"
-        lab.speculative[item["commit"]] = lab.launch(slot, item["commit"], item["n"], dict(seeding.env), log,
-                                                     log.with_suffix(".pt"))  # fmt: skip
+        running = lab.launch(slot, item["commit"], item["n"], dict(seeding.env), log, log.with_suffix(".pt"))
+        running.epoch = state.get("rebaselined", 0)
+        lab.speculative[item["commit"]] = running
         lab.log.info("ahead_run", exp=item["n"], slot=slot.index, commit=item["commit"][:7])
 
 
-def adopt(lab: Lab, commit: str, n: int) -> SandboxResult | None:
-    """The first run of experiment `n` if a free slot already ran it (at this very commit, seeded as
-    a first run is): its log and saved model moved to where the experiment's first run keeps them."""
-    running = lab.speculative.pop(commit, None)
-    if running is None:
+def adopt(lab: Lab, state: CampaignState) -> SandboxResult | None:
+    """The first run of the experiment in flight if a free slot already ran it (at this very
+    commit, seeded as a first run is, with no drift check since): its log and saved model moved to
+    where the experiment's first run keeps them."""
+    commit, n = state["commit"], state["n"]
+    running = lab.speculative.get(commit)
+    if running is None or running.epoch != state.get("rebaselined", 0):
         return None
+    del lab.speculative[commit]
     res = lab.finish(running)
     log, saved = lab.run_log(n, 0), lab.checkpoint(n, 0)
     if running.log.exists():
@@ -170,12 +205,13 @@ def adopt(lab: Lab, commit: str, n: int) -> SandboxResult | None:
 def stale(lab: Lab, state: CampaignState) -> None:
     """Forget finished first runs of proposals no longer ready on the best (a keep rebased them)."""
     wanted = {state.get("commit")} | {i["commit"] for i in state.get("ahead") or [] if i["parent"] == state["best_commit"]}
+    epoch = state.get("rebaselined", 0)
     for commit, running in list(lab.speculative.items()):
-        if commit not in wanted and running.future.done():
+        if (commit not in wanted or running.epoch != epoch) and running.future.done():
             del lab.speculative[commit]
             res = lab.finish(running)
             lab.log.info("ahead_run_unused", commit=commit[:7], seconds=round(res.seconds, 2),
-                         reason="made on an older best")  # fmt: skip
+                         reason="made on an older best" if commit not in wanted else "a drift check since")  # fmt: skip
             running.saved.unlink(missing_ok=True)
 
 

@@ -13,7 +13,6 @@ a crash) are written to the ledger and fed back to the proposer; harness errors 
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,18 +21,19 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from org import manifest
-from org.ahead import adopt, replicates, room, speculate, stale
+from org.ahead import adopt, fingerprint, in_flight, replicates, room, speculate, stale
 from org.ahead import prepare as prepare_ahead
 from org.drift import check_drift
 from org.errors import InputError
 from org.lab import Lab
 from org.measure import child_env, keep_test
+from org.outcome import no_run, record_run
 from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate, knob_listing
 from org.proposer import Asking, candidates, commit_proposal
-from org.runner import parse_number, run_command
+from org.runner import run_command
 from org.screening import screen
 from org.smoke import smoke_reason
-from org.state import CampaignState, Outcome, Proposal, next_attempt
+from org.state import CampaignState, Proposal, next_attempt
 from org.untrusted import fence
 from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
 
@@ -52,7 +52,7 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     # Compaction first: a campaign that stops right after the K-th experiment still distils it.
     if after_record and "compactor" in lab.org.roles and n_done > 0 and n_done % spec.compact_every == 0:
         return Command(goto="compact", update=update)
-    reason = lab.stop_reason(n_done, merged["fails_in_row"])
+    reason = lab.stop_reason(n_done, max(merged["fails_in_row"], merged.get("ahead_fails", 0)))
     if reason:
         lab.log.info("stop", reason=reason)
         return Command(goto=END, update={**update, "stopped": reason})
@@ -179,6 +179,8 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     lab.progress(phase="propose", n=state["n"])
     if ahead := state.get("ahead"):  # made and vetted while the last run trained
         item = ahead[0]
+        if item["n"] != state["n"] and item["proposal"].get("knob_values"):  # one made before it never ran
+            lab.sampler(item["proposal"]["role"]).retag(item["n"], item["attempt"], state["n"])
         lab.log.info("proposal", exp=state["n"], candidates=1, description=item["proposal"]["description"],
                      hypothesis=item["proposal"]["hypothesis"], ahead=True)  # fmt: skip
         return Command(goto="apply", update={"proposal": item["proposal"], "queue": [], "ahead": ahead[1:],
@@ -221,10 +223,18 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
     lab.progress(phase="vet", n=state["n"])
     lab.workspace.reset(state["commit"])  # idempotent: a kill mid-rejection may have moved HEAD
     p = state["proposal"]
-    if (prepared := state.get("prepared")) and prepared["commit"] == state["commit"]:
+    twice = in_flight(lab, state, besides=state["commit"])
+    prepared = state.get("prepared")
+    if prepared and prepared["commit"] == state["commit"] and prepared.get("fingerprint") == fingerprint(lab):
+        # vetted ahead on this best; only what is recorded since can make it a repeat
+        diff = lab.workspace.diff(state["best_commit"])
+        if reason := twice(state["commit"]) or lab.recall.repeat(p, diff, commit=state["commit"]):
+            lab.ledger.record_gate(state["n"], state["attempt"], "duplicate", False, reason, 0.0)
+            return _failed(state, lab, "vet:duplicate", reason, p)
         lab.log.info("vet", exp=state["n"], ok=True, gate="", reason="vetted ahead", gates=[])
         return Command(goto="run")
-    verdict = screen(lab, lab.workspace, p, state["n"], state["attempt"], state["best_commit"], state["best_metric"])
+    verdict = screen(lab, lab.workspace, p, state["n"], state["attempt"], state["best_commit"], state["best_metric"],
+                     twice)  # fmt: skip
     for g in verdict.records:  # every gate's verdict, passes (and fail-open warnings) included
         lab.ledger.record_gate(state["n"], state["attempt"], g.gate, g.ok, g.reason, g.seconds)
     lab.log.info("vet", exp=state["n"], ok=verdict.ok, gate=verdict.gate, reason=verdict.reason,
@@ -245,12 +255,12 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     prog = lab.program
     seeding = seed_run(prog, lab.workspace, r)
     if seeding.seed is None:  # the change removed the seed: its result cannot be replicated
-        o = _no_run_outcome(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
+        o = no_run(f"{prog.spec.noise.seed_knob} is gone from {prog.knob_path}: a replicate "
                             "cannot change the seed, so the result could never be confirmed")  # fmt: skip
         return Command(goto="judge", update={"outcome": o})
     stale(lab, state)
     ahead_update: dict[str, Any] = {}
-    res = adopt(lab, state["commit"], n) if n > 0 and r == 0 else None
+    res = adopt(lab, state) if n > 0 and r == 0 else None
     side = replicates(lab, state, r) if res is None else []
 
     def meanwhile(running: Any) -> None:  # the pipeline: the next proposals, made and vetted as this trains
@@ -275,11 +285,11 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
             failed = _failed({**state, **ahead_update}, lab, "vet:smoke", reason, state["proposal"])
             feedback = [*ahead_update.get("feedback", []), *failed.update["feedback"]]
             return Command(goto=failed.goto, update={**ahead_update, **failed.update, "feedback": feedback})
-    outcome = _record_run(lab, state, r, seeding.seed, res)
+    outcome = record_run(lab, state, r, seeding.seed, res)
     for rep, rep_seeding, running in side:  # replicates that ran beside it, in order
         rep_res = lab.finish(running)
         running.slot.workspace.reset(state["commit"])
-        rep_outcome = _record_run(lab, state, rep, rep_seeding.seed, rep_res)
+        rep_outcome = record_run(lab, state, rep, rep_seeding.seed, rep_res)
         if outcome["metric"] is not None and not outcome["violations"] and (rep_outcome["metric"] is None
                                                                             or rep_outcome["violations"]):  # fmt: skip
             outcome = rep_outcome  # the judge hears of the run that failed
@@ -287,29 +297,6 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     if side:
         update["replicate"] = side[-1][0]
     return Command(goto="judge", update=update)
-
-
-def _record_run(lab: Lab, state: CampaignState, r: int, seed: int | None, res: Any) -> Outcome:
-    """One run of the experiment in flight, in the ledger and the event log; its outcome."""
-    n, prog = state["n"], lab.program
-    metric = lab.metric_of(res)
-    mem_mb = parse_number(res.summary.get(prog.spec.parse.memory_key)) or 0.0
-    lab.ledger.record_run(n, r, dict(commit=state["commit"], seed=seed, metric=metric,
-                                     seconds=res.seconds, returncode=res.returncode,
-                                     timed_out=int(res.timed_out), log=str(res.log_path),
-                                     summary=json.dumps(res.summary), cpu_seconds=res.cpu_seconds,
-                                     isolation=res.network))  # fmt: skip
-    lab.log.info("run_done", exp=n, replicate=r, seed=seed, returncode=res.returncode,
-                 timed_out=res.timed_out, metric=metric, seconds=round(res.seconds, 2),
-                 network=res.network, violations=res.violations)  # fmt: skip
-    return Outcome(returncode=res.returncode, timed_out=res.timed_out, seconds=res.seconds,
-                   metric=metric, memory_gb=mem_mb / 1024, status="", log=str(res.log_path),
-                   tail=res.tail[-1500:], violations=res.violations, network=res.network)  # fmt: skip
-
-
-def _no_run_outcome(reason: str) -> Outcome:
-    return Outcome(returncode=None, timed_out=False, seconds=0.0, metric=None, memory_gb=0.0, status="",
-                   log="", tail=reason, violations=[], network="", reason=reason)  # fmt: skip
 
 
 def judge(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record", "run", "test"]]:

@@ -28,7 +28,7 @@ PROCESS_MODULES = {"subprocess", "multiprocessing", "torch.multiprocessing", "pt
 PROCESS_CALLS = {"os.system", "os.popen", "os.fork", "os.forkpty", "os.kill", "os.killpg",
                  "os.setsid", "os.setpgrp", "os.setpgid", "os.daemon", "os.nice", "os.abort",
                  "os._exit", "os.posix_spawn", "os.posix_spawnp", "os.wait", "os.waitpid",
-                 "time.sleep", "resource.setrlimit"}  # fmt: skip
+                 "time.sleep", "resource.setrlimit", "os.sched_setaffinity", "os.setpriority"}  # fmt: skip
 PROCESS_PREFIXES = ("os.exec", "os.spawn")
 ESCAPE_MODULES = {"ctypes", "cffi", "importlib", "builtins", "runpy", "code", "codeop", "marshal",
                   "pickle", "dill", "gc", "inspect", "sysconfig", "site"}  # fmt: skip

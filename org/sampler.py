@@ -228,6 +228,19 @@ class SamplerProposer:
                       f"the best, chosen from {finished} finished trials (no language model)")  # fmt: skip
         return Suggestion(values, number, description, hypothesis)
 
+    def retag(self, was: int, attempt: int, n: int) -> None:
+        """A trial asked ahead for experiment `was` runs as experiment `n` (one before it never
+        ran): it is `n`'s now, and what was asked for `n` before is told FAIL, so the study pairs
+        each result with the values that made it."""
+        from optuna.trial import TrialState
+
+        storage = self.study._storage  # optuna keeps per-trial attributes in its storage
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("attempt") == attempt and t.user_attrs.get("exp") in (was, n):  # (again after a kill)
+                storage.set_trial_user_attr(t._trial_id, "exp", n)
+            elif t.user_attrs.get("exp") == n:
+                self.study.tell(t.number, state=TrialState.FAIL)
+
     def _values(self, params: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(d.value(params[d.param]) for d in self.dims)
 

@@ -38,7 +38,7 @@ SLOTS_DIR = "slots"
 class Slot:
     index: int
     workspace: Workspace
-    pid_file: Path  # the run in flight here (a resume kills what a killed campaign left)
+    pid_file: Path | None  # the run in flight here (a resume kills what a killed campaign left)
     env: dict[str, str] = field(default_factory=dict)  # CUDA_VISIBLE_DEVICES for a GPU slot
     cpus: tuple[int, ...] = ()  # the cores its runs may use (empty: all)
     gpus: int = 0  # GPUs it holds (what a Ray task reserves)
@@ -54,11 +54,13 @@ class Running:
     future: Future
     log: Path
     saved: Path
+    epoch: int = 0  # a first run made ahead: the drift checks done when it started (org/ahead.py)
 
 
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use: $CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`'s."""
-    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+def visible_gpus(program_env: dict[str, str] | None = None) -> list[str]:
+    """GPU ids the program's runs may use: its env's CUDA_VISIBLE_DEVICES, else this process's,
+    else `nvidia-smi -L`'s."""
+    raw = (program_env or {}).get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
     if raw is not None:
         return [g for g in raw.split(",") if g.strip() and g.strip() != "-1"]
     if shutil.which("nvidia-smi") is None:
@@ -70,23 +72,24 @@ def visible_gpus() -> list[str]:
 def plan(program: Any, campaign_dir: Path, main: Workspace) -> list[Slot]:
     """The program's slots: `executor.slots` of them (default: one per visible GPU, or one)."""
     spec = program.spec.executor
-    gpus = visible_gpus() if program.spec.env.get("CUDA_VISIBLE_DEVICES") != "" else []
+    gpus = visible_gpus(program.spec.env)
     count = spec.slots or max(1, len(gpus))
-    if gpus and count > len(gpus):
+    ray = spec.kind == "ray"  # Ray assigns each task its GPU; a pgid from another node is not ours to kill
+    if gpus and count > len(gpus) and not ray:
         raise InputError(program.path, "executor.slots", f"{count} slots, {len(gpus)} visible GPUs: a GPU is never "
                          "shared (a second run on it would move the first's wall-clock result)")  # fmt: skip
     cores = sorted(os.sched_getaffinity(0))
     per = len(cores) // count if not gpus else 0
-    if not gpus and count > 1 and per < 1:
+    if not gpus and count > 1 and per < 1 and not ray:
         raise InputError(program.path, "executor.slots", f"{count} CPU slots on {len(cores)} cores: each needs one")
     slots = []
     for i in range(count):
         ws = main if i == 0 else _worktree(program, campaign_dir / SLOTS_DIR / str(i), main)
-        pid = campaign_dir / ("run.pid" if i == 0 else f"run.{i}.pid")
+        pid = None if ray else campaign_dir / ("run.pid" if i == 0 else f"run.{i}.pid")
         if gpus:
-            slots.append(Slot(i, ws, pid, env={"CUDA_VISIBLE_DEVICES": gpus[i]}, gpus=1))
+            slots.append(Slot(i, ws, pid, env={} if ray else {"CUDA_VISIBLE_DEVICES": gpus[i]}, gpus=1))
         else:
-            slots.append(Slot(i, ws, pid, cpus=tuple(cores[i * per:(i + 1) * per]) if count > 1 else ()))
+            slots.append(Slot(i, ws, pid, cpus=tuple(cores[i * per:(i + 1) * per]) if count > 1 and per else ()))
     return slots
 
 

@@ -41,6 +41,7 @@ class Prepared(TypedDict):
     commit: str  # its commit on `parent`
     n: int  # the experiment it was made for (its gates are recorded under it)
     attempt: int  # its proposal attempt (its gates' and failures' key)
+    fingerprint: NotRequired[str]  # what its vet depended on (org/ahead.py: `fingerprint`)
 
 
 class Outcome(TypedDict):
@@ -84,6 +85,7 @@ class CampaignState(TypedDict, total=False):
     ahead: Annotated[list[Prepared], replace]  # proposals the pipeline has ready, oldest first
     prepared: Annotated[Prepared | None, replace]  # the one in use: its vet is done unless rebased
     ahead_attempt: Annotated[int, replace]  # the last proposal attempt the pipeline used (-1: none)
+    ahead_fails: Annotated[int, replace]  # the pipeline's proposals in a row that failed (stop rule)
     stopped: Annotated[str | None, replace]  # why the campaign ended
 
 
@@ -91,7 +93,7 @@ def initial_state() -> CampaignState:
     return CampaignState(
         n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
         since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
-        replicate=0, rebaselined=0, outcome=None, ahead=[], prepared=None, ahead_attempt=-1, stopped=None,
+        replicate=0, rebaselined=0, outcome=None, ahead=[], prepared=None, ahead_attempt=-1, ahead_fails=0, stopped=None,
     )  # fmt: skip
 
 

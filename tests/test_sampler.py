@@ -166,3 +166,28 @@ def test_a_sampled_repeat_of_a_measured_point_is_told_its_result_not_proposed(tm
         assert s.values == {"USE_GATE": True}
     repeats = [t for t in sampler.study.get_trials() if t.user_attrs.get("repeat")]
     assert all(t.state == TrialState.COMPLETE and t.value == 1.05 for t in repeats)
+
+
+def test_a_trial_asked_ahead_and_run_as_an_earlier_experiment_is_told_that_experiments_result(tmp_path):
+    """The pipeline asked trials for experiments 2 and 3 while 1 ran; 2 never ran (refused), so
+    3's proposal runs as experiment 2: its trial is 2's now, the refused one FAIL, and the result
+    of experiment 2 goes to the values that made it (again after a kill: retag is idempotent)."""
+    program = make_repo(tmp_path / "repo", knob_ranges="{LR: [0.001, 0.1], DEPTH: [3, 6]}", fixed_knobs="[SLEEP_S]")
+    prog = load_program(program)
+    source = TRAIN.format(sleep=0.0)
+    sampler = SamplerProposer("optuna/random", tmp_path, "ahead", prog, source, seed=3)
+    sampler.sync([{"n": 0, "status": "keep", "metric": 1.05, "commit": "base", "role": "baseline"}],
+                 lambda commit: source, pending={1})  # fmt: skip
+    sampler.suggest(1, 0, source)
+    refused = sampler.suggest(2, 1, source)
+    made_ahead = sampler.suggest(3, 2, source)
+    sampler.retag(3, 2, 2)
+    sampler.retag(3, 2, 2)
+    trials = {t.number: t for t in sampler.study.get_trials()}
+    assert trials[refused.trial].state == TrialState.FAIL
+    assert trials[made_ahead.trial].state == TrialState.RUNNING and trials[made_ahead.trial].user_attrs["exp"] == 2
+    rows = [{"n": 1, "status": "discard", "metric": 1.2, "commit": "c1", "role": "sampler"},
+            {"n": 2, "status": "discard", "metric": 1.3, "commit": "c2", "role": "sampler"}]
+    sampler.sync(rows, lambda commit: source, pending={3})
+    trials = {t.number: t for t in sampler.study.get_trials()}
+    assert trials[made_ahead.trial].state == TrialState.COMPLETE and trials[made_ahead.trial].value == 1.3
