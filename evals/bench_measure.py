@@ -4,6 +4,8 @@ model server of its own. The unmodified trainer/train.py, on a scratch copy of t
 
     python -m evals.bench_measure              # 2 runs (~2.5 min on 2 cores)
     python -m evals.bench_measure --runs 3 --unsandboxed
+    python -m evals.bench_measure --slots 2    # the runs two at a time, each on its share of the
+                                               # cores (org/slots.py): runs per hour against one slot
 
 Per run: the whole measurement's wall seconds, the training process's own (`total_seconds`, and
 its loop: `training_seconds`), the rest (the evaluation, and the training interpreter's start-up
@@ -33,7 +35,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2, help="runs to time (default 2)")
     ap.add_argument("--program", default="programs/quickstart.md", help="program, relative to the repo")
     ap.add_argument("--unsandboxed", action="store_true", help="process isolation only, for comparison")
+    ap.add_argument("--slots", type=int, default=1, help="runs at once, each pinned to its share of the cores")
     args = ap.parse_args()
+    if args.slots > 1:
+        return slots(args)
     program = load_program(ROOT / args.program)
     sandboxed = not args.unsandboxed
     scratch = Path(tempfile.mkdtemp(prefix="nightlab-bench-measure-"))
@@ -68,6 +73,53 @@ def main() -> None:
         print(f"{key}_s_median: {statistics.median(r[key] for r in rows):.1f}")
     print(f"hides_walk_s: {walk:.1f}")
     print(f"{program.spec.metric}: {rows[0]['metric']:.6f}")
+
+
+def slots(args: argparse.Namespace) -> None:
+    """`--runs` runs, `--slots` at a time (each thread pinned to its cores, as org/slots.py pins a
+    slot), then the same runs one at a time on every core: wall time and runs per hour of each."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from org.slots import pinned
+
+    program = load_program(ROOT / args.program)
+    scratch = Path(tempfile.mkdtemp(prefix="nightlab-bench-slots-"))
+    cores = sorted(os.sched_getaffinity(0))
+    per = len(cores) // args.slots
+
+    def one(i: int, cpus: tuple[int, ...]) -> float:
+        work = scratch / f"run{i}"
+        shutil.copytree(ROOT / "trainer", work / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+        res = pinned(cpus, lambda: measure(program, work, {}, scratch / f"run{i}.log", work / "out",
+                                           not args.unsandboxed, program.run_timeout_s, caps=Caps()))  # fmt: skip
+        if res.returncode != 0 or res.violations:
+            raise SystemExit(f"run {i} failed: {res.violations or res.tail[-800:]}")
+        return float(res.summary[program.spec.metric])
+
+    try:
+        bwrap.argv(view(program, "run", scratch))  # the one-off walk for sandbox.hides, not timed
+        t = time.monotonic()
+        serial = [one(i, ()) for i in range(args.runs)]
+        serial_s = time.monotonic() - t
+        t = time.monotonic()
+        with ThreadPoolExecutor(args.slots) as pool:
+            jobs = [pool.submit(one, args.runs + i, tuple(cores[(i % args.slots) * per:(i % args.slots + 1) * per]))
+                    for i in range(args.runs)]  # fmt: skip
+            parallel = [j.result() for j in jobs]
+        parallel_s = time.monotonic() - t
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("---")
+    print(f"runs: {args.runs}")
+    print(f"slots: {args.slots} ({per} cores each)")
+    print(f"one_slot_wall_s: {serial_s:.1f}")
+    print(f"slots_wall_s: {parallel_s:.1f}")
+    print(f"runs_per_hour_one_slot: {args.runs * 3600 / serial_s:.1f}")
+    print(f"runs_per_hour_slots: {args.runs * 3600 / parallel_s:.1f}")
+    print(f"speedup: {serial_s / parallel_s:.2f}")
+    print(f"{program.spec.metric}_one_slot: {statistics.fmean(serial):.6f}")
+    print(f"{program.spec.metric}_slots: {statistics.fmean(parallel):.6f}")
 
 
 if __name__ == "__main__":
