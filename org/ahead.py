@@ -29,7 +29,7 @@ from org.errors import InputError
 from org.proposer import Asking, candidates, commit_proposal
 from org.sandbox import SandboxResult
 from org.screening import screen
-from org.slots import Running
+from org.slots import Running, worktree
 from org.state import CampaignState, Prepared, next_attempt
 from org.verdict import seed_run
 from org.workspace import Workspace, git
@@ -42,13 +42,7 @@ AHEAD_DIR = "ahead"  # the pipeline's worktree, in the campaign directory
 
 def workspace(lab: Lab) -> Workspace:
     """The pipeline's worktree (detached, on the campaign's repo), made on first use."""
-    path = lab.dir / AHEAD_DIR
-    ws = Workspace(path, keep=tuple(rel for rel, _ in lab.program.data_links()))
-    if not (path / ".git").exists():
-        git(lab.workspace.path, "worktree", "add", "--detach", str(path), "HEAD")
-    for rel, src in lab.program.data_links():
-        ws.link(rel, src)
-    return ws
+    return worktree(lab.program, lab.dir / AHEAD_DIR, lab.workspace)
 
 
 def depth_of(lab: Lab) -> int:

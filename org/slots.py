@@ -84,7 +84,7 @@ def plan(program: Any, campaign_dir: Path, main: Workspace) -> list[Slot]:
         raise InputError(program.path, "executor.slots", f"{count} CPU slots on {len(cores)} cores: each needs one")
     slots = []
     for i in range(count):
-        ws = main if i == 0 else _worktree(program, campaign_dir / SLOTS_DIR / str(i), main)
+        ws = main if i == 0 else worktree(program, campaign_dir / SLOTS_DIR / str(i), main)
         pid = None if ray else campaign_dir / ("run.pid" if i == 0 else f"run.{i}.pid")
         if gpus:
             slots.append(Slot(i, ws, pid, env={} if ray else {"CUDA_VISIBLE_DEVICES": gpus[i]}, gpus=1))
@@ -93,7 +93,9 @@ def plan(program: Any, campaign_dir: Path, main: Workspace) -> list[Slot]:
     return slots
 
 
-def _worktree(program: Any, path: Path, main: Workspace) -> Workspace:
+def worktree(program: Any, path: Path, main: Workspace) -> Workspace:
+    """A detached worktree of the campaign's repo at `path` (made on first use), with the program's
+    data files linked in."""
     ws = Workspace(path, keep=tuple(rel for rel, _ in program.data_links()))
     if not (path / ".git").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
