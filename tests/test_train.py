@@ -48,8 +48,8 @@ def test_smoke_run_prints_the_exact_summary_block(prepared_cpu):
 def test_nan_loss_prints_fail_and_exits_1(prepared_cpu, tmp_path):
     broken = tmp_path / "train.py"
     source = (REPO / "trainer" / "train.py").read_text()
-    assert "LOGIT_SOFTCAP = 15.0" in source
-    broken.write_text(source.replace("LOGIT_SOFTCAP = 15.0", "LOGIT_SOFTCAP = 0.0"))  # 0/0 in the cap
+    assert "ROPE_BASE = 10000.0 " in source
+    broken.write_text(source.replace("ROPE_BASE = 10000.0 ", 'ROPE_BASE = float("nan") '))  # NaN rotary angles
     out = run_train(broken, prepared_cpu, timeout=180)
     assert out.returncode == 1
     assert out.stdout.splitlines()[-1].startswith("FAIL: loss is nan")
