@@ -132,6 +132,44 @@ def test_flop_budget_gives_a_bigger_model_fewer_tokens():
     assert "FLOPs" in small.describe() and small.left() == "0% left"
 
 
+def test_the_fused_cpu_head_is_the_reference_maths_with_the_same_counted_flops():
+    """GPT.forward's CPU training loss (SoftcapCrossEntropy, chunked) against its logits path: the
+    same loss and gradients, and the same FLOPs for the harness to count, at a chunk size that
+    does not divide the rows and a softcap that bites."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer import train
+
+    torch.manual_seed(0)
+    cfg = train.GPTConfig(sequence_len=40, vocab_size=300, n_layer=2, n_head=2, n_embd=64, mlp_ratio=4,
+                          value_embeds=True, softcap=3.0, rope_base=1e4)  # fmt: skip
+    model = train.GPT(cfg)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():  # off the zero-init so every gradient is non-trivial
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = torch.randint(0, 300, (3, 40)), torch.randint(0, 300, (3, 40))
+
+    def loss_and_grads(fused: bool):
+        model.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) as counter:
+            loss = model(x, y) if fused else model(x, y, reduction="none").mean()
+            loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()], counter.get_total_flops()
+
+    chunk = train.HEAD_CHUNK
+    try:
+        train.HEAD_CHUNK = 7  # 120 rows: 17 chunks and a remainder
+        fused = loss_and_grads(True)
+    finally:
+        train.HEAD_CHUNK = chunk
+    ref = loss_and_grads(False)
+    assert fused[0] == pytest.approx(ref[0], rel=1e-6)
+    for (name, _), a, b in zip(model.named_parameters(), fused[1], ref[1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), name
+    assert fused[2] == ref[2]  # a budget counted on the fused head buys the same tokens
+
+
 def test_targets_never_reach_model_code(prepared_cpu, monkeypatch):
     """The harness scores logits from `model(x)`: a forward that returns a zero loss whenever it is
     handed targets scores like the uniform predictor it is, not zero."""
