@@ -150,24 +150,57 @@ def test_the_fused_cpu_head_is_the_reference_maths_with_the_same_counted_flops()
             p.add_(0.05 * torch.randn_like(p))
     x, y = torch.randint(0, 300, (3, 40)), torch.randint(0, 300, (3, 40))
 
-    def loss_and_grads(fused: bool):
+    def loss_and_grads():
         model.zero_grad(set_to_none=True)
         with FlopCounterMode(display=False) as counter:
-            loss = model(x, y) if fused else model(x, y, reduction="none").mean()
+            loss = model(x, y)
             loss.backward()
         return loss.item(), [p.grad.clone() for p in model.parameters()], counter.get_total_flops()
 
     chunk = train.HEAD_CHUNK
     try:
         train.HEAD_CHUNK = 7  # 120 rows: 17 chunks and a remainder
-        fused = loss_and_grads(True)
+        assert train.fused_head_agrees(model, x, y)
+        model.fused_head = True
+        fused = loss_and_grads()
     finally:
         train.HEAD_CHUNK = chunk
-    ref = loss_and_grads(False)
+    model.fused_head = False
+    ref = loss_and_grads()
     assert fused[0] == pytest.approx(ref[0], rel=1e-6)
     for (name, _), a, b in zip(model.named_parameters(), fused[1], ref[1], strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), name
     assert fused[2] == ref[2]  # a budget counted on the fused head buys the same tokens
+
+
+@pytest.mark.parametrize("case", ["legit_z_loss", "legit_label_smoothing", "legit_softcap_30"])
+def test_a_loss_edited_in_forward_is_the_loss_trained_on(case, tmp_path):
+    """The fused head must never hide an edit: a change to forward()'s loss that SoftcapCrossEntropy
+    does not make turns the fused head off (fused_head_agrees), so the edited loss is trained on.
+    A change both paths see (the softcap knob) keeps it on."""
+    import importlib.util
+
+    import yaml
+
+    spec_yaml = yaml.safe_load((REPO / "evals" / "redteam" / "cases" / f"{case}.yaml").read_text())
+    source = (REPO / "trainer" / "train.py").read_text()
+    for e in spec_yaml["edits"]:
+        assert source.count(e["search"]) == 1, e["search"]
+        source = source.replace(e["search"], e["replace"])
+    script = tmp_path / "train_edited.py"
+    script.write_text(source)
+    spec = importlib.util.spec_from_file_location("train_edited", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    cfg = mod.GPTConfig(sequence_len=32, vocab_size=200, n_layer=1, n_head=1, n_embd=32, mlp_ratio=4,
+                        value_embeds=False, softcap=mod.LOGIT_SOFTCAP, rope_base=1e4)  # fmt: skip
+    model = mod.GPT(cfg)
+    model.init_weights()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(std=0.5)  # logits large enough for a z-loss or smoothing to show
+    x, y = torch.randint(0, 200, (2, 32)), torch.randint(0, 200, (2, 32))
+    assert mod.fused_head_agrees(model, x, y) is (case == "legit_softcap_30")
 
 
 def test_targets_never_reach_model_code(prepared_cpu, monkeypatch):

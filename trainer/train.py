@@ -54,7 +54,8 @@ FINAL_LR_FRAC = 0.0  # final learning rate as a fraction of the peak
 SEED = 42  # torch seed for init (the data order is the harness's)
 COMPILE = True  # torch.compile on CUDA (CPU always runs eager)
 EVAL_BATCH_SIZE = 32  # rows per forward during the final evaluation
-HEAD_CHUNK = 256  # rows per chunk of the fused head on CPU (speed only: the maths is the same)
+FUSED_HEAD = True  # CPU training: forward()'s softcapped cross-entropy in fused chunks (speed only; see fused_head_agrees)
+HEAD_CHUNK = 256  # rows per chunk of the fused head
 
 
 # ---- Model ----
@@ -146,6 +147,7 @@ class GPT(nn.Module):
         freqs = torch.outer(torch.arange(cfg.sequence_len, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+        self.fused_head = False  # main() turns it on for CPU training when fused_head_agrees
 
     @torch.no_grad()
     def init_weights(self):
@@ -172,7 +174,7 @@ class GPT(nn.Module):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin)
-        if targets is not None and reduction == "mean" and not x.is_cuda:  # CPU training: the fused head
+        if targets is not None and reduction == "mean" and self.fused_head:  # the same loss, faster on CPU
             h = norm(x)
             return SoftcapCrossEntropy.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
                                              self.cfg.softcap)
@@ -223,6 +225,18 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         scale = grad_out / grad_h.size(0)
         return grad_h * scale, grad_w * scale, None, None
+
+
+@torch.no_grad()
+def fused_head_agrees(model: GPT, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Does SoftcapCrossEntropy compute the loss that forward()'s logits path computes? A change to
+    the loss in forward() (a z-loss, label smoothing, another softcap) that the fused head does not
+    make is caught here, and training uses forward()'s own loss instead: slower, never different."""
+    model.fused_head = True
+    fused = model(x, y).item()
+    model.fused_head = False
+    plain = model(x, y).item()
+    return math.isfinite(plain) and abs(fused - plain) <= 1e-5 * abs(plain) + 1e-6
 
 
 # ---- Optimizers: Muon for block matrices, AdamW for everything else ----
@@ -317,6 +331,11 @@ def main() -> None:
     grad_accum = TOTAL_BATCH_TOKENS // tokens_per_micro
     loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
     x, y, epoch = next(loader)
+    if FUSED_HEAD and not cuda:
+        model.fused_head = fused_head_agrees(model, x, y)
+        if not model.fused_head:
+            print("fused head: forward()'s loss differs from SoftcapCrossEntropy's; training with forward()'s "
+                  "(slower)", flush=True)  # fmt: skip
     budget = Budget.for_model(model, x, y)  # the preset's: FLOPs (cpu) or seconds (gpu), never ours to change
     print(f"device {device.type} | params {num_params / 1e6:.2f}M | dim {model_dim} x {DEPTH} layers | "
           f"grad accum {grad_accum} | {budget.describe()}", flush=True)
