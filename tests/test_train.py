@@ -132,6 +132,41 @@ def test_flop_budget_gives_a_bigger_model_fewer_tokens():
     assert "FLOPs" in small.describe() and small.left() == "0% left"
 
 
+MATMUL_FORMS = {  # the same (64 x 32) @ (32 x 48) product, written the ways a proposal could hide it
+    "mm": lambda a, b: a @ b,
+    "addmm_ in place": lambda a, b: torch.zeros(64, 48).addmm_(a, b),
+    "mm into out=": lambda a, b: torch.mm(a, b, out=torch.empty(64, 48)),
+    "addmm_ through getattr": lambda a, b: getattr(torch.zeros(64, 48), "add" + "mm_")(a, b),
+    "baddbmm_ on a batch of one": lambda a, b: torch.zeros(1, 64, 48).baddbmm_(a[None], b[None])[0],
+    "addbmm over two halves": lambda a, b: torch.addbmm(torch.zeros(64, 48), torch.stack(a.chunk(2, 1)),
+                                                        torch.stack(b.chunk(2, 0))),  # fmt: skip
+    "addmv per column": lambda a, b: torch.stack([torch.addmv(torch.zeros(64), a, b[:, j]) for j in range(48)], 1),
+    "mv per column": lambda a, b: torch.stack([torch.mv(a, b[:, j]) for j in range(48)], 1),
+    "dot per entry": lambda a, b: torch.stack([torch.stack([torch.dot(a[i], b[:, j]) for j in range(48)])
+                                               for i in range(64)]),  # fmt: skip
+    "einsum": lambda a, b: torch.einsum("ik,kj->ij", a, b),
+    "_addmm_activation": lambda a, b: torch._addmm_activation(torch.zeros(48), a, b),
+}
+
+
+@pytest.mark.parametrize("form", sorted(MATMUL_FORMS))
+def test_a_matmul_counts_the_same_however_it_is_written(form):
+    """A FLOP budget counts what the model computes: the in-place, fused or vector forms of a
+    matmul cost the same as the mm (a proposal could otherwise buy free compute by rewriting its
+    layers with addmm_ or mv, on purpose or by accident)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer import prepare
+
+    prepare._register_flop_formulas()
+    a, b = torch.randn(64, 32), torch.randn(32, 48)
+    with FlopCounterMode(display=False) as counter:
+        out = MATMUL_FORMS[form](a, b)
+    assert torch.allclose(out.relu() if form == "_addmm_activation" else out, (a @ b).relu()
+                          if form == "_addmm_activation" else a @ b, atol=1e-4)  # fmt: skip
+    assert counter.get_total_flops() >= 2 * 64 * 32 * 48, form
+
+
 def test_the_fused_cpu_head_is_the_reference_maths_with_the_same_counted_flops():
     """GPT.forward's CPU training loss (SoftcapCrossEntropy, chunked) against its logits path: the
     same loss and gradients, and the same FLOPs for the harness to count, at a chunk size that

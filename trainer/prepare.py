@@ -341,22 +341,40 @@ def _count_served(batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]]):
         yield x, y, epoch
 
 
-def _register_cpu_attention_flops() -> None:
-    """torch's FlopCounterMode has formulas for the CUDA attention kernels but not the CPU one, so
-    on CPU attention would be free compute. Same formulas as torch's sdpa entries."""
+def _register_flop_formulas() -> None:
+    """What torch's FlopCounterMode leaves out, counted like what it counts: the CPU attention kernel
+    (torch has formulas for the CUDA ones only), and the in-place, fused and vector forms of a
+    matmul (addmm_, baddbmm_, addbmm, addmv, mv, dot, an int8 mm, ...): each is the same multiply-adds
+    as the mm it stands for, so none may be free compute under a FLOP budget."""
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
     if aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
         return
 
-    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
-    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+    def formula(count):
+        return lambda *shapes, out_shape=None, **kwargs: count(*shapes)
 
-    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+    def batched(b, m):  # (b, m, k) @ (b, k, n)
+        return b[0] * b[1] * m[2] * 2 * b[2]
+
+    extra = {
+        (aten._scaled_dot_product_flash_attention_for_cpu,): lambda q, k, v, *a: fc.sdpa_flop_count(q, k, v),
+        (aten._scaled_dot_product_flash_attention_for_cpu_backward,):
+            lambda g, q, k, v, *a: fc.sdpa_backward_flop_count(g, q, k, v),
+        (aten.addmm_, aten._addmm_activation): lambda c, a, b, *r: fc.mm_flop(a, b),
+        (aten._int_mm,): lambda a, b, *r: fc.mm_flop(a, b),
+        (aten.baddbmm_,): lambda c, a, b, *r: fc.bmm_flop(a, b),
+        (aten.addbmm, aten.addbmm_): lambda c, a, b, *r: batched(a, b),
+        (aten.mv,): lambda a, v, *r: 2 * a[0] * a[1],
+        (aten.addmv, aten.addmv_): lambda c, a, v, *r: 2 * a[0] * a[1],
+        (aten.dot, aten.vdot): lambda a, b, *r: 2 * a[0],
+        (aten.addr, aten.addr_): lambda c, a, b, *r: 2 * a[0] * b[0],
+    }  # fmt: skip
+    for ops, count in extra.items():
+        for op in ops:
+            if op not in fc.flop_registry:
+                fc.register_flop_formula(op)(formula(count))
 
 
 class Budget:
@@ -386,7 +404,7 @@ class Budget:
             return cls(None)
         from torch.utils.flop_counter import FlopCounterMode
 
-        _register_cpu_attention_flops()
+        _register_flop_formulas()
         with FlopCounterMode(display=False) as counter:
             model(x, y).backward()
         model.zero_grad(set_to_none=True)
