@@ -146,7 +146,17 @@ class WrongVocab(Unigram):
         return super().forward(x)[..., :100]
 
 
-@pytest.mark.parametrize("cheat", [SubclassLogits, TupleOut, WrongVocab])
+class PastFloat32(Unigram):
+    """float64 logits beyond float32's range once: finite as returned, inf (then NaN after
+    log_softmax) where the harness compares in float32, which must not read as "unchanged"."""
+
+    def forward(self, x):
+        out = super().forward(x).double()
+        out[..., 0] = 1e39
+        return out
+
+
+@pytest.mark.parametrize("cheat", [SubclassLogits, TupleOut, WrongVocab, PastFloat32])
 def test_anything_but_a_plain_tensor_of_logits_is_refused(tokenizer, cheat):
     with pytest.raises(ScoringError, match="output check"):
         score(cheat(tokenizer.get_vocab_size()), tokenizer)

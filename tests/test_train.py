@@ -146,6 +146,8 @@ MATMUL_FORMS = {  # the same (64 x 32) @ (32 x 48) product, written the ways a p
                                                for i in range(64)]),  # fmt: skip
     "einsum": lambda a, b: torch.einsum("ik,kj->ij", a, b),
     "_addmm_activation": lambda a, b: torch._addmm_activation(torch.zeros(48), a, b),
+    "int8 weight-packed mm": lambda a, b: torch.ops.aten._weight_int8pack_mm(a, b.t().contiguous().round().clamp(
+        -127, 127).to(torch.int8), torch.ones(48)),  # fmt: skip
 }
 
 
@@ -162,8 +164,10 @@ def test_a_matmul_counts_the_same_however_it_is_written(form):
     a, b = torch.randn(64, 32), torch.randn(32, 48)
     with FlopCounterMode(display=False) as counter:
         out = MATMUL_FORMS[form](a, b)
-    assert torch.allclose(out.relu() if form == "_addmm_activation" else out, (a @ b).relu()
-                          if form == "_addmm_activation" else a @ b, atol=1e-4)  # fmt: skip
+    if form == "int8 weight-packed mm":
+        b = b.round().clamp(-127, 127)
+    expect = (a @ b).relu() if form == "_addmm_activation" else a @ b
+    assert torch.allclose(out.relu() if form == "_addmm_activation" else out, expect, atol=1e-3)
     assert counter.get_total_flops() >= 2 * 64 * 32 * 48, form
 
 
@@ -195,7 +199,7 @@ def test_the_fused_cpu_head_is_the_reference_maths_with_the_same_counted_flops()
     chunk = train.HEAD_CHUNK
     try:
         train.HEAD_CHUNK = 7  # 120 rows: 17 chunks and a remainder
-        assert train.fused_head_agrees(model, x, y)
+        assert train.fused_head_agrees(model, x, y, torch.autocast("cpu", enabled=False))
         model.fused_head = True
         fused = loss_and_grads()
     finally:
@@ -208,34 +212,57 @@ def test_the_fused_cpu_head_is_the_reference_maths_with_the_same_counted_flops()
     assert fused[2] == ref[2]  # a budget counted on the fused head buys the same tokens
 
 
-@pytest.mark.parametrize("case", ["legit_z_loss", "legit_label_smoothing", "legit_softcap_30"])
+HEAD_EDITS = {  # an edit near the loss -> does the fused head still train what forward() says?
+    "legit_z_loss": False,  # the red-team suite's legitimate loss edits
+    "legit_label_smoothing": False,
+    "legit_softcap_30": True,  # the knob: both paths read it
+    "head bias": ([("self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)",
+                    "self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)")], False),
+    "softcap hard-coded": ([("logits = self.cfg.softcap * torch.tanh(logits / self.cfg.softcap)",
+                             "logits = 5.0 * torch.tanh(logits / 5.0)")], False),
+    "gradient halved through a detach": ([("logits = self.lm_head(norm(x)).float()",
+                                           "h = norm(x)\n        logits = self.lm_head(0.5 * h + 0.5 * h.detach()).float()")],
+                                         False),
+    "dropout before the head": ([("            x = block(x, ve, cos, sin)",
+                                  "            x = F.dropout(block(x, ve, cos, sin), 0.1, self.training)")], True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HEAD_EDITS))
 def test_a_loss_edited_in_forward_is_the_loss_trained_on(case, tmp_path):
-    """The fused head must never hide an edit: a change to forward()'s loss that SoftcapCrossEntropy
-    does not make turns the fused head off (fused_head_agrees), so the edited loss is trained on.
-    A change both paths see (the softcap knob) keeps it on."""
+    """The fused head must never hide an edit: a change to what forward()'s loss trains (its value
+    or its gradients) that SoftcapCrossEntropy does not make turns the fused head off
+    (fused_head_agrees, asked at init as main() asks it), so the edited loss is trained on. A change
+    both paths see keeps it on."""
     import importlib.util
 
     import yaml
 
-    spec_yaml = yaml.safe_load((REPO / "evals" / "redteam" / "cases" / f"{case}.yaml").read_text())
+    spec = HEAD_EDITS[case]
+    if isinstance(spec, bool):
+        edits = [(e["search"], e["replace"]) for e in
+                 yaml.safe_load((REPO / "evals" / "redteam" / "cases" / f"{case}.yaml").read_text())["edits"]]  # fmt: skip
+        expected = spec
+    else:
+        edits, expected = spec
     source = (REPO / "trainer" / "train.py").read_text()
-    for e in spec_yaml["edits"]:
-        assert source.count(e["search"]) == 1, e["search"]
-        source = source.replace(e["search"], e["replace"])
+    for search, replace in edits:
+        assert source.count(search) == 1, search
+        source = source.replace(search, replace)
     script = tmp_path / "train_edited.py"
     script.write_text(source)
-    spec = importlib.util.spec_from_file_location("train_edited", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    module_spec = importlib.util.spec_from_file_location("train_edited", script)
+    mod = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(mod)
     torch.manual_seed(0)
     cfg = mod.GPTConfig(sequence_len=32, vocab_size=200, n_layer=1, n_head=1, n_embd=32, mlp_ratio=4,
                         value_embeds=False, softcap=mod.LOGIT_SOFTCAP, rope_base=1e4)  # fmt: skip
     model = mod.GPT(cfg)
-    model.init_weights()
-    with torch.no_grad():
-        model.lm_head.weight.normal_(std=0.5)  # logits large enough for a z-loss or smoothing to show
+    model.init_weights()  # as main() checks it: at init, where the logits are ~1e-2
     x, y = torch.randint(0, 200, (2, 32)), torch.randint(0, 200, (2, 32))
-    assert mod.fused_head_agrees(model, x, y) is (case == "legit_softcap_30")
+    assert mod.fused_head_agrees(model, x, y, torch.autocast("cpu", enabled=False)) is expected
+    if case == "legit_softcap_30":  # ignored targets are F.cross_entropy's: the fused head steps aside
+        assert not mod.fused_head_agrees(model, x, torch.where(y > 100, -100, y), torch.autocast("cpu", enabled=False))
 
 
 def test_targets_never_reach_model_code(prepared_cpu, monkeypatch):

@@ -349,7 +349,7 @@ def _register_flop_formulas() -> None:
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
-    if aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
+    if _FLOPS_REGISTERED:
         return
 
     def formula(count):
@@ -364,6 +364,7 @@ def _register_flop_formulas() -> None:
             lambda g, q, k, v, *a: fc.sdpa_backward_flop_count(g, q, k, v),
         (aten.addmm_, aten._addmm_activation): lambda c, a, b, *r: fc.mm_flop(a, b),
         (aten._int_mm,): lambda a, b, *r: fc.mm_flop(a, b),
+        (aten._weight_int8pack_mm, aten._euclidean_dist): lambda a, b, *r: 2 * a[0] * b[0] * a[1],  # (m,k) vs (n,k)
         (aten.baddbmm_,): lambda c, a, b, *r: fc.bmm_flop(a, b),
         (aten.addbmm, aten.addbmm_): lambda c, a, b, *r: batched(a, b),
         (aten.mv,): lambda a, v, *r: 2 * a[0] * a[1],
@@ -373,8 +374,12 @@ def _register_flop_formulas() -> None:
     }  # fmt: skip
     for ops, count in extra.items():
         for op in ops:
-            if op not in fc.flop_registry:
+            if op not in fc.flop_registry:  # a later torch may count one itself
                 fc.register_flop_formula(op)(formula(count))
+    _FLOPS_REGISTERED.append(True)
+
+
+_FLOPS_REGISTERED: list[bool] = []  # non-empty once _register_flop_formulas has run
 
 
 class Budget:

@@ -91,7 +91,7 @@ def _logits(model, x: torch.Tensor, vocab: int) -> torch.Tensor:
     logits = model(x)
     if type(logits) is not torch.Tensor or logits.shape != (*x.shape, vocab) or not logits.is_floating_point():
         raise ScoringError("output", f"model(x) must return a plain tensor of logits of shape {(*x.shape, vocab)}")
-    if not bool(torch.isfinite(logits).all()):  # a NaN anywhere would poison the sum or a comparison
+    if not bool(torch.isfinite(logits.float()).all()):  # NaN, or a float64 past float32: poisons a sum or comparison
         raise ScoringError("output", "model(x) returned logits that are not finite (NaN or inf)")
     return logits
 
@@ -155,7 +155,7 @@ def _causal(model, x: torch.Tensor, logits: torch.Tensor, vocab: int) -> None:
     again = _logits(model, later, vocab)
     dev = again.device
     before = torch.arange(x.size(1), device=dev).unsqueeze(0) < torch.tensor(cuts, device=dev).unsqueeze(1)
-    changed = (_gap(again, logits) > _tolerance(_low())) & before  # one pass over the batch, as _close per row
+    changed = ~(_gap(again, logits) <= _tolerance(_low())) & before  # NaN is a change; one pass, as _close per row
     if bool(changed.any()):
         k = cuts[int(changed.any(dim=1).nonzero()[0])]
         raise ScoringError("causality", f"the logits before position {k} changed when only tokens from it "

@@ -13,6 +13,7 @@
 The run ends with `---` and `key: value` lines; a NaN or exploding loss prints FAIL and exits 1.
 """
 
+import copy
 import math
 import os
 import resource
@@ -208,7 +209,7 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = torch.empty_like(h), torch.zeros_like(w)
         for s in range(0, n, HEAD_CHUNK):
             hc, tc = h[s:s + HEAD_CHUNK], targets[s:s + HEAD_CHUNK]
-            t = torch.tanh_((hc @ w.t()).div_(cap))  # (chunk, vocab)
+            t = torch.tanh_((hc @ w.t()).float().div_(cap))  # (chunk, vocab), in fp32 as forward()'s
             z = t * cap
             lse = torch.logsumexp(z, dim=-1)
             loss += (lse - z.gather(1, tc[:, None]).squeeze(1)).sum()
@@ -227,16 +228,39 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         return grad_h * scale, grad_w * scale, None, None
 
 
-@torch.no_grad()
-def fused_head_agrees(model: GPT, x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Does SoftcapCrossEntropy compute the loss that forward()'s logits path computes? A change to
-    the loss in forward() (a z-loss, label smoothing, another softcap) that the fused head does not
-    make is caught here, and training uses forward()'s own loss instead: slower, never different."""
-    model.fused_head = True
-    fused = model(x, y).item()
-    model.fused_head = False
-    plain = model(x, y).item()
-    return math.isfinite(plain) and abs(fused - plain) <= 1e-5 * abs(plain) + 1e-6
+def fused_head_agrees(model: GPT, x: torch.Tensor, y: torch.Tensor, autocast) -> bool:
+    """Does SoftcapCrossEntropy train what forward()'s logits path trains? Asked of a copy of the
+    model with every weight moved off its init (at init the logits are ~1e-2, where a softcap or
+    label smoothing changes almost nothing), on two rows, under the loop's autocast, with the same
+    random state for both (dropout draws alike): the losses, which parameters get a gradient, and
+    every gradient must match. An edit to the loss in forward() (a z-loss, label smoothing, a head
+    bias or norm, another softcap) fails it, and training uses forward()'s own loss: slower, never
+    different. A loss that changes during training cannot be seen here: set FUSED_HEAD = False."""
+    x, y = x[:2], y[:2]
+    if bool((y < 0).any()):  # ignored targets: F.cross_entropy's business, not the fused head's
+        return False
+    probe, results = copy.deepcopy(model), []
+    with torch.random.fork_rng():  # the run's own random state is left as it was
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        try:
+            for fused in (True, False):
+                probe.fused_head = fused
+                probe.zero_grad(set_to_none=True)
+                torch.manual_seed(1)
+                with autocast:
+                    loss = probe(x, y)
+                loss.backward()
+                results.append((loss.item(), [None if p.grad is None else p.grad.clone() for p in probe.parameters()]))
+        except (RuntimeError, ValueError, IndexError):
+            return False
+    (lf, gf), (lp, gp) = results
+    if not math.isfinite(lp) or abs(lf - lp) > 1e-5 * abs(lp) + 1e-6:
+        return False
+    return all((a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+               for a, b in zip(gf, gp, strict=True))  # fmt: skip
 
 
 # ---- Optimizers: Muon for block matrices, AdamW for everything else ----
@@ -332,7 +356,7 @@ def main() -> None:
     loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
     x, y, epoch = next(loader)
     if FUSED_HEAD and not cuda:
-        model.fused_head = fused_head_agrees(model, x, y)
+        model.fused_head = fused_head_agrees(model, x, y, autocast)
         if not model.fused_head:
             print("fused head: forward()'s loss differs from SoftcapCrossEntropy's; training with forward()'s "
                   "(slower)", flush=True)  # fmt: skip
