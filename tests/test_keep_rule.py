@@ -7,6 +7,7 @@ configuration: the org compares changes on common seeds).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,32 @@ def test_confirmed_keep_noise_discard_and_clearly_worse(tmp_path):
     sleep = next(n for move, n in notes.items() if move and move.startswith("SLEEP_S"))
     lr = next(n for move, n in notes.items() if move and move.startswith("LR"))
     assert sleep.status == "inconclusive" and lr.metric_delta == pytest.approx(rows[1]["delta"])
+
+
+def test_a_deterministic_target_discards_an_exact_no_op_after_one_run(tmp_path):
+    """`noise.deterministic`: a first run that reproduces the best's run with the same seed to the
+    last digit is a change with no effect, discarded after that one run and noted as tried (not as
+    noise to retry). A real change on the same program is judged by the keep rule as before, and
+    a discard that is not exact still gets its replicates."""
+    deterministic = {**NOISY, "noise": NOISY["noise"].replace("}", ", deterministic: true}")}
+    program = make_repo(tmp_path / "repo", sleep=0.01, **deterministic)
+    client = ScriptedClient(
+        script={"proposer": [knob("SLEEP_S", "x2"), knob("LR", "x2"), knob("SLEEP_S", "x0.5")]},
+        default={"director": DIRECTIVE, "reviewer": APPROVE},
+    )
+    c.start(program, ROLES / "tiered", tag="exact", max_experiments=3, models=client)
+    ledger = Ledger(c.campaign_dir("exact") / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows] == ["keep", "discard", "keep", "discard"]
+    assert [r["runs"] for r in rows][1] == 1 and rows[3]["runs"] == 1 and rows[2]["runs"] >= 3
+    for no_op in (rows[1], rows[3]):  # each against the best of its time: the baseline, then LR x2
+        assert no_op["inconclusive"] == 0 and no_op["delta"] == 0.0 and no_op["confidence"] is None
+    events = [json.loads(line) for line in (c.campaign_dir("exact") / "events.jsonl").read_text().splitlines()]
+    verdicts = {e["exp"]: e for e in events if e.get("event") == "judge" and e.get("verdict") == "discard"}
+    assert sorted(verdicts) == [1, 3] and all("no effect: seed 0 gave" in verdicts[n]["reason"] for n in (1, 3))
+    assert ledger.runs(3)[0]["metric"] == ledger.runs(2)[0]["metric"]
+    notes = {n.knob_move: n for n in NoteStore(home_dir()).notes(kind="experiment")}
+    assert {n.status for move, n in notes.items() if move and move.startswith("SLEEP_S")} == {"discard"}
 
 
 @pytest.mark.parametrize(("noise", "field", "message"), [
