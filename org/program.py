@@ -98,8 +98,8 @@ class NoiseSpec(BaseModel):
     # more than 3 sigma from its record flags drift, and the best is re-measured (0: never).
     rebaseline_every: int = Field(default=10, ge=0)
     # The same seed gives the same metric to the last digit (a FLOP budget, not a clock): then a
-    # candidate whose first run reproduces the best's run with that seed exactly has no effect,
-    # and is discarded after that one run (org/verdict.py). Never for a wall-clock budget or a
+    # candidate whose first two runs reproduce the best's runs with those seeds exactly has no
+    # effect, and is discarded after them (org/verdict.py). Never for a wall-clock budget or a
     # coarse metric (an accuracy to two decimals ties by chance).
     deterministic: bool = False
 

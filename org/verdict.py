@@ -93,11 +93,12 @@ def judge_runs(program: Program, ledger: Ledger, n: int, best_n: int | None) -> 
         kept = program.better(mean, statistics.fmean(best))
         return Judgement("keep" if kept else "discard", mean, 1, None, delta, None, False,
                          "better than the best" if kept else "not better than the best")  # fmt: skip
-    twin = _reproduced(ledger.runs(n), ledger.runs(best_n)) if noise.deterministic else None
-    if twin is not None:
-        return Judgement("discard", mean, len(values), sd, 0.0, None, False,
-                         f"discard: no effect: seed {twin['seed']} gave {twin['metric']:.6f}, to the last digit what "
-                         "the best's run with that seed gave; the change does not change what is trained")  # fmt: skip
+    twins = _reproduced(ledger.runs(n), ledger.runs(best_n)) if noise.deterministic else []
+    if twins:
+        seeds = " and ".join(f"{r['seed']} ({r['metric']:.6f})" for r in twins)
+        return Judgement("discard", mean, len(values), sd, delta, None, True,
+                         f"discard: no effect: seeds {seeds} gave to the last digit what the best's runs with those "
+                         "seeds gave; the change does not change what is trained")  # fmt: skip
     sigma, df = noise_estimate(ledger, exclude=(n, best_n))
     d = decide(values, best, sigma=sigma, sigma_df=df, direction=spec.direction,
                min_improvement=spec.min_improvement, confidence=noise.confidence,
@@ -105,17 +106,22 @@ def judge_runs(program: Program, ledger: Ledger, n: int, best_n: int | None) -> 
     return Judgement(d.verdict, mean, len(values), sd, delta, d.confidence, d.inconclusive, d.reason)
 
 
-def _reproduced(candidate: list[dict], best: list[dict]) -> dict | None:
-    """The candidate's first run, when it gave exactly the metric the best's run with the same seed
-    gave. On a deterministic budget (the cpu preset's FLOPs) that is a change with no effect at all
-    (a rename, a knob rounded back to the same model): one run says so, where the keep rule would
-    spend up to its maximum telling a zero effect from noise. Asked only where the program says
-    its runs are deterministic (`noise.deterministic`); it can only ever discard."""
-    if not candidate or candidate[0]["metric"] is None:
-        return None
-    first = candidate[0]
-    same = [r for r in best if r["seed"] == first["seed"] and r["metric"] is not None]
-    return first if same and same[0]["metric"] == first["metric"] else None
+def _reproduced(candidate: list[dict], best: list[dict]) -> list[dict]:
+    """The candidate's first two runs, when each gave exactly the metric the best's run with the
+    same seed gave; else []. On a deterministic budget (the cpu preset's FLOPs) that is a change
+    with no effect (a rename, a knob rounded back to the same model): two runs say so, where the
+    keep rule would spend up to its maximum telling a zero effect from noise. Two, not one: a
+    change can leave one seed's run untouched and still act on another's (a guard against a loss
+    spike that this seed never has). Asked only where the program says its runs are deterministic
+    (`noise.deterministic`); it can only discard, and the discard is inconclusive: noted as inside
+    the noise, so the move is not blocked where it would act (another model, another campaign)."""
+    if len(candidate) < 2:
+        return []
+    theirs = {r["seed"]: r["metric"] for r in best if r["metric"] is not None}
+    firsts = candidate[:2]
+    if all(r["metric"] is not None and theirs.get(r["seed"]) == r["metric"] for r in firsts):
+        return firsts
+    return []
 
 
 @dataclass(frozen=True)
