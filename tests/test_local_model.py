@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from org.errors import HarnessError, InputError
 from org.models import local
@@ -99,7 +99,9 @@ def test_knob_mode_proposals_from_real_model_are_schema_valid(tmp_path: Path) ->
 class Note(BaseModel):
     title: str = Field(max_length=40)
     score: int
-    tags: list[str] = Field(max_length=3)
+    # bounded items: the grammar enforces maxLength inside an array too, and a base model's
+    # unbounded tag ("..._2.0.0.0.0...") would otherwise run into max_tokens mid-string
+    tags: list[Annotated[str, StringConstraints(max_length=24)]] = Field(max_length=3)
     nested: dict[str, bool]
 
 
