@@ -25,6 +25,7 @@ the model's logits: targets never reach model code.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -341,6 +342,7 @@ def _count_served(batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]]):
         yield x, y, epoch
 
 
+@functools.cache  # once per process
 def _register_flop_formulas() -> None:
     """What torch's FlopCounterMode leaves out, counted like what it counts: the CPU attention kernel
     (torch has formulas for the CUDA ones only), and the in-place, fused and vector forms of a
@@ -349,8 +351,6 @@ def _register_flop_formulas() -> None:
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
-    if _FLOPS_REGISTERED:
-        return
 
     def formula(count):
         return lambda *shapes, out_shape=None, **kwargs: count(*shapes)
@@ -376,10 +376,6 @@ def _register_flop_formulas() -> None:
         for op in ops:
             if op not in fc.flop_registry:  # a later torch may count one itself
                 fc.register_flop_formula(op)(formula(count))
-    _FLOPS_REGISTERED.append(True)
-
-
-_FLOPS_REGISTERED: list[bool] = []  # non-empty once _register_flop_formulas has run
 
 
 class Budget:
