@@ -39,8 +39,9 @@ class GateResult:
     """A gate's verdict when it has something to say (None is a clean pass).
 
     `ok` False rejects the change for `reason`. `ok` True passes it with `reason` recorded as a
-    warning; `advisory` marks a rejection by a model that may only advise (the reviewer's fallback,
-    named by `model`, `reason` its words): the change passes and the rejection is recorded."""
+    warning; `advisory` marks a rejection by a model that may only advise (the reviewer's fallback
+    or an embedded base model, named by `model`, `reason` its words): the change passes and the
+    rejection is recorded."""
 
     ok: bool
     reason: str = ""
@@ -51,7 +52,7 @@ class GateResult:
     def recorded(self) -> str:
         """The reason as the ledger records it."""
         if self.advisory:
-            return f"advisory rejection from fallback reviewer {self.model}: {self.reason}"
+            return f"advisory rejection from reviewer {self.model} (it may only advise): {self.reason}"
         return self.reason
 
 

@@ -125,8 +125,8 @@ def test_fallback_reviewer_only_advises(tmp_path):
     assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
     assert '"model": "local/gemma3-270m"' in events
     review = [g for g in Ledger(c.campaign_dir("fb") / "ledger.db").gates() if g["gate"] == "review"]
-    assert [(g["ok"], g["reason"]) for g in review] == [(1, "advisory rejection from fallback reviewer "
-                                                          "local/gemma3-270m: meh")]  # fmt: skip
+    assert [(g["ok"], g["reason"]) for g in review] == [(1, "advisory rejection from reviewer local/gemma3-270m "
+                                                          "(it may only advise): meh")]  # fmt: skip
 
 
 def test_program_search_space_bounds_what_the_proposer_is_offered(tmp_path):

@@ -29,7 +29,8 @@ def test_tiered_org_one_cycle_real_model(tmp_path):
     (org / "org.md").write_text(text.replace("director_every: 5", "director_every: 1")
                                 .replace("compact_every: 10", "compact_every: 1"))
     # Offline, the reviewer's fallback is not asked (its verdict could only advise), so the copy
-    # makes the embedded model the reviewer's own model: its verdict then counts.
+    # makes the embedded model the reviewer's own model: it is asked, and as a base model its
+    # rejection advises (enforced, the 270M model rejected all 12 proposals on one night's prompts).
     reviewer = (org / "reviewer.md").read_text()
     (org / "reviewer.md").write_text(reviewer.replace("model: anthropic/claude-haiku-4-5\nfallback: local/gemma3-270m\n",
                                                       "model: local/gemma3-270m\n"))

@@ -201,7 +201,15 @@ def test_review_gate_policy_and_fenced_inputs():
     advisory = review_change(lambda *a, **k: _Res(Review(approve=False, reason="meh"), "local/gemma3-270m"),
                              3, "h", "d", "diff", "1.0", "", "anthropic/x")  # fmt: skip
     assert advisory == GateResult(ok=True, reason="meh", advisory=True, model="local/gemma3-270m")
-    assert advisory.recorded == "advisory rejection from fallback reviewer local/gemma3-270m: meh"
+    assert advisory.recorded == "advisory rejection from reviewer local/gemma3-270m (it may only advise): meh"
+    # an embedded base model only advises even where the org made it the reviewer: its verdict is
+    # grammar-shaped noise; an instruction-tuned local model chosen as the primary is enforced
+    as_primary = review_change(lambda *a, **k: _Res(Review(approve=False, reason="test_small_small"), "local/gemma3-270m"),
+                               3, "h", "d", "diff", "1.0", "", "local/gemma3-270m")  # fmt: skip
+    assert as_primary == GateResult(ok=True, reason="test_small_small", advisory=True, model="local/gemma3-270m")
+    chosen = review_change(lambda *a, **k: _Res(Review(approve=False, reason="breaks shapes"), "ollama_chat/qwen2.5-coder:7b"),
+                           3, "h", "d", "diff", "1.0", "", "ollama_chat/qwen2.5-coder:7b")  # fmt: skip
+    assert chosen == GateResult(ok=False, reason="peer review: breaks shapes")
     assert review_change(lambda *a, **k: _Res(Review(approve=True, reason="fine")), 3, "h", "d", "diff", "1.0", "") is None
 
 
