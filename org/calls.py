@@ -12,6 +12,14 @@ An outage of every model a role may use (`ModelError`: the client's retries and 
 does not end the campaign: the call is recorded as failed and tried again after a wait that
 doubles (`outage_wait_s` .. 10 min), until it answers, `max_outage_s` pass, or the night's window
 would close; the report shows how long each role was degraded.
+
+An embedded base model is never asked for words someone acts on (`ask_words`: the director's
+directive, the compactor's lessons, the reviewer's verdict). A grammar makes its JSON valid, not
+its content: offline, the 270M model's "directive" read `1 Avoid: 1`, its assessment `a`, and its
+review reasons `test_small_small_small…`. Such a role is skipped (its caller has a deterministic
+path: no new direction, memory's own grouping of the notes, an unreviewed change), and an answer
+that came from one anyway (a primary failing over mid-call) is recorded as a call and not used.
+A base model may still pick from a closed list (the knob-mode proposer), where its text is not kept.
 """
 
 from __future__ import annotations
@@ -133,6 +141,23 @@ class Calls:
             self.log.info("spend_cap", role=kind, action="fallback", model=spec.fallback, why=over[0])
             return dataclasses.replace(role, spec=spec.model_copy(update={"model": spec.fallback, "fallback": None}))
         raise SpendCapReached(f"the {kind} role's spend cap ({role.path}): {over[0]}")
+
+    def ask_words(self, kind: str, n: int, schema: type[BaseModel], **variables: Any) -> Any | None:
+        """`ask`, for a role whose answer is read as words; None when an embedded base model would
+        answer (not asked) or did (recorded, not used)."""
+        try:
+            first = self.first_choice(kind)
+        except ModelError:
+            first = None  # `ask` waits out the outage, or raises as it always does
+        if first is not None and parse_model(first).is_base:
+            self.log.info("not_asked", role=kind, exp=n, model=first, why="an embedded base model would answer")
+            return None
+        result = self.ask(kind, n, schema, **variables)
+        if result.value is not None and parse_model(result.record.model_used).is_base:
+            self.log.info("answer_unused", role=kind, exp=n, model=result.record.model_used,
+                          why="an embedded base model answered")  # fmt: skip
+            return None
+        return result
 
     def first_choice(self, kind: str) -> str:
         """The model the client would ask first for role `kind` (raises ModelError if none can)."""

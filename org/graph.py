@@ -150,7 +150,7 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
     rows = lab.ledger.experiments()
     fails = [f"{f['stage']}: {f['reason']}" for f in lab.ledger.failures(limit=10)]
     knobs = knob_listing(lab.program.search_space(lab.workspace.read(lab.program.knob_path)))
-    res = lab.calls.ask(
+    res = lab.calls.ask_words(
         "director", state["n"], Directive, experiment=state["n"], history=history_table(rows, 40),
         knobs=knobs,
         best_metric=fmt_metric(state["best_metric"]), keep_rate=keep_rate(rows),
@@ -158,6 +158,8 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
         memory=lab.recall.context("what worked and what failed", 1200), directive=state["directive"],
     )  # fmt: skip
     update: dict[str, Any] = {"since_direct": 0}
+    if res is None:  # a base model's turn (Calls.ask_words): the proposers go on without new words
+        return Command(goto="propose", update=update)
     if res.value is None:  # keep the old directive; the failure is in the ledger's calls table
         lab.log.info("director_failed", error=res.record.error)
     else:
@@ -442,9 +444,9 @@ def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["dir
     n = state["n"]
 
     def summarize(notes: list[Any]) -> list[Any]:
-        res = lab.calls.ask("compactor", n, Lessons, experiment=n,
-                       notes="\n".join(note.to_prompt() for note in notes))  # fmt: skip
-        if res.value is None:  # the model failed: fall back to memory's deterministic grouping
+        res = lab.calls.ask_words("compactor", n, Lessons, experiment=n,
+                                  notes="\n".join(note.to_prompt() for note in notes))  # fmt: skip
+        if res is None or res.value is None:  # a base model's turn, or a failure: memory's own grouping
             from memory.compaction import fallback_drafts
 
             return fallback_drafts(lab.memory, lab.recall.target, notes, noise_estimate(lab.ledger)[0])

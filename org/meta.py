@@ -115,7 +115,21 @@ def _history(record: MetaRecord) -> str:
     return "\n".join(rows) or "(none yet)"
 
 
+def _check_director(models: Any) -> None:
+    """Strategies are words: an embedded base model writes none worth scoring (org/calls.py,
+    `ask_words`), so a meta run whose director it would be is refused before anything runs."""
+    from org.models.names import parse_model
+    from org.roles import load_role
+
+    first = models.first_choice(load_role(DIRECTOR))
+    if parse_model(first).is_base:
+        raise InputError(DIRECTOR, "model", f"{first} would write the strategies, and an embedded base model "
+                         "writes valid JSON, not a strategy: set the primary's API key, or point the role at an "
+                         "instruction-tuned model (e.g. ollama_chat/qwen2.5:7b)")  # fmt: skip
+
+
 def _ask_variant(record: MetaRecord, program: Any, incumbent_body: str, models: Any) -> StrategyVariant | None:
+    from org.models.names import parse_model
     from org.roles import load_role
 
     role = load_role(DIRECTOR)
@@ -124,7 +138,8 @@ def _ask_variant(record: MetaRecord, program: Any, incumbent_body: str, models: 
                          strategy=incumbent_body.strip(), history=_history(record))  # fmt: skip
     messages = [{"role": "system", "content": system},
                 {"role": "user", "content": "Write one new strategy. Answer with one JSON object."}]  # fmt: skip
-    return models.structured(role, messages, StrategyVariant).value
+    res = models.structured(role, messages, StrategyVariant)
+    return None if parse_model(res.record.model_used).is_base else res.value  # a failover mid-call: unused
 
 
 def _score(v: Variant, experiments: int, replicates: int, org: str, models: Any) -> None:
@@ -159,6 +174,7 @@ def run_meta(name: str, program_path: str | Path, org: str, rounds: int, variant
         from org.models import ModelClient
 
         models = ModelClient()
+    _check_director(models)
     directory = meta_dir(name)
     path = directory / "meta.json"
     asked = dict(program=str(original), org=str(Path(org).resolve()), rounds=rounds, variants=variants,

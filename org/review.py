@@ -6,9 +6,7 @@ failure of primary and fallback, `ModelError`): the change proceeds and the gate
 warning. The other gates, the smoke run and the sandbox still stand between it and the run.
 The reviewer's fallback model only advises (its rejections are logged, not enforced), so it is
 not asked at all when the client knows in advance that the primary cannot answer. An embedded
-base model only advises too, even as the primary: a grammar makes its verdict valid JSON, not a
-judgement (the 270M model's reasons read "test_small_small_small…"), so enforcing it would be a
-coin that blocks every proposal some nights and none on others.
+base model is not asked at all (`Calls.ask_words`): the change goes on unreviewed, with a warning.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from org.errors import ModelError
-from org.models.names import parse_model
 from org.prompts import Review
 from org.untrusted import neutralise
 from org.vet import GateResult, reject, warn
@@ -40,11 +37,11 @@ def advisory_only(primary_model: str, first_choice: str) -> GateResult | None:
 
 def review_change(call: Callable[..., Any], experiment: int, hypothesis: str, description: str,
                   diff: str, best_metric: str, memory: str, primary_model: str | None = None) -> GateResult | None:  # fmt: skip
-    """`call(kind, n, schema, **variables)` as `Calls.ask`. None is an approval.
+    """`call(kind, n, schema, **variables)` as `Calls.ask_words` (None: an embedded base model's
+    turn). None is an approval.
 
-    A rejection from the reviewer's *fallback* model (not the judge the org author chose), or from
-    an embedded base model (no judge at all), only advises: it comes back as an advisory pass
-    naming the model."""
+    A rejection from the reviewer's *fallback* model (not the judge the org author chose) only
+    advises: it comes back as an advisory pass naming the model."""
     try:
         res = call("reviewer", experiment, Review, experiment=experiment,
                    hypothesis=neutralise(hypothesis, 600, keep="head"),
@@ -53,13 +50,15 @@ def review_change(call: Callable[..., Any], experiment: int, hypothesis: str, de
                    memory=neutralise(memory, 3000, keep="head"))  # fmt: skip
     except ModelError as e:
         return fail_open(e)
+    if res is None:
+        return warn("the reviewer's model is an embedded base model, whose verdict is valid JSON but no "
+                    "judgement, so the change was not reviewed (fail-open)")
     if res.value is None:
         return reject(f"peer reviewer gave no valid verdict ({res.record.error}); rejected (fail-closed)")
     verdict: Review = res.value
     if verdict.approve:
         return None
     reason = neutralise(verdict.reason, 300, keep="head")
-    used = res.record.model_used
-    if (primary_model is not None and used != primary_model) or parse_model(used).is_base:
-        return GateResult(ok=True, reason=reason, advisory=True, model=used)
+    if primary_model is not None and res.record.model_used != primary_model:
+        return GateResult(ok=True, reason=reason, advisory=True, model=res.record.model_used)
     return reject(f"peer review: {reason}")

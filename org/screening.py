@@ -39,7 +39,7 @@ def screen(lab: Lab, ws: Workspace, p: Proposal, n: int, attempt: int, best_comm
             return fail_open(e)
         if skipped := advisory_only(primary, first):
             return skipped
-        result = review_change(lab.calls.ask, n, p["hypothesis"], p["description"], v.diff, fmt_metric(best_metric),
+        result = review_change(lab.calls.ask_words, n, p["hypothesis"], p["description"], v.diff, fmt_metric(best_metric),
                                lab.recall.context(p["hypothesis"], 600), primary_model=primary)  # fmt: skip
         if result is not None and result.advisory:
             lab.log.info("review_advisory", exp=n, model=result.model, reason=result.reason)

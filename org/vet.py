@@ -39,9 +39,8 @@ class GateResult:
     """A gate's verdict when it has something to say (None is a clean pass).
 
     `ok` False rejects the change for `reason`. `ok` True passes it with `reason` recorded as a
-    warning; `advisory` marks a rejection by a model that may only advise (the reviewer's fallback
-    or an embedded base model, named by `model`, `reason` its words): the change passes and the
-    rejection is recorded."""
+    warning; `advisory` marks a rejection by a model that may only advise (the reviewer's fallback,
+    named by `model`, `reason` its words): the change passes and the rejection is recorded."""
 
     ok: bool
     reason: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_fallback_reviewer_only_advises(tmp_path):
     client = ScriptedClient(
         script={"proposer": [knob("LR", "x2")]},
         default={"director": DIRECTIVE, "reviewer": {"approve": False, "reason": "meh"}},
-        answered_by={"reviewer": "local/gemma3-270m"}, cost_usd=0.01,
+        answered_by={"reviewer": "ollama_chat/qwen2.5:3b"}, cost_usd=0.01,
     )
     c.start(program, ROLES / "tiered", tag="fb", max_experiments=1, models=client)
     rows = Ledger(c.campaign_dir("fb") / "ledger.db").experiments()
@@ -123,10 +124,54 @@ def test_fallback_reviewer_only_advises(tmp_path):
     assert abs(rows[1]["cost_usd"] - 0.03) < 1e-9  # director + proposer + reviewer
     events = (c.campaign_dir("fb") / "events.jsonl").read_text()
     assert '"event": "review_advisory"' in events and '"reason": "meh"' in events
-    assert '"model": "local/gemma3-270m"' in events
+    assert '"model": "ollama_chat/qwen2.5:3b"' in events
     review = [g for g in Ledger(c.campaign_dir("fb") / "ledger.db").gates() if g["gate"] == "review"]
-    assert [(g["ok"], g["reason"]) for g in review] == [(1, "advisory rejection from reviewer local/gemma3-270m "
+    assert [(g["ok"], g["reason"]) for g in review] == [(1, "advisory rejection from reviewer ollama_chat/qwen2.5:3b "
                                                           "(it may only advise): meh")]  # fmt: skip
+
+
+def test_an_embedded_base_model_is_never_asked_for_words(tmp_path):
+    """Offline, the tiered org's director would be answered by its local fallback and its compactor
+    is local; here the reviewer is the base model too: none is asked (Calls.ask_words). The proposer still picks knob moves,
+    compaction uses memory's own grouping, and no direction note is written. An answer a base
+    model gave anyway (a primary failing over mid-call) is recorded as a call and not used."""
+    from memory import NoteStore
+    from org.settings import home_dir
+
+    program = make_repo(tmp_path / "repo")
+    org = tmp_path / "tiered"
+    shutil.copytree(ROLES / "tiered", org)
+    text = (org / "org.md").read_text()
+    (org / "org.md").write_text(text.replace("director_every: 5", "director_every: 1")
+                                .replace("compact_every: 10", "compact_every: 1"))
+    reviewer = (org / "reviewer.md").read_text()  # the base model as the org's own reviewer
+    (org / "reviewer.md").write_text(reviewer.replace("model: anthropic/claude-haiku-4-5\nfallback: local/gemma3-270m\n",
+                                                      "model: local/gemma3-270m\n"))
+    words = {"director": DIRECTIVE, "reviewer": {"approve": False, "reason": "test_small_small"},
+             "compactor": {"lessons": []}}
+    client = ScriptedClient(script={"proposer": [knob("LR", "x2"), knob("DEPTH", "+1")]}, default=words,
+                            down={"director"})  # fmt: skip
+    state = c.start(program, org, tag="base", max_experiments=2, models=client)
+    assert state["stopped"] == "reached max_experiments=2"
+    assert {s["role"] for s in client.sent} == {"proposer"}
+    events = [json.loads(line) for line in (c.campaign_dir("base") / "events.jsonl").read_text().splitlines()]
+    assert {e["role"] for e in events if e["event"] == "not_asked"} == {"director", "reviewer", "compactor"}
+    assert {e["model"] for e in events if e["event"] == "not_asked"} == {"local/gemma3-270m"}
+    kinds = {e["event"] for e in events}
+    assert "compact" in kinds and "directive" not in kinds
+    ledger = Ledger(c.campaign_dir("base") / "ledger.db")
+    review = [g for g in ledger.gates() if g["gate"] == "review"]
+    assert review and all(g["ok"] and "not reviewed" in g["reason"] and "test_small" not in g["reason"] for g in review)
+    assert NoteStore(home_dir()).notes(kind="direction") == []
+
+    # the director's primary fails over to the base model during the call: recorded, not used
+    client = ScriptedClient(script={"proposer": [knob("LR", "x2")]}, default={**words, "reviewer": APPROVE},
+                            answered_by={"director": "local/gemma3-270m"})  # fmt: skip
+    c.start(program, ROLES / "tiered", tag="over", max_experiments=1, models=client)
+    events = (c.campaign_dir("over") / "events.jsonl").read_text()
+    assert '"event": "answer_unused"' in events and '"event": "directive"' not in events
+    calls = list(Ledger(c.campaign_dir("over") / "ledger.db").db["calls"].rows)
+    assert ("director", "local/gemma3-270m") in {(r["role"], r["model_used"]) for r in calls}
 
 
 def test_program_search_space_bounds_what_the_proposer_is_offered(tmp_path):

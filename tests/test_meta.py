@@ -83,3 +83,22 @@ def test_a_variant_cannot_change_the_contract(tmp_path, monkeypatch):
     with pytest.raises(InputError) as e:
         m.split_program(broken.read_text(), broken)
     assert e.value.field == "front matter"
+
+
+def test_meta_refuses_a_base_model_director_before_anything_runs(tmp_path):
+    """Offline, meta's director would be the embedded base model: refused naming the role file and
+    field, nothing written; a strategy a base model gave anyway (a failover mid-call) is not used."""
+    from org.errors import exit_code
+
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S]")
+    client = ScriptedClient(default={"director": _variant("alpha")}, down={"director"})
+    with pytest.raises(InputError) as e:
+        m.run_meta("base", program, str(ROLES / "random"), rounds=1, variants=1, experiments=1,
+                   replicates=1, models=client)  # fmt: skip
+    assert e.value.path == str(m.DIRECTOR) and e.value.field == "model" and exit_code(e.value) == 2
+    assert "local/gemma3-270m" in str(e.value) and client.sent == [] and not m.meta_dir("base").exists()
+
+    over = ScriptedClient(default={"director": _variant("alpha")}, answered_by={"director": "local/gemma3-270m"})
+    record = m.run_meta("over", program, str(ROLES / "random"), rounds=1, variants=1, experiments=1,
+                        replicates=1, models=over)  # fmt: skip
+    assert [(v.round, v.index) for v in record.tried] == [(1, 0)] and record.asked == {"1": 1}

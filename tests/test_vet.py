@@ -202,11 +202,10 @@ def test_review_gate_policy_and_fenced_inputs():
                              3, "h", "d", "diff", "1.0", "", "anthropic/x")  # fmt: skip
     assert advisory == GateResult(ok=True, reason="meh", advisory=True, model="local/gemma3-270m")
     assert advisory.recorded == "advisory rejection from reviewer local/gemma3-270m (it may only advise): meh"
-    # an embedded base model only advises even where the org made it the reviewer: its verdict is
-    # grammar-shaped noise; an instruction-tuned local model chosen as the primary is enforced
-    as_primary = review_change(lambda *a, **k: _Res(Review(approve=False, reason="test_small_small"), "local/gemma3-270m"),
-                               3, "h", "d", "diff", "1.0", "", "local/gemma3-270m")  # fmt: skip
-    assert as_primary == GateResult(ok=True, reason="test_small_small", advisory=True, model="local/gemma3-270m")
+    # an embedded base model is not asked (Calls.ask_words answers None): unreviewed, with a warning;
+    # an instruction-tuned local model chosen as the reviewer is enforced
+    unasked = review_change(lambda *a, **k: None, 3, "h", "d", "diff", "1.0", "", "local/gemma3-270m")
+    assert unasked.ok and not unasked.advisory and "base model" in unasked.reason and "fail-open" in unasked.reason
     chosen = review_change(lambda *a, **k: _Res(Review(approve=False, reason="breaks shapes"), "ollama_chat/qwen2.5-coder:7b"),
                            3, "h", "d", "diff", "1.0", "", "ollama_chat/qwen2.5-coder:7b")  # fmt: skip
     assert chosen == GateResult(ok=False, reason="peer review: breaks shapes")
