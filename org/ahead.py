@@ -74,14 +74,21 @@ def fingerprint(lab: Lab) -> str:
     return h.hexdigest()[:16]
 
 
-def in_flight(lab: Lab, state: CampaignState, besides: str | None = None) -> Callable[[str], str | None]:
-    """A duplicate check against experiments not judged yet: the one in flight (when it is not
-    `besides`) and every proposal ready on the current best. Same tree, same files: a second run
-    of them is a second noisy draw, never a new experiment."""
+def flying(state: CampaignState, besides: str | None = None) -> dict[str, int]:
+    """Commits not judged yet -> their experiment: the one in flight (when it is not `besides`) and
+    every proposal ready on the current best."""
     commits = {r["commit"]: r["n"] for r in state.get("ahead") or [] if r["parent"] == state["best_commit"]}
     if state.get("commit") and state["commit"] != besides:
         commits[state["commit"]] = state["n"]
     commits.pop(besides, None)
+    return commits
+
+
+def in_flight(lab: Lab, state: CampaignState, besides: str | None = None) -> Callable[[str], str | None]:
+    """A duplicate check against experiments not judged yet: the one in flight (when it is not
+    `besides`) and every proposal ready on the current best. Same tree, same files: a second run
+    of them is a second noisy draw, never a new experiment."""
+    commits = flying(state, besides)
     ws = lab.workspace
     trees = {git(ws.path, "rev-parse", f"{c}^{{tree}}"): m for c, m in commits.items()}
 
@@ -108,8 +115,12 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
                [f"in flight, not judged yet: experiment {r['n']}: {r['proposal']['description']}" for r in ready]  # fmt: skip
         asking = Asking(n, attempt, state["best_commit"], state["best_metric"], state["baseline_metric"],
                         state["directive"], (*state["feedback"], *feedback, *told),
-                        pending=frozenset(range(state["n"], n)))  # fmt: skip
-        proposals, why = candidates(lab, asking)
+                        pending=frozenset(range(state["n"], n)),
+                        flying=frozenset(flying({**state, "ahead": ready})))  # fmt: skip
+        proposals, why, exhausted = candidates(lab, asking)
+        if exhausted:  # nothing new from this best until a verdict: not the proposer's failure
+            lab.log.info("ahead_exhausted", exp=n, reason=why[0])
+            break
         if not proposals:
             feedback.append(_fail(lab, attempt, n, "propose", "; ".join(dict.fromkeys(why)), None))
             attempt, failures, in_row = attempt + 1, failures + 1, in_row + 1

@@ -90,6 +90,20 @@ class Calls:
 
     def ask(self, kind: str, n: int, schema: type[BaseModel], **variables: Any) -> Any:
         """One structured call for role `kind`; the call record goes to the ledger either way."""
+        return self._ask(kind, n, schema, variables, words=False)
+
+    def ask_words(self, kind: str, n: int, schema: type[BaseModel], **variables: Any) -> Any | None:
+        """`ask`, for a role whose answer is read as words; None when an embedded base model would
+        answer (not asked: the primary unavailable, or a spend cap sending the call to its
+        fallback) or did (a failover mid-call: recorded, not used, valid or not)."""
+        result = self._ask(kind, n, schema, variables, words=True)
+        if result is not None and parse_model(result.record.model_used).is_base:
+            self.log.info("answer_unused", role=kind, exp=n, model=result.record.model_used,
+                          why="an embedded base model answered")  # fmt: skip
+            return None
+        return result
+
+    def _ask(self, kind: str, n: int, schema: type[BaseModel], variables: dict[str, Any], words: bool) -> Any:
         role = self.org.roles[kind]
         system = role.render(**self.variables(**variables))
         msgs = messages(system, kind, n)
@@ -98,6 +112,9 @@ class Calls:
             asked, start = role, time.monotonic()
             try:
                 asked = self._within_caps(kind, role, msgs)  # ModelError here too: no model usable now
+                if words and parse_model(first := self.models.first_choice(asked)).is_base:
+                    self.log.info("not_asked", role=kind, exp=n, model=first, why="an embedded base model would answer")
+                    return None
                 result = self.models.structured(asked, msgs, schema)
                 break
             except ModelError as e:  # every model the role may use is down: wait, do not end the night
@@ -141,23 +158,6 @@ class Calls:
             self.log.info("spend_cap", role=kind, action="fallback", model=spec.fallback, why=over[0])
             return dataclasses.replace(role, spec=spec.model_copy(update={"model": spec.fallback, "fallback": None}))
         raise SpendCapReached(f"the {kind} role's spend cap ({role.path}): {over[0]}")
-
-    def ask_words(self, kind: str, n: int, schema: type[BaseModel], **variables: Any) -> Any | None:
-        """`ask`, for a role whose answer is read as words; None when an embedded base model would
-        answer (not asked) or did (recorded, not used)."""
-        try:
-            first = self.first_choice(kind)
-        except ModelError:
-            first = None  # `ask` waits out the outage, or raises as it always does
-        if first is not None and parse_model(first).is_base:
-            self.log.info("not_asked", role=kind, exp=n, model=first, why="an embedded base model would answer")
-            return None
-        result = self.ask(kind, n, schema, **variables)
-        if result.value is not None and parse_model(result.record.model_used).is_base:
-            self.log.info("answer_unused", role=kind, exp=n, model=result.record.model_used,
-                          why="an embedded base model answered")  # fmt: skip
-            return None
-        return result
 
     def first_choice(self, kind: str) -> str:
         """The model the client would ask first for role `kind` (raises ModelError if none can)."""

@@ -382,7 +382,7 @@ def _resume_locked(record: CampaignRecord, program: Program, org: Org, max_exper
             if lab.stop_reason(snapshot.values["n"] - 1, 0):
                 lab.close()
                 return dict(snapshot.values)
-            from org.graph import rebaseline_due
+            from org.state import rebaseline_due
 
             goto = "rebaseline" if rebaseline_due(snapshot.values, program) else "propose"
             graph_input = Command(goto=goto, update={"stopped": None})

@@ -33,7 +33,7 @@ from org.proposer import Asking, candidates, commit_proposal
 from org.runner import run_command
 from org.screening import screen
 from org.smoke import smoke_reason
-from org.state import CampaignState, Proposal, next_attempt
+from org.state import CampaignState, Proposal, next_attempt, on_plateau, rebaseline_due
 from org.untrusted import fence
 from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
 
@@ -63,20 +63,6 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
         if merged["since_direct"] >= spec.director_every or on_plateau(merged, spec.plateau_after):
             return Command(goto="direct", update=update)
     return Command(goto="propose", update=update)
-
-
-def rebaseline_due(state: CampaignState | dict[str, Any], program: Any) -> bool:
-    """Is the best due a drift check before the next experiment (every `noise.rebaseline_every`)?"""
-    noise, n_done = program.spec.noise, state["n"] - 1
-    return bool(noise.rebaseline_every and noise.replicated and n_done > 0
-                and n_done % noise.rebaseline_every == 0 and state.get("rebaselined", 0) != n_done)  # fmt: skip
-
-
-def on_plateau(state: CampaignState | dict[str, Any], plateau_after: int) -> bool:
-    """Every `plateau_after`-th experiment in a row without a keep calls the director, whatever its
-    cadence, unless it has spoken since that experiment (so a failed proposal does not re-call it)."""
-    streak = state["since_keep"]
-    return streak > 0 and streak % plateau_after == 0 and state["since_direct"] > 0
 
 
 def _failed(state: CampaignState, lab: Lab, stage: str, reason: str,
@@ -189,7 +175,10 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
                                              "prepared": item, "attempt": item["attempt"]})  # fmt: skip
     asking = Asking(state["n"], state["attempt"], state["best_commit"], state["best_metric"], state["baseline_metric"],
                     state["directive"], tuple(state["feedback"]))  # fmt: skip
-    proposals, failures = candidates(lab, asking)
+    proposals, failures, exhausted = candidates(lab, asking)
+    if exhausted:  # nothing in flight, and no move from the best is new: the search is over
+        lab.log.info("stop", reason=failures[0])
+        return Command(goto=END, update={"stopped": f"search space spent: {failures[0]}"})
     if not proposals:
         return _failed(state, lab, "propose", "; ".join(dict.fromkeys(failures)))
     lab.log.info("proposal", exp=state["n"], candidates=len(proposals),

@@ -8,7 +8,7 @@ the same way, from the same prompt, at the same best commit, told what is still 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from org.errors import InputError
 from org.models.names import parse_model
@@ -33,13 +33,23 @@ class Asking:
     directive: str
     feedback: tuple[str, ...]
     pending: frozenset[int] = frozenset()  # experiments asked of a sampler and not yet judged
+    flying: frozenset[str] = frozenset()  # commits in flight (not judged): their moves are not offered
 
 
-def candidates(lab: Lab, asking: Asking) -> tuple[list[Proposal], list[str]]:
-    """The round's proposals (the first is tried first) and why any answer was unusable."""
+class Candidates(NamedTuple):
+    """The round's proposals (the first is tried first), why any answer was unusable, and whether
+    knob mode had nothing left to offer (no model was asked: every move from the best has run, is
+    known to memory, or is in flight)."""
+
+    proposals: list[Proposal]
+    failures: list[str]
+    exhausted: bool = False
+
+
+def candidates(lab: Lab, asking: Asking) -> Candidates:
     kind = lab.org.proposer_for(asking.n)
     if lab.org.is_sampler(kind):
-        return [_sample(lab, kind, asking)], []
+        return Candidates([_sample(lab, kind, asking)], [])
     from org.proposal import EditProposal, knob_schema, offered_moves
 
     role = lab.org.roles[kind]
@@ -49,7 +59,14 @@ def candidates(lab: Lab, asking: Asking) -> tuple[list[Proposal], list[str]]:
     knobs = prog.search_space(source)
     # knob mode offers only moves memory has not seen from the current values: with a base model
     # the grammar, not the prompt, is what keeps it from proposing a known result again
-    tried = lab.recall.tried_moves(source, knobs, at=asking.best_commit) if mode == "knob" else set()
+    tried = lab.recall.tried_moves(source, knobs, at=asking.best_commit, flying=asking.flying) if mode == "knob" else set()
+    moves = [(k.name, m) for k in knobs for m in k.moves]
+    if mode == "knob" and moves and all(pair in tried for pair in moves):
+        if "sampler" in lab.org.roles:  # a centaur's sampler takes the turn its language model cannot use
+            return Candidates([_sample(lab, "sampler", asking)], [])
+        why = (f"nothing left to offer: all {len(moves)} knob moves from the best have run, are known to memory "
+               "or are in flight (no model asked)")  # fmt: skip
+        return Candidates([], [why], exhausted=True)
     offered = offered_moves(knobs, tried)
     rows = lab.ledger.experiments()
     variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
@@ -78,19 +95,22 @@ def candidates(lab: Lab, asking: Asking) -> tuple[list[Proposal], list[str]]:
             failures.append(f"no valid answer from {rec.model_used}: {rec.error}")
             continue
         v = res.value
+        # a base model's words are grammar-shaped noise ("choose-1", "keep"): the record says what
+        # it did instead (its edits are code, and the vet gates judge them like any other)
+        base = parse_model(rec.model_used).is_base
         if mode == "edit":
+            files = ", ".join(dict.fromkeys(e.path for e in v.edits if e.path in prog.spec.editable)) or "no editable file"
+            hypothesis = f"{rec.model_used} (a base model) wrote {len(v.edits)} edit(s) to {files}" if base else v.hypothesis
             proposals.append(Proposal(
-                hypothesis=v.hypothesis, description=v.description(), role=kind,
+                hypothesis=hypothesis, description=f"{hypothesis} [{files}]" if base else v.description(), role=kind,
                 model=rec.model_used, knob_move=None, edits=[e.model_dump() for e in v.edits]))  # fmt: skip
         else:
             move = f"{v.knob} {v.move}"
-            # a base model's words are grammar-shaped noise ("choose-1", "keep"): the record says
-            # what it did instead
             hypothesis = (f"{rec.model_used} (a base model) picked {move} from {sum(map(len, offered.values()))} "
-                          "offered moves" if parse_model(rec.model_used).is_base else v.hypothesis)  # fmt: skip
+                          "offered moves" if base else v.hypothesis)  # fmt: skip
             proposals.append(Proposal(hypothesis=hypothesis, description=move, role=kind,
                                       model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
-    return proposals, failures
+    return Candidates(proposals, failures)
 
 
 def _sample(lab: Lab, kind: str, asking: Asking) -> Proposal:

@@ -9,6 +9,7 @@ repeats, and in knob mode the proposer is not even offered them. Every run becom
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,15 +93,17 @@ class Recall:
         return (f"the same files already ran as experiment #{row['n']} ({row['description']}: "
                 f"{row['status']}, {self.program.spec.metric} {row['metric']})")  # fmt: skip
 
-    def tried_moves(self, source: str, knobs: list[Any], at: str | None = None) -> set[tuple[str, str]]:
+    def tried_moves(self, source: str, knobs: list[Any], at: str | None = None,
+                    flying: Iterable[str] = ()) -> set[tuple[str, str]]:  # fmt: skip
         """(knob, move) pairs that would reach a value memory already holds from this value, or
-        files this campaign already ran: the duplicate gate would reject them, so the proposer is
-        not offered them. `source` is the knob file at the best commit `at` (default: the
-        workspace as it stands)."""
+        files this campaign already ran or has in flight (`flying` commits): the duplicate gate
+        would reject them, so the proposer is not offered them. `source` is the knob file at the
+        best commit `at` (default: the workspace as it stands)."""
         from org.proposal import apply_knob_move
 
         paths = self.program.editable_paths
-        ran = self.ran_configs() if self.program.knob_path in paths else {}
+        ran = ({**self.ran_configs(), **{self.files_key(c): {} for c in flying}}
+               if self.program.knob_path in paths else {})  # fmt: skip
         read = (lambda rel: self.workspace.show(at, rel)) if at else self.workspace.read
         here = [_sha(read(rel)) for rel in paths] if ran else []
         slot = paths.index(self.program.knob_path) if ran else 0

@@ -247,20 +247,24 @@ class SamplerProposer:
     def _ask_new(self, n: int, attempt: int, tries: int = 50) -> tuple[int, dict[str, Any]]:
         """A new trial for experiment `n`. One whose values (as the file will hold them) a finished
         trial already measured is told that trial's result at once and another is asked: the
-        duplicate gate would refuse it, and a sampler told only FAIL proposes it again."""
+        duplicate gate would refuse it, and a sampler told only FAIL proposes it again. One whose
+        values already failed (a crash, a refusal at vet, a rejected run) is told FAIL again at once:
+        TPE and GP leave failed trials out of their model, so they would try the same point again."""
         from optuna.trial import TrialState
 
-        seen = {self._values(t.params): t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if set(t.params) == set(self.distributions)}  # fmt: skip
+        trials = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                  if set(t.params) == set(self.distributions)]  # fmt: skip
+        seen = {self._values(t.params): t.value for t in trials if t.state == TrialState.COMPLETE}
+        failed = {self._values(t.params) for t in trials if t.state == TrialState.FAIL} - set(seen)
         for _ in range(tries):
             live = self.study.ask(self.distributions)
             live.set_user_attr("exp", n)
             live.set_user_attr("attempt", attempt)
             key = self._values(live.params)
-            if key not in seen:
+            if key not in seen and key not in failed:
                 return live.number, live.params
             live.set_user_attr("repeat", True)
-            self.study.tell(live.number, seen[key])
+            self.study.tell(live.number, seen.get(key), state=TrialState.FAIL if key in failed else None)
         return live.number, live.params  # a space this small is exhausted: the duplicate gate says so
 
     def _params(self, source: str | None) -> dict[str, Any] | None:

@@ -100,3 +100,17 @@ def initial_state() -> CampaignState:
 def next_attempt(state: CampaignState | dict[str, Any]) -> int:
     """The next free proposal attempt number: past the one in flight and every one the pipeline used."""
     return max(state["attempt"], state.get("ahead_attempt", -1)) + 1
+
+
+def rebaseline_due(state: CampaignState | dict[str, Any], program: Any) -> bool:
+    """Is the best due a drift check before the next experiment (every `noise.rebaseline_every`)?"""
+    noise, n_done = program.spec.noise, state["n"] - 1
+    return bool(noise.rebaseline_every and noise.replicated and n_done > 0
+                and n_done % noise.rebaseline_every == 0 and state.get("rebaselined", 0) != n_done)  # fmt: skip
+
+
+def on_plateau(state: CampaignState | dict[str, Any], plateau_after: int) -> bool:
+    """Every `plateau_after`-th experiment in a row without a keep calls the director, whatever its
+    cadence, unless it has spoken since that experiment (so a failed proposal does not re-call it)."""
+    streak = state["since_keep"]
+    return streak > 0 and streak % plateau_after == 0 and state["since_direct"] > 0

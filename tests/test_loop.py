@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from org import campaign as c
 from org.ledger import Ledger
 from org.program import StopSpec
@@ -322,3 +324,43 @@ def test_an_edit_that_restores_files_already_run_is_a_duplicate(tmp_path):
     (fail,) = ledger.failures()
     assert fail["stage"] == "vet:duplicate"
     assert "the same files already ran as experiment #0 (baseline: keep" in fail["reason"]
+
+
+def test_a_knob_space_with_nothing_left_to_offer_asks_no_model(tmp_path):
+    """Only USE_GATE may move: once it is kept, the move back would re-run the baseline's files, so
+    nothing is left from the best. The proposer is not asked again and the campaign stops, saying
+    why; with the pipeline, nothing is counted against the proposer while the keep is pending.
+    A space with no movable knob at all is a bad program (exit 2), not a spent one."""
+    from org.errors import InputError
+
+    for depth in ("0", "1"):
+        program = make_repo(tmp_path / f"repo{depth}", fixed_knobs="[SLEEP_S, LR, DEPTH]", pipeline_depth=depth,
+                            sleep=1.0 if depth == "1" else 0.0)  # fmt: skip
+        client = ScriptedClient(script={"proposer": [knob("USE_GATE", "toggle")]},
+                                default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
+        state = c.start(program, ROLES / "tiered", tag=f"dry{depth}", max_experiments=4, models=client)
+        assert state["stopped"] == ("search space spent: nothing left to offer: all 1 knob moves from the best "
+                                    "have run, are known to memory or are in flight (no model asked)")  # fmt: skip
+        assert [s["role"] for s in client.sent if s["role"] == "proposer"] == ["proposer"]
+        ledger = Ledger(c.campaign_dir(f"dry{depth}") / "ledger.db")
+        assert [r["status"] for r in ledger.experiments()] == ["keep", "keep"] and ledger.failures() == []
+        events = (c.campaign_dir(f"dry{depth}") / "events.jsonl").read_text()
+        assert ('"event": "ahead_exhausted"' in events) == (depth == "1")
+
+    program = make_repo(tmp_path / "none", fixed_knobs="[SLEEP_S, LR, DEPTH, USE_GATE]")
+    client = ScriptedClient(default={"director": DIRECTIVE, "reviewer": APPROVE})
+    with pytest.raises(InputError, match="no movable knobs") as e:
+        c.start(program, ROLES / "tiered", tag="none", max_experiments=1, models=client)
+    assert e.value.field == "knobs"
+
+
+def test_a_base_models_edit_is_recorded_by_what_it_did_not_by_its_words(tmp_path):
+    program = make_repo(tmp_path / "repo")
+    junk = {"hypothesis": "choose-1 keep y", "edits": [
+        {"path": "train.py", "search": "USE_GATE = False", "replace": "USE_GATE = True"}]}
+    client = ScriptedClient(script={"proposer": [junk]}, answered_by={"proposer": "local/gemma3-270m"})
+    c.start(program, ROLES / "solo", tag="base-edit", max_experiments=1, models=client)
+    row = Ledger(c.campaign_dir("base-edit") / "ledger.db").experiments()[1]
+    assert row["hypothesis"] == "local/gemma3-270m (a base model) wrote 1 edit(s) to train.py"
+    assert row["description"] == "local/gemma3-270m (a base model) wrote 1 edit(s) to train.py [train.py]"
+    assert "choose-1" not in (c.campaign_dir("base-edit") / "results.tsv").read_text()

@@ -75,17 +75,30 @@ def test_a_prepared_edit_that_no_longer_applies_after_a_keep_is_dropped_not_held
     assert [e["exp"] for e in _events("drop") if e["event"] == "ahead_dropped"] == [2]
 
 
-def test_a_proposal_that_repeats_the_experiment_in_flight_is_refused_ahead(tmp_path):
+def test_the_move_in_flight_is_not_offered_ahead_and_a_repeat_is_refused(tmp_path):
+    """Knob mode: the move in flight is not in the schema the pipeline's proposer gets (a scripted
+    proposer that insists on it gives no valid answer). Edit mode: the same files as the run in
+    flight are a duplicate at vet."""
     program = make_repo(tmp_path / "repo", sleep=2.0, pipeline_depth="1")
     client = ScriptedClient(script={"proposer": [knob("LR", "x2"), knob("LR", "x2"), knob("DEPTH", "+1")]},
                             default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
     c.start(program, ROLES / "tiered", tag="twice", max_experiments=2, models=client)
+    calls = [s for s in client.sent if s["role"] == "proposer"]
+    assert "x2" in calls[0]["schema"].knob_moves["LR"] and "x2" not in calls[1]["schema"].knob_moves["LR"]
     ledger = Ledger(c.campaign_dir("twice") / "ledger.db")
-    failures = ledger.failures()
-    assert [f["stage"] for f in failures] == ["vet:duplicate"]
-    assert "repeats experiment 1, in flight" in failures[0]["reason"]
+    assert [f["stage"] for f in ledger.failures()] == ["propose"]
     rows = ledger.experiments()
     assert [r["description"] for r in rows[1:]] == ["LR x2: 0.01 -> 0.02", "DEPTH +1: 4 -> 5"]
+
+    gate = {"hypothesis": "gating helps", "edits": [
+        {"path": "train.py", "search": "USE_GATE = False", "replace": "USE_GATE = True"}]}
+    deeper = {"hypothesis": "capacity", "edits": [{"path": "train.py", "search": "DEPTH = 4", "replace": "DEPTH = 5"}]}
+    program = make_repo(tmp_path / "repo2", sleep=2.0, pipeline_depth="1")
+    client = ScriptedClient(script={"proposer": [gate, gate, deeper]})
+    c.start(program, ROLES / "solo", tag="twice-edit", max_experiments=2, models=client)
+    failures = Ledger(c.campaign_dir("twice-edit") / "ledger.db").failures()
+    assert [f["stage"] for f in failures] == ["vet:duplicate"]
+    assert "repeats experiment 1, in flight" in failures[0]["reason"]
 
 
 def test_a_sampler_pipelines_without_failing_its_own_trials(tmp_path):

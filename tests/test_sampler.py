@@ -160,12 +160,32 @@ def test_a_sampled_repeat_of_a_measured_point_is_told_its_result_not_proposed(tm
     source = TRAIN.format(sleep=0.0)
     sampler = SamplerProposer("optuna/random", tmp_path, "rep", prog, source, seed=1)
     baseline = {"n": 0, "status": "keep", "metric": 1.05, "commit": "base", "role": "baseline"}
-    sampler.sync([baseline], lambda commit: source, pending={1})
-    for attempt in range(5):  # whatever the seed draws, the measured point is never proposed again
-        s = sampler.suggest(1, attempt, source)
+    sampler.sync([baseline], lambda commit: source, pending={1, 2, 3, 4, 5})
+    for n in range(1, 6):  # asked ahead: whatever the seed draws, the measured point is never proposed again
+        s = sampler.suggest(n, 0, source)
         assert s.values == {"USE_GATE": True}
     repeats = [t for t in sampler.study.get_trials() if t.user_attrs.get("repeat")]
     assert all(t.state == TrialState.COMPLETE and t.value == 1.05 for t in repeats)
+
+
+def test_a_point_that_failed_is_not_proposed_again(tmp_path):
+    """DEPTH 3..8 and USE_GATE: the first trial is refused at vet (told FAIL as never run); however
+    TPE or the seed draws, those values are not proposed again, and a repeat drawn is told FAIL."""
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S, LR]", knob_ranges="{DEPTH: [3, 8]}")
+    prog = load_program(program)
+    source = TRAIN.format(sleep=0.0)
+    for name in ("optuna/random", "optuna/tpe"):
+        (tmp_path / name.split("/")[1]).mkdir()
+        sampler = SamplerProposer(name, tmp_path / name.split("/")[1], "fail", prog, source, seed=3, startup_trials=1)
+        sampler.sync([{"n": 0, "status": "keep", "metric": 1.05, "commit": "base", "role": "baseline"}],
+                     lambda commit: source, pending={1})  # fmt: skip
+        refused = sampler.suggest(1, 0, source).values
+        proposed = []
+        for attempt in range(1, 12):  # each earlier attempt is told FAIL when the next is asked
+            proposed.append(sampler.suggest(1, attempt, source).values)
+        assert refused not in proposed, name
+        repeats = [t for t in sampler.study.get_trials() if t.user_attrs.get("repeat")]
+        assert all(t.state == TrialState.FAIL for t in repeats if sampler._values(t.params) != (4, False))
 
 
 def test_a_trial_asked_ahead_and_run_as_an_earlier_experiment_is_told_that_experiments_result(tmp_path):
@@ -191,3 +211,24 @@ def test_a_trial_asked_ahead_and_run_as_an_earlier_experiment_is_told_that_exper
     sampler.sync(rows, lambda commit: source, pending={3})
     trials = {t.number: t for t in sampler.study.get_trials()}
     assert trials[made_ahead.trial].state == TrialState.COMPLETE and trials[made_ahead.trial].value == 1.3
+
+
+def test_centaurs_sampler_takes_a_turn_its_language_model_has_nothing_left_for(tmp_path):
+    """Only DEPTH may move (3..8), and memory holds all three of its moves from 4 (an earlier
+    campaign); every other depth is worse, so the best stays the baseline. At experiment 4, the
+    language model's turn, the sampler is asked instead and the language model never is."""
+    from memory import NoteStore
+    from org.settings import home_dir
+
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S, LR, USE_GATE]", knob_ranges="{DEPTH: [3, 8]}")
+    store = NoteStore(home_dir())
+    for move, depth in (("+1", 5), ("-1", 3), ("x2", 8)):
+        store.add_experiment("earlier", "tiny", hypothesis="depth", change=f"DEPTH {move}: 4 -> {depth}",
+                             status="discard", metric=1.1, metric_delta=0.01, knob_move=f"DEPTH 4->{depth}")  # fmt: skip
+    client = ScriptedClient(script={"proposer": [knob("DEPTH", "+1")]},
+                            default={"director": DIRECTIVE, "reviewer": APPROVE})  # fmt: skip
+    state = c.start(program, ROLES / "centaur", tag="cen-dry", max_experiments=4, models=client, memory=store)
+    assert state["stopped"] == "reached max_experiments=4"
+    rows = Ledger(c.campaign_dir("cen-dry") / "ledger.db").experiments()
+    assert [r["role"] for r in rows[1:]] == ["sampler"] * 4 and all(r["status"] != "keep" for r in rows[1:])
+    assert "proposer" not in [s["role"] for s in client.sent]
