@@ -10,8 +10,15 @@ experiment phase (from the baseline's verdict to the last):
     duty cycle = seconds slot 0 ran the target / wall seconds    (target: >= 0.95, one slot, depth 1)
     experiments per hour                                         (target: 2 slots >= 1.8x one)
 
+`--replicates R` runs R campaigns per configuration, replicate i with the proposer's seed i in
+every configuration (paired: the same answers wherever the campaigns see the same schemas), and
+reports mean and sd, and each ratio of one configuration's rate to the first's per replicate.
+A campaign may end early when its knob space is spent ("search space spent"): rates count the
+experiments it recorded.
+
     python -m evals.bench_scale                          # 20 s proposer, 60 s runs (~35 min)
     python -m evals.bench_scale --run-s 6 --propose-s 2   # the same ratios, ~4 min
+    python -m evals.bench_scale --configs 1:1:local 1:2:local --replicates 3
 
 Prints one line per configuration, then `---` and `key: value` lines.
 """
@@ -44,25 +51,26 @@ def answer(rng: random.Random):
     return pick
 
 
-def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: float) -> dict[str, float]:
+def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: float, seed: int = 0) -> dict[str, float]:
     from org import campaign as c
     from org.ledger import Ledger
     from tests.scripted import ScriptedClient
     from tests.tiny import make_repo
 
     depth, slots, kind = config.split(":")
-    org = tmp / f"org-{config.replace(':', '-')}"
+    name = f"{config.replace(':', '-')}-s{seed}"
+    org = tmp / f"org-{name}"
     org.mkdir()
     (org / "org.md").write_text("---\nname: bench-scale\nroles:\n  proposer: proposer.md\nreview: false\n---\n"
                                 "A proposer only: its latency is what pipelining hides.\n")  # fmt: skip
     shutil.copy(ROOT / "roles" / "tiered" / "proposer.md", org / "proposer.md")
     # the run is its own smoke test (a separate one would sleep too); SLEEP_S is not research
-    program = make_repo(tmp / f"repo-{config.replace(':', '-')}", sleep=run_s, pipeline_depth=depth,
+    program = make_repo(tmp / f"repo-{name}", sleep=run_s, pipeline_depth=depth,
                         smoke_inline_s="5", fixed_knobs="[SLEEP_S]", run_timeout_s=str(run_s * 3 + 60),
                         executor=f"{{kind: {kind}, slots: {slots}}}")  # fmt: skip
     # the same answers in every configuration: the same experiments, kept or not alike
-    client = ScriptedClient(default={"proposer": answer(random.Random(0))}, delay_s={"proposer": propose_s})
-    tag = f"scale-{config.replace(':', '-')}"
+    client = ScriptedClient(default={"proposer": answer(random.Random(seed))}, delay_s={"proposer": propose_s})
+    tag = f"scale-{name}"
     c.start(program, org, tag=tag, max_experiments=experiments, models=client)
     events = [json.loads(line) for line in (c.campaign_dir(tag) / "events.jsonl").read_text().splitlines()]
     records = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events if e["event"] == "record"]
@@ -70,10 +78,19 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     slot0 = [e for e in events if e["event"] == "run_done" and e["exp"] > 0]
     used = {e["exp"] for e in events if e["event"] == "ahead_run_used"}  # first runs another slot made
     ran = sum(e["seconds"] for e in slot0 if not (e["replicate"] == 0 and e["exp"] in used))
-    runs = sum(len(ledger.runs(n)) for n in range(1, experiments + 1))
+    done = len(records) - 1  # the baseline's record starts the clock
+    runs = sum(len(ledger.runs(n)) for n in range(1, done + 1))
     ledger.close()
     wall = records[-1] - records[0]
-    return {"wall_s": wall, "run_s": ran, "runs": runs, "duty": ran / wall, "per_hour": experiments * 3600 / wall}
+    return {"wall_s": wall, "run_s": ran, "runs": runs, "experiments": done, "duty": ran / wall,
+            "per_hour": done * 3600 / wall}  # fmt: skip
+
+
+def _spread(values: list[float], digits: int) -> str:
+    import statistics
+
+    sd = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.{digits}f}{sd}"
 
 
 def main() -> None:
@@ -83,26 +100,35 @@ def main() -> None:
     ap.add_argument("--propose-s", type=float, default=20.0, help="seconds each proposer answer takes")
     ap.add_argument("--configs", nargs="+", default=["0:1:local", "1:1:local", "1:2:local", "1:2:ray"],
                     help="depth:slots:executor per campaign")
+    ap.add_argument("--replicates", type=int, default=1, help="campaigns per configuration (proposer seeds 0..R-1)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     os.environ.update(NIGHTLAB_HOME=str(tmp / "home"), HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
-    results = {}
+    results: dict[str, list[dict[str, float]]] = {config: [] for config in args.configs}
     t0 = time.monotonic()
-    for config in args.configs:
-        r = results[config] = campaign(tmp, config, args.experiments, args.run_s, args.propose_s)
-        print(f"{config}: wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s over {r['runs']} runs, "
-              f"duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h", flush=True)
+    for seed in range(args.replicates):  # replicate-major: a run cut short stays balanced
+        for config in args.configs:
+            r = campaign(tmp, config, args.experiments, args.run_s, args.propose_s, seed)
+            results[config].append(r)
+            print(f"{config} seed {seed}: {r['experiments']} experiments, wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s "
+                  f"over {r['runs']} runs, duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
+    first = args.configs[0]
     print("---")
     print(f"date: {time.strftime('%Y-%m-%d')}")
     print(f"machine: {os.cpu_count()} cores")
     print(f"run_s: {args.run_s:g}")
     print(f"propose_s: {args.propose_s:g}")
     print(f"experiments: {args.experiments}")
-    for config, r in results.items():
+    print(f"replicates: {args.replicates}")
+    for config, rs in results.items():
         key = config.replace(":", "_")
-        print(f"duty_cycle_{key}: {r['duty']:.3f}")
-        print(f"experiments_per_hour_{key}: {r['per_hour']:.1f}")
+        print(f"duty_cycle_{key}: {_spread([r['duty'] for r in rs], 3)}")
+        print(f"experiments_per_hour_{key}: {_spread([r['per_hour'] for r in rs], 1)}")
+        if config != first:
+            ratios = [r["per_hour"] / f["per_hour"] for r, f in zip(rs, results[first], strict=True)]
+            print(f"ratio_{key}_vs_{first.replace(':', '_')}: {_spread(ratios, 2)} "
+                  f"(per replicate: {', '.join(f'{x:.2f}' for x in ratios)})")
     print(f"wall_min: {(time.monotonic() - t0) / 60:.1f}")
 
 
