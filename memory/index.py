@@ -62,6 +62,10 @@ class NoteIndex:
             self.collection = self._collection()
         self.batch = self.client.get_max_batch_size()
 
+    def warm(self) -> None:
+        """Load the embedding model now (the first embedding loads it: seconds)."""
+        self.fn(["warm-up"])
+
     def _collection(self) -> Any:
         return self.client.get_or_create_collection(
             self.name, embedding_function=self.fn, configuration={"hnsw": {"space": "cosine"}}

@@ -62,6 +62,11 @@ class NoteStore:
                 self.reindexed_at_open = True
         return self._index
 
+    def warm(self) -> None:
+        """Open the vector index and load its embedding model now (~5 s on 2 cores, once per
+        process): a campaign does it while its baseline trains, not while its first proposal waits."""
+        self.index.warm()
+
     def _in_sync(self, full: bool) -> bool:
         n = self.count()
         if self._index.count() != n:

@@ -52,12 +52,15 @@ def depth_of(lab: Lab) -> int:
 
 
 def room(lab: Lab, state: CampaignState) -> bool:
-    """Is there a proposal to prepare while experiment n runs? (Never during the baseline, never
-    past the last experiment the campaign may run.)"""
+    """Is there a proposal to prepare while experiment n runs? Never past the last experiment the
+    campaign may run. During the baseline too (its commit is the best, whatever it scores), unless
+    a director will speak before experiment 1: what was made before its first directive is dropped."""
     depth = depth_of(lab)
     nxt = state["n"] + 1 + len(state.get("ahead") or [])
     cap = lab.stop.max_experiments
-    return bool(depth) and state["n"] > 0 and len(state.get("ahead") or []) < depth and (cap is None or nxt <= cap)
+    if not depth or not state["best_commit"] or (state["n"] == 0 and lab.calls.speaks("director")):
+        return False
+    return len(state.get("ahead") or []) < depth and (cap is None or nxt <= cap)
 
 
 def fingerprint(lab: Lab) -> str:

@@ -159,6 +159,16 @@ class Calls:
             return dataclasses.replace(role, spec=spec.model_copy(update={"model": spec.fallback, "fallback": None}))
         raise SpendCapReached(f"the {kind} role's spend cap ({role.path}): {over[0]}")
 
+    def speaks(self, kind: str) -> bool:
+        """Would `ask_words` ask role `kind` now? (The org has it, and no embedded base model, nor
+        no model at all, would answer.)"""
+        if kind not in self.org.roles:
+            return False
+        try:
+            return not parse_model(self.first_choice(kind)).is_base
+        except ModelError:
+            return False
+
     def first_choice(self, kind: str) -> str:
         """The model the client would ask first for role `kind` (raises ModelError if none can)."""
         return self.models.first_choice(self.org.roles[kind])

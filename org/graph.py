@@ -125,7 +125,7 @@ def setup(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run"]
     proposal = Proposal(hypothesis="unmodified target", description=description, role="baseline",
                         model="", knob_move=None, edits=None)  # fmt: skip
     lab.log.info("setup_done", head=ws.head())
-    return Command(goto="run", update={"proposal": proposal, "commit": ws.head(),
+    return Command(goto="run", update={"proposal": proposal, "commit": ws.head(), "best_commit": ws.head(),
                                        "since_direct": lab.org.spec.director_every})  # fmt: skip
 
 
@@ -253,14 +253,17 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     ahead_update: dict[str, Any] = {}
     res = adopt(lab, state) if n > 0 and r == 0 else None
     side = replicates(lab, state, r) if res is None else []
+    warm = n == 0 and r == 0  # memory's embedding model loads while the baseline trains
 
     def meanwhile(running: Any) -> None:  # the pipeline: the next proposals, made and vetted as this trains
         if room(lab, state):
             ahead_update.update(prepare_ahead(lab, state, running))
         speculate(lab, state, ahead_update.get("ahead", state.get("ahead") or []))
+        if warm:  # (a proposal made here has loaded it already)
+            lab.memory.warm()
 
     if res is None:
-        parallel = room(lab, state) or side or len(lab.slots) > 1
+        parallel = room(lab, state) or side or len(lab.slots) > 1 or warm
         res = lab.run_target(state["commit"], n, r, dict(seeding.env), meanwhile=meanwhile if parallel else None)
     inline = prog.spec.smoke_inline_s
     if inline is not None and n > 0 and r == 0 and not res.violations:
@@ -367,7 +370,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         network=o.get("network", ""),  # .get: an outcome checkpointed before this field existed
         runs=o.get("runs", 1), sd=o.get("sd"), delta=o.get("delta"), confidence=o.get("confidence"),
         inconclusive=int(o.get("inconclusive", False)),
-        test_metric=o.get("test_metric"), test_delta=_test_delta(lab, state, o.get("test_metric")),
+        test_metric=o.get("test_metric"),
+        test_delta=lab.ledger.test_delta(state["best_commit"], o.get("test_metric")) if n else None,
     )  # fmt: skip
     lab.ledger.record_experiment(row)
     kept = o["status"] == "keep"
@@ -415,15 +419,6 @@ def rebaseline(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     if fresh_mean is not None:
         update["best_metric"] = fresh_mean
     return _loop(state, lab, update, after_record=False)
-
-
-def _test_delta(lab: Lab, state: CampaignState, test_metric: float | None) -> float | None:
-    """A keep's test score minus its parent's (the best it beat), when both were scored."""
-    if test_metric is None or state["n"] == 0:
-        return None
-    parent = lab.ledger.kept_experiment(state["best_commit"])
-    row = lab.ledger.experiment(parent) if parent is not None else None
-    return None if row is None or row.get("test_metric") is None else test_metric - row["test_metric"]
 
 
 def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["direct", "propose", "__end__"]]:

@@ -194,6 +194,13 @@ class Ledger:
                               [commit]).fetchone()  # fmt: skip
         return None if row is None else int(row[0])
 
+    def test_delta(self, parent_commit: str, test_metric: float | None) -> float | None:
+        """A keep's test score minus its parent's (the best it beat, at `parent_commit`), when both
+        were scored."""
+        parent = self.kept_experiment(parent_commit) if test_metric is not None else None
+        row = self.experiment(parent) if parent is not None else None
+        return None if row is None or row.get("test_metric") is None else test_metric - row["test_metric"]
+
     def run_groups(self, exclude: tuple[int, ...] = ()) -> list[list[float]]:
         """Metrics of every experiment with finite results, one list per experiment, for the pooled
         noise estimate (crashed and rejected experiments excluded)."""
