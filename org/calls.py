@@ -160,14 +160,14 @@ class Calls:
         raise SpendCapReached(f"the {kind} role's spend cap ({role.path}): {over[0]}")
 
     def speaks(self, kind: str) -> bool:
-        """Would `ask_words` ask role `kind` now? (The org has it, and no embedded base model, nor
-        no model at all, would answer.)"""
+        """Would `ask_words` ask role `kind` now? (The org has it and no embedded base model would
+        answer; when no model can answer now, yes: `ask` waits out an outage.)"""
         if kind not in self.org.roles:
             return False
         try:
             return not parse_model(self.first_choice(kind)).is_base
         except ModelError:
-            return False
+            return True
 
     def first_choice(self, kind: str) -> str:
         """The model the client would ask first for role `kind` (raises ModelError if none can)."""

@@ -313,8 +313,10 @@ def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_exp
         return _drive(lab, initial_state())
     except InputError as e:
         # The target itself is broken (baseline failed): nothing was recorded, so leave no trace
-        # but the setup's log, which the error points to
-        if not Ledger(directory / "ledger.db").experiments():
+        # but the setup's log, which the error points to (unless a proposal made while the
+        # baseline ran was paid for: that spend stays on record)
+        ledger = Ledger(directory / "ledger.db")
+        if not ledger.experiments() and ledger.spend() == (0, 0):
             log = directory / "runs" / "setup.log"
             kept = home_dir() / "failed" / f"{tag}.setup.log"
             had_log = log.exists()

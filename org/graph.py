@@ -253,12 +253,14 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     ahead_update: dict[str, Any] = {}
     res = adopt(lab, state) if n > 0 and r == 0 else None
     side = replicates(lab, state, r) if res is None else []
-    warm = n == 0 and r == 0  # memory's embedding model loads while the baseline trains
+    # memory's embedding model loads while the baseline trains (a Ray task would move the run)
+    warm = n == 0 and r == 0 and prog.spec.executor.kind == "local"
 
     def meanwhile(running: Any) -> None:  # the pipeline: the next proposals, made and vetted as this trains
         if room(lab, state):
             ahead_update.update(prepare_ahead(lab, state, running))
-        speculate(lab, state, ahead_update.get("ahead", state.get("ahead") or []))
+        if n > 0:  # no first run ahead before the baseline's runs set its caps
+            speculate(lab, state, ahead_update.get("ahead", state.get("ahead") or []))
         if warm:  # (a proposal made here has loaded it already)
             lab.memory.warm()
 
