@@ -71,7 +71,9 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     # the same answers in every configuration: the same experiments, kept or not alike
     client = ScriptedClient(default={"proposer": answer(random.Random(seed))}, delay_s={"proposer": propose_s})
     tag = f"scale-{name}"
-    c.start(program, org, tag=tag, max_experiments=experiments, models=client)
+    # a memory of its own: a campaign that inherited another's notes (same target) would be
+    # offered fewer moves, and the configurations would not be compared on the same search
+    c.start(program, org, tag=tag, max_experiments=experiments, models=client, memory_home=tmp / "memory" / name)
     events = [json.loads(line) for line in (c.campaign_dir(tag) / "events.jsonl").read_text().splitlines()]
     records = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events if e["event"] == "record"]
     ledger = Ledger(c.campaign_dir(tag) / "ledger.db")
