@@ -102,8 +102,8 @@ class Recall:
         from org.proposal import apply_knob_move
 
         paths = self.program.editable_paths
-        ran = ({**self.ran_configs(), **{self.files_key(c): {} for c in flying}}
-               if self.program.knob_path in paths else {})  # fmt: skip
+        ran = ({*self.ran_configs(), *(self.files_key(c) for c in flying)}
+               if self.program.knob_path in paths else set())  # fmt: skip
         read = (lambda rel: self.workspace.show(at, rel)) if at else self.workspace.read
         here = [_sha(read(rel)) for rel in paths] if ran else []
         slot = paths.index(self.program.knob_path) if ran else 0
