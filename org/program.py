@@ -20,6 +20,7 @@ from org.environment import is_secret
 from org.errors import InputError
 
 if TYPE_CHECKING:
+    from org.constraint import Constraint
     from org.proposal import Knob
 
 KnobValue = int | float | bool | str
@@ -253,6 +254,18 @@ class ProgramSpec(BaseModel):
     fixed_knobs: list[str] = []
     knob_ranges: dict[str, tuple[float, float]] = {}
     knob_moves: dict[str, list[str]] = {}
+    # Conditions across knobs every point of the space meets (org/constraint.py), e.g.
+    # `TOTAL_BATCH_TOKENS % (DEVICE_BATCH_SIZE * 256) == 0`: no move or sampler trial breaks one.
+    knob_constraints: list[str] = []
+
+    @field_validator("knob_constraints")
+    @classmethod
+    def _constraints_parse(cls, texts: list[str]) -> list[str]:
+        from org.constraint import Constraint
+
+        for text in texts:
+            Constraint.parse(text)  # ConstraintError is a ValueError: pydantic names the field
+        return texts
 
     @field_validator("env")
     @classmethod
@@ -358,6 +371,12 @@ class Program:
 
         return parse_knobs(source, self.knob_path, self.spec.knob_style)
 
+    @property
+    def constraints(self) -> list[Constraint]:
+        from org.constraint import parse_all
+
+        return parse_all(self.spec.knob_constraints)
+
     def search_space(self, source: str) -> list[Knob]:
         """The knob file's knobs (`source`) within this program's search space. Seed knobs never
         move: a seed change is noise, and the rules reject it anyway."""
@@ -366,7 +385,7 @@ class Program:
 
         spec = self.spec
         fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name.upper()))
-        return within(self.knobs_of(source), fixed, spec.knob_ranges, spec.knob_moves)
+        return within(self.knobs_of(source), fixed, spec.knob_ranges, spec.knob_moves, self.constraints)
 
     def data_links(self) -> list[tuple[str, Path]]:
         """(path in the worktree, file in the repo) for each of `data_files`."""
@@ -445,12 +464,30 @@ def load_program(path: str | Path) -> Program:
             raise InputError(path, "data_files", f"{rel} does not exist in {repo} (data_files name files the "
                              "repo has but git ignores; prepare them there first)")  # fmt: skip
     _check_seed(program)
+    _check_constraints(program)
     for phase in ("run", "evaluate", "test"):
         program.sandbox_reads(phase)  # InputError naming the field
     overlap = set(program.editable_paths) & set(program.protected_paths)
     if overlap:
         raise InputError(path, "protected", f"{sorted(overlap)} are also listed as editable")
     return program
+
+
+def _check_constraints(program: Program) -> None:
+    """Every name a constraint reads is a knob of the knob file, and the file as committed (with
+    the program's starting `knobs`) meets every constraint: the baseline is a point of the space."""
+    from org.constraint import broken, explain
+
+    if not program.spec.knob_constraints:
+        return
+    knobs = {k.name: k.value for k in program.knobs_of((program.repo / program.knob_path).read_text(encoding="utf-8"))}
+    for c in program.constraints:
+        if unknown := sorted(c.names - knobs.keys()):
+            raise InputError(program.path, "knob_constraints", f"{c.text!r} reads {', '.join(unknown)}, not a knob "
+                             f"of {program.knob_path} (knobs: {', '.join(knobs)})")  # fmt: skip
+    start = knobs | program.spec.knobs
+    if bad := broken(program.constraints, start):
+        raise InputError(program.path, "knob_constraints", f"the starting knobs break it: {explain(bad[0], start)}")
 
 
 def _check_seed(program: Program) -> None:

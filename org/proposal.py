@@ -18,14 +18,17 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from org.errors import InputError
 from org.prompts import one_line
+
+if TYPE_CHECKING:
+    from org.constraint import Constraint
 
 KnobValue = int | float | bool | str
 NUMBER_MOVES = ("x2", "x0.5", "x1.5", "x0.67")
@@ -75,10 +78,15 @@ class Knob:
 
 
 def within(knobs: list[Knob], fixed: Callable[[str], bool], ranges: dict[str, tuple[float, float]],
-           only: dict[str, list[str]] | None = None) -> list[Knob]:  # fmt: skip
+           only: dict[str, list[str]] | None = None, constraints: Sequence[Constraint] = ()) -> list[Knob]:  # fmt: skip
     """The knobs restricted to a program's search space: a `fixed` knob has no moves, a knob in
-    `only` takes only the moves listed there, and a move whose new value leaves the knob's
-    [lo, hi] range is not offered (a momentum of 1.9 is a crash, not an experiment)."""
+    `only` takes only the moves listed there, a move whose new value leaves the knob's [lo, hi]
+    range is not offered (a momentum of 1.9 is a crash, not an experiment), nor one whose point
+    breaks a constraint the current point meets (a device batch that no longer divides the step)."""
+    from org.constraint import broken
+
+    point = {k.name: k.value for k in knobs}
+    holding = [c for c in constraints if not broken([c], point)]  # a broken one is the vet's to report
     out = []
     for k in knobs:
         moves = () if fixed(k.name) else k.moves
@@ -87,6 +95,8 @@ def within(knobs: list[Knob], fixed: Callable[[str], bool], ranges: dict[str, tu
         if k.name in ranges and k.type in ("int", "float"):
             lo, hi = ranges[k.name]
             moves = tuple(m for m in moves if lo <= _moved(k, m) <= hi)
+        if holding:
+            moves = tuple(m for m in moves if not broken(holding, point | {k.name: _moved(k, m)}))
         out.append(replace(k, allowed=moves))
     return out
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from org.constraint import broken
 from org.errors import InputError
 from org.models.names import SAMPLERS
 from org.proposal import Knob, KnobValue, knob_literal
@@ -156,6 +157,7 @@ class SamplerProposer:
         self.model, self.name = model, model.partition("/")[2]
         self.program = program
         self.dims = space(program, base_source)
+        self.constraints = program.constraints
         seed = seed if seed is not None else zlib.crc32(tag.encode())  # replicate campaigns differ
         x0 = {d.param: d.start() for d in self.dims if not _categorical(d)}
         self.sampler = make_sampler(self.name, seed, startup_trials or STARTUP_TRIALS, x0)
@@ -215,14 +217,18 @@ class SamplerProposer:
             for stale in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if stale.user_attrs.get("exp") == n:  # an earlier attempt refused before it ran
                     self.study.tell(stale.number, state=TrialState.FAIL)
-            number, params = self._ask_new(n, attempt)
+            best = {k.name: k for k in self.program.knobs_of(best_source)}
+            point = {name: k.value for name, k in best.items()}
+            feasible = lambda values: not broken(self.constraints, point | values)
+            number, params = self._ask_new(n, attempt, feasible)
         else:
             number, params = trial.number, trial.params
         values = {d.knob.name: d.value(params[d.param]) for d in self.dims}
         best = {k.name: k for k in self.program.knobs_of(best_source)}
         changes = [f"{name} {best[name].expr} -> {knob_literal(best[name], v, digits=4)}"
                    for name, v in values.items() if name in best and v != best[name].value]  # fmt: skip
-        finished = sum(t.state == TrialState.COMPLETE for t in self.study.get_trials(deepcopy=False))
+        finished = sum(t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")
+                       for t in self.study.get_trials(deepcopy=False))  # fmt: skip
         description = f"{self.model} trial {number}: " + (", ".join(changes) or "the best's values")
         hypothesis = (f"{self.name} sampler, trial {number}: {len(changes)} of {len(self.dims)} knobs changed from "
                       f"the best, chosen from {finished} finished trials (no language model)")  # fmt: skip
@@ -244,28 +250,45 @@ class SamplerProposer:
     def _values(self, params: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(d.value(params[d.param]) for d in self.dims)
 
-    def _ask_new(self, n: int, attempt: int, tries: int = 50) -> tuple[int, dict[str, Any]]:
+    def _ask_new(self, n: int, attempt: int, feasible: Callable[[dict[str, KnobValue]], bool],
+                 tries: int = 200) -> tuple[int, dict[str, Any]]:  # fmt: skip
         """A new trial for experiment `n`. One whose values (as the file will hold them) a finished
         trial already measured is told that trial's result at once and another is asked: the
         duplicate gate would refuse it, and a sampler told only FAIL proposes it again. One whose
         values already failed (a crash, a refusal at vet, a rejected run) is told FAIL again at once:
-        TPE and GP leave failed trials out of their model, so they would try the same point again."""
+        TPE and GP leave failed trials out of their model, so they would try the same point again.
+        One that breaks the program's knob constraints is told without a run (marked `infeasible`)
+        the worst result measured so far, FAIL before any: rejection sampling with a penalty, so
+        the study's space is the program's. A FAIL alone would not do: TPE leaves failed trials
+        out of its model and, its history unchanged, proposes the same infeasible point again."""
+        from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
         trials = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                   if set(t.params) == set(self.distributions)]  # fmt: skip
         seen = {self._values(t.params): t.value for t in trials if t.state == TrialState.COMPLETE}
         failed = {self._values(t.params) for t in trials if t.state == TrialState.FAIL} - set(seen)
+        measured = [t.value for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
+        worst = (max if self.study.direction == StudyDirection.MINIMIZE else min)(measured, default=None)
         for _ in range(tries):
             live = self.study.ask(self.distributions)
             live.set_user_attr("exp", n)
             live.set_user_attr("attempt", attempt)
             key = self._values(live.params)
+            if not feasible(dict(zip((d.knob.name for d in self.dims), key, strict=True))):
+                live.set_user_attr("infeasible", True)
+                self.study.tell(live.number, worst, state=TrialState.FAIL if worst is None else None)
+                continue
             if key not in seen and key not in failed:
                 return live.number, live.params
             live.set_user_attr("repeat", True)
             self.study.tell(live.number, seen.get(key), state=TrialState.FAIL if key in failed else None)
-        return live.number, live.params  # a space this small is exhausted: the duplicate gate says so
+        # the space is spent (every point measured, failed or infeasible): one more trial, as
+        # asked, for the gates to refuse (the duplicate gate, or the knobs gate)
+        live = self.study.ask(self.distributions)
+        live.set_user_attr("exp", n)
+        live.set_user_attr("attempt", attempt)
+        return live.number, live.params
 
     def _params(self, source: str | None) -> dict[str, Any] | None:
         if source is None:

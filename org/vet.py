@@ -1,6 +1,6 @@
 """Vet a committed change before it may spend a run. Cheapest gate first; the first rejection wins.
 
-    scope -> syntax -> rules (static AST) -> duplicate (ledger, memory) -> smoke (a step or two, sandboxed) -> review (LLM)
+    scope -> syntax -> rules (static AST) -> knobs (constraints) -> duplicate (ledger, memory) -> smoke (a step or two, sandboxed) -> review (LLM)
 
 A gate is a function `(VetInput) -> GateResult | None`: None is a clean pass, a `GateResult`
 rejects or passes with a recorded warning. The static gates are listed in `GATES`; the smoke run
@@ -137,6 +137,24 @@ def rules_gate(v: VetInput) -> GateResult | None:
     return reject("; ".join(str(x) for x in found[:3]) + more)
 
 
+def knobs_gate(v: VetInput) -> GateResult | None:
+    """The knob file meets the program's knob constraints (org/constraint.py), so a shape the
+    target would refuse costs no smoke run. A constraint whose names an edit turned into code is
+    not checked here: the run still fails on it."""
+    from org.constraint import broken, explain
+    from org.errors import InputError
+
+    constraints = v.program.constraints
+    if v.program.knob_path not in v.workspace.changed_files(v.best_commit):
+        return None
+    try:
+        point = {k.name: k.value for k in v.program.knobs_of(v.workspace.read(v.program.knob_path))}
+    except InputError:
+        return None  # the syntax gate reports a file that does not parse
+    bad = broken(constraints, point)
+    return reject(explain(bad[0], point) + " (a shape the target refuses)") if bad else None
+
+
 def smoke_gate(v: VetInput) -> GateResult | None:
     """A step or two of the changed target in the sandbox, on CPU unless the program says
     otherwise (org/smoke.py; skipped if the program opts out)."""
@@ -164,6 +182,8 @@ def vet(
 ) -> Verdict:
     """Run the gates in order, cheapest first; `duplicate` and `review` are campaign-supplied."""
     gates = list(GATES)
+    if v.program.spec.knob_constraints:  # a program without them gets no gate that does nothing
+        gates.append(("knobs", knobs_gate))
     # The duplicate check is one memory lookup (~50 ms): before the smoke run (seconds of the
     # target) and the LLM review, so a repeat costs neither.
     if duplicate is not None:

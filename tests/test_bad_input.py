@@ -87,6 +87,12 @@ def test_unknown_knob_override(tmp_path, existing, capsys):
     ({"knob_moves": "{LR: [x3]}"}, "knob_moves", "unknown move 'x3'"),
     ({"knob_moves": "{LR: []}"}, "knob_moves", "no moves"),
     ({"knob_moves": "{USE_GATE: [x2]}"}, "knob_moves.USE_GATE", "x2 does not apply to bool knob"),
+    ({"knob_constraints": '["DEPTH *"]'}, "knob_constraints", "not an expression"),
+    ({"knob_constraints": '["open(DEPTH) == 1"]'}, "knob_constraints", "only min, max, abs may be called"),
+    ({"knob_constraints": '["WIDTH > 2"]'}, "knob_constraints", "reads WIDTH, not a knob of target/train.py"),
+    ({"knob_constraints": '["DEPTH > 4"]'}, "knob_constraints", "the starting knobs break it: knob_constraints "
+                                                                 "'DEPTH > 4' fails at DEPTH=4"),
+    ({"knob_constraints": '["DEPTH < 5"]', "knobs": "{DEPTH: 5}"}, "knob_constraints", "DEPTH < 5' fails at DEPTH=5"),
 ])
 def test_bad_search_space(tmp_path, existing, capsys, front, field, words):
     program = make_repo(tmp_path / "r", **front)

@@ -38,7 +38,7 @@ ROPE_BASE = 10000.0  # rotary embedding base frequency
 
 # ---- Knobs: optimisation ----
 TOTAL_BATCH_TOKENS = 2**12  # tokens per optimizer step (gradient accumulation fills it)
-DEVICE_BATCH_SIZE = 16  # rows of MAX_SEQ_LEN per forward/backward
+DEVICE_BATCH_SIZE = 16  # most rows of MAX_SEQ_LEN per forward/backward (a memory knob)
 MATRIX_LR = 0.02  # Muon learning rate for 2-D block matrices
 EMBEDDING_LR = 0.3  # AdamW learning rate for token and value embeddings
 UNEMBEDDING_LR = 0.004  # AdamW learning rate for the lm_head
@@ -348,12 +348,14 @@ def main() -> None:
     step_model = torch.compile(model) if cuda and COMPILE else model
     optimizers = build_optimizers(model)
 
-    tokens_per_micro = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
-    if TOTAL_BATCH_TOKENS % tokens_per_micro:
-        fail(f"TOTAL_BATCH_TOKENS={TOTAL_BATCH_TOKENS} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN="
-             f"{tokens_per_micro} (for the gpu preset, start from programs/h100.md's knobs)")
+    rows = min(DEVICE_BATCH_SIZE, TOTAL_BATCH_TOKENS // MAX_SEQ_LEN)  # a smaller step has fewer rows
+    tokens_per_micro = rows * MAX_SEQ_LEN
+    if rows < 1 or TOTAL_BATCH_TOKENS % tokens_per_micro:
+        fail(f"TOTAL_BATCH_TOKENS={TOTAL_BATCH_TOKENS} is not a multiple of min(DEVICE_BATCH_SIZE, "
+             f"TOTAL_BATCH_TOKENS // MAX_SEQ_LEN) * MAX_SEQ_LEN={tokens_per_micro} "
+             "(for the gpu preset, start from programs/h100.md's knobs)")
     grad_accum = TOTAL_BATCH_TOKENS // tokens_per_micro
-    loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
+    loader = make_dataloader(tokenizer, rows, MAX_SEQ_LEN, "train", device=device)
     x, y, epoch = next(loader)
     if FUSED_HEAD and not cuda:
         model.fused_head = fused_head_agrees(model, x, y, autocast)
