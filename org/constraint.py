@@ -30,7 +30,8 @@ _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.Gt: operator.gt, ast.GtE: operator.ge,
 }  # fmt: skip
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "abs": abs}
-MAX_EXPONENT = 128  # `2 ** 10**9` would hang the process that checks it
+MAX_BITS = 100_000  # an integer power whose result would pass this is refused (`(A**128)**128` hangs)
+MAX_DEPTH = 50  # nesting deeper than this is refused at parse (the evaluator recurses)
 
 
 class ConstraintError(ValueError):
@@ -49,6 +50,10 @@ class Constraint:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as e:
             raise ConstraintError(f"{text!r} is not an expression: {e.msg}") from e
+        except (RecursionError, MemoryError) as e:
+            raise ConstraintError(f"{text[:60]!r}...: nested too deeply") from e
+        if _depth(tree) > MAX_DEPTH:
+            raise ConstraintError(f"{text[:60]!r}: nested deeper than {MAX_DEPTH} levels")
         names: set[str] = set()
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
@@ -75,7 +80,7 @@ class Constraint:
         the expression cannot be evaluated at (a division by zero, a string knob) does not."""
         try:
             return bool(_eval(self.tree.body, values))
-        except (ArithmeticError, TypeError, ValueError):
+        except (ArithmeticError, TypeError, ValueError, MemoryError, RecursionError):
             return False
 
 
@@ -101,8 +106,9 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
         return {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos}[type(node.op)](operand)
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, values), _eval(node.right, values)
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-            raise ValueError("exponent too large")
+        if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int):
+            if max(abs(left).bit_length(), 1) * abs(right) > MAX_BITS:
+                raise ValueError("the power is too large to compute")
         return _BINOPS[type(node.op)](left, right)
     if isinstance(node, ast.Compare):
         left = _eval(node.left, values)
@@ -117,8 +123,23 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
     raise TypeError(f"{type(node).__name__} is not evaluated")  # parse() let nothing else through
 
 
+def _depth(tree: ast.AST) -> int:
+    """How deep the tree nests, counted level by level (no recursion), up to MAX_DEPTH + 1."""
+    depth, level = 0, [tree]
+    while level and depth <= MAX_DEPTH:
+        depth, level = depth + 1, [child for node in level for child in ast.iter_child_nodes(node)]
+    return depth
+
+
 def parse_all(texts: list[str]) -> list[Constraint]:
     return [Constraint.parse(t) for t in texts]
+
+
+def binding(constraints: list[Constraint], best: Mapping[str, Any]) -> list[Constraint]:
+    """The constraints a change from the point `best` must keep: those `best` meets. One the best
+    breaks (its program changed since it was kept) binds nothing: every gate, knob mode and the
+    samplers would otherwise refuse every change from it."""
+    return [c for c in constraints if not broken([c], best)]
 
 
 def broken(constraints: list[Constraint], values: Mapping[str, Any]) -> list[Constraint]:

@@ -377,15 +377,17 @@ class Program:
 
         return parse_all(self.spec.knob_constraints)
 
-    def search_space(self, source: str) -> list[Knob]:
-        """The knob file's knobs (`source`) within this program's search space. Seed knobs never
+    def search_space(self, source: str, constrained: bool = True) -> list[Knob]:
+        """The knob file's knobs (`source`) within this program's search space, each with the moves
+        it may take alone (`constrained`: none that breaks a knob constraint). Seed knobs never
         move: a seed change is noise, and the rules reject it anyway."""
         from org.proposal import within
         from org.rules import SEED_NAMES
 
         spec = self.spec
         fixed = lambda name: name in spec.fixed_knobs or bool(SEED_NAMES.search(name.upper()))
-        return within(self.knobs_of(source), fixed, spec.knob_ranges, spec.knob_moves, self.constraints)
+        return within(self.knobs_of(source), fixed, spec.knob_ranges, spec.knob_moves,
+                      self.constraints if constrained else ())
 
     def data_links(self) -> list[tuple[str, Path]]:
         """(path in the worktree, file in the repo) for each of `data_files`."""

@@ -83,10 +83,10 @@ def within(knobs: list[Knob], fixed: Callable[[str], bool], ranges: dict[str, tu
     `only` takes only the moves listed there, a move whose new value leaves the knob's [lo, hi]
     range is not offered (a momentum of 1.9 is a crash, not an experiment), nor one whose point
     breaks a constraint the current point meets (a device batch that no longer divides the step)."""
-    from org.constraint import broken
+    from org.constraint import binding, broken
 
     point = {k.name: k.value for k in knobs}
-    holding = [c for c in constraints if not broken([c], point)]  # a broken one is the vet's to report
+    holding = binding(list(constraints), point)
     out = []
     for k in knobs:
         moves = () if fixed(k.name) else k.moves

@@ -61,13 +61,18 @@ def candidates(lab: Lab, asking: Asking) -> Candidates:
     # the grammar, not the prompt, is what keeps it from proposing a known result again
     tried = lab.recall.tried_moves(source, knobs, at=asking.best_commit, flying=asking.flying) if mode == "knob" else set()
     moves = [(k.name, m) for k in knobs for m in k.moves]
-    if mode == "knob" and moves and all(pair in tried for pair in moves):
+    # no move alone keeps the knob constraints (a move elsewhere may): as spent as all moves tried
+    boxed = mode == "knob" and not moves and any(k.allowed for k in prog.search_space(source, constrained=False))
+    if mode == "knob" and (boxed or (moves and all(pair in tried for pair in moves))):
         if "sampler" in lab.org.roles:  # a centaur's sampler takes the turn its language model cannot use
             return Candidates([_sample(lab, "sampler", asking)], [])
-        why = (f"nothing left to offer: all {len(moves)} knob moves from the best have run, are known to memory "
+        why = ("nothing left to offer: no single knob move from the best meets the knob constraints" if boxed else
+               f"nothing left to offer: all {len(moves)} knob moves from the best have run, are known to memory "
                "or are in flight (no model asked)")  # fmt: skip
         return Candidates([], [why], exhausted=True)
     offered = offered_moves(knobs, tried)
+    if parse_model(role.spec.model).is_picker:
+        return Candidates([_pick(lab, kind, asking, offered)], [])
     rows = lab.ledger.experiments()
     variables: dict[str, Any] = dict(  # noqa: C408  (keyword style matches the templates)
         experiment=asking.n, mode=mode, best_metric=fmt_metric(asking.best_metric),
@@ -111,6 +116,23 @@ def candidates(lab: Lab, asking: Asking) -> Candidates:
             proposals.append(Proposal(hypothesis=hypothesis, description=move, role=kind,
                                       model=rec.model_used, knob_move=move, edits=None))  # fmt: skip
     return Candidates(proposals, failures)
+
+
+def _pick(lab: Lab, kind: str, asking: Asking, offered: dict[str, tuple[str, ...]]) -> Proposal:
+    """A move picker's proposal: one of the offered moves, uniformly, from a seed of the campaign's
+    tag, the experiment and the attempt (a replicate campaign picks differently; a resume repeats)."""
+    import random
+    import zlib
+
+    model = lab.org.roles[kind].spec.model
+    menu = sorted((name, move) for name, moves in offered.items() for move in moves)
+    if not menu:
+        raise InputError(lab.program.knob_path, "knobs", "no movable knob for the move picker")
+    name, move = random.Random(zlib.crc32(f"{lab.tag}/{asking.n}/{asking.attempt}".encode())).choice(menu)
+    lab.log.info("pick", exp=asking.n, move=f"{name} {move}", menu=len(menu))
+    hypothesis = f"{model} picked {name} {move} from {len(menu)} offered moves (no language model)"
+    return Proposal(hypothesis=hypothesis, description=f"{name} {move}", role=kind, model=model,
+                    knob_move=f"{name} {move}", edits=None)  # fmt: skip
 
 
 def _sample(lab: Lab, kind: str, asking: Asking) -> Proposal:

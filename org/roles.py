@@ -217,5 +217,11 @@ def _check_samplers(roles: dict[str, Role], org_file: Path) -> None:
                              "model: it takes the llm_share of experiments")  # fmt: skip
         if sampler and role.spec.fallback:
             raise InputError(role.path, "fallback", "a sampler needs no fallback: it runs here, offline")
+        name = parse_model(role.spec.model)
+        if name.is_picker and (kind != "proposer" or role.spec.mode == "edit"):
+            raise InputError(role.path, "model" if kind != "proposer" else "mode", f"{role.spec.model} picks a "
+                             "knob move: it can only be a knob-mode proposer")  # fmt: skip
+        if name.is_picker and role.spec.fallback:
+            raise InputError(role.path, "fallback", "a move picker needs no fallback: it runs here, offline")
         if role.spec.startup_trials is not None and not sampler:
             raise InputError(role.path, "startup_trials", "only a sampler (optuna/...) has startup trials")

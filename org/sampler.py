@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from org.constraint import broken
+from org.constraint import binding, broken
 from org.errors import InputError
 from org.models.names import SAMPLERS
 from org.proposal import Knob, KnobValue, knob_literal
@@ -86,7 +86,9 @@ def space(program: Any, source: str) -> list[Dimension]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     spec = program.spec
-    movable = {k.name for k in program.search_space(source) if k.allowed}
+    # a knob no single move may take under the constraints can still move with others: the study's
+    # space is the unconstrained one, and its trials are rejection-sampled (`_ask_new`)
+    movable = {k.name for k in program.search_space(source, constrained=False) if k.allowed}
     dims = []
     for k in program.knobs_of(source):
         if k.name not in movable:
@@ -180,6 +182,8 @@ class SamplerProposer:
         told = 0
         latest: dict[Any, Any] = {}  # exp -> its trial: the last attempt asked, or the one added
         for t in self.study.get_trials(deepcopy=False):
+            if t.user_attrs.get("repeat") or t.user_attrs.get("infeasible"):
+                continue  # told when asked: never an experiment's trial
             n = t.user_attrs.get("exp")
             if n not in latest or t.user_attrs.get("attempt", -1) >= latest[n].user_attrs.get("attempt", -1):
                 latest[n] = t
@@ -219,7 +223,8 @@ class SamplerProposer:
                     self.study.tell(stale.number, state=TrialState.FAIL)
             best = {k.name: k for k in self.program.knobs_of(best_source)}
             point = {name: k.value for name, k in best.items()}
-            feasible = lambda values: not broken(self.constraints, point | values)
+            holding = binding(self.constraints, point)
+            feasible = lambda values: not broken(holding, point | values)
             number, params = self._ask_new(n, attempt, feasible)
         else:
             number, params = trial.number, trial.params
@@ -227,7 +232,7 @@ class SamplerProposer:
         best = {k.name: k for k in self.program.knobs_of(best_source)}
         changes = [f"{name} {best[name].expr} -> {knob_literal(best[name], v, digits=4)}"
                    for name, v in values.items() if name in best and v != best[name].value]  # fmt: skip
-        finished = sum(t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")
+        finished = sum(t.state == TrialState.COMPLETE and not (t.user_attrs.get("infeasible") or t.user_attrs.get("repeat"))
                        for t in self.study.get_trials(deepcopy=False))  # fmt: skip
         description = f"{self.model} trial {number}: " + (", ".join(changes) or "the best's values")
         hypothesis = (f"{self.name} sampler, trial {number}: {len(changes)} of {len(self.dims)} knobs changed from "
@@ -257,19 +262,18 @@ class SamplerProposer:
         duplicate gate would refuse it, and a sampler told only FAIL proposes it again. One whose
         values already failed (a crash, a refusal at vet, a rejected run) is told FAIL again at once:
         TPE and GP leave failed trials out of their model, so they would try the same point again.
-        One that breaks the program's knob constraints is told without a run (marked `infeasible`)
-        the worst result measured so far, FAIL before any: rejection sampling with a penalty, so
-        the study's space is the program's. A FAIL alone would not do: TPE leaves failed trials
-        out of its model and, its history unchanged, proposes the same infeasible point again."""
-        from optuna.study import StudyDirection
+        One that breaks a knob constraint the best meets is told without a run (marked
+        `infeasible`) a penalty worse than every result measured, FAIL before any: rejection
+        sampling, so the study's space is the program's. A FAIL alone would not do: TPE leaves
+        failed trials out of its model and, its history unchanged, proposes the same infeasible
+        point again. Infeasible trials are never taken for measured or failed points."""
         from optuna.trial import TrialState
 
         trials = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                  if set(t.params) == set(self.distributions)]  # fmt: skip
+                  if set(t.params) == set(self.distributions) and not t.user_attrs.get("infeasible")]  # fmt: skip
         seen = {self._values(t.params): t.value for t in trials if t.state == TrialState.COMPLETE}
         failed = {self._values(t.params) for t in trials if t.state == TrialState.FAIL} - set(seen)
-        measured = [t.value for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
-        worst = (max if self.study.direction == StudyDirection.MINIMIZE else min)(measured, default=None)
+        penalty = self._penalty([t.value for t in trials if t.state == TrialState.COMPLETE])
         for _ in range(tries):
             live = self.study.ask(self.distributions)
             live.set_user_attr("exp", n)
@@ -277,7 +281,7 @@ class SamplerProposer:
             key = self._values(live.params)
             if not feasible(dict(zip((d.knob.name for d in self.dims), key, strict=True))):
                 live.set_user_attr("infeasible", True)
-                self.study.tell(live.number, worst, state=TrialState.FAIL if worst is None else None)
+                self.study.tell(live.number, penalty, state=TrialState.FAIL if penalty is None else None)
                 continue
             if key not in seen and key not in failed:
                 return live.number, live.params
@@ -289,6 +293,17 @@ class SamplerProposer:
         live.set_user_attr("exp", n)
         live.set_user_attr("attempt", attempt)
         return live.number, live.params
+
+    def _penalty(self, measured: list[float]) -> float | None:
+        """What an infeasible point is told: worse than every result measured, by their spread (a
+        tenth of the worst at least), so TPE never counts it among the good trials. None before any."""
+        from optuna.study import StudyDirection
+
+        if not measured:
+            return None
+        lo, hi = min(measured), max(measured)
+        margin = max(hi - lo, 0.1 * max(abs(lo), abs(hi)), 1e-6)
+        return hi + margin if self.study.direction == StudyDirection.MINIMIZE else lo - margin
 
     def _params(self, source: str | None) -> dict[str, Any] | None:
         if source is None:

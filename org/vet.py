@@ -141,17 +141,18 @@ def knobs_gate(v: VetInput) -> GateResult | None:
     """The knob file meets the program's knob constraints (org/constraint.py), so a shape the
     target would refuse costs no smoke run. A constraint whose names an edit turned into code is
     not checked here: the run still fails on it."""
-    from org.constraint import broken, explain
+    from org.constraint import binding, broken, explain
     from org.errors import InputError
 
-    constraints = v.program.constraints
-    if v.program.knob_path not in v.workspace.changed_files(v.best_commit):
+    prog = v.program
+    if prog.knob_path not in v.workspace.changed_files(v.best_commit):
         return None
     try:
-        point = {k.name: k.value for k in v.program.knobs_of(v.workspace.read(v.program.knob_path))}
+        point = {k.name: k.value for k in prog.knobs_of(v.workspace.read(prog.knob_path))}
+        best = {k.name: k.value for k in prog.knobs_of(v.workspace.show(v.best_commit, prog.knob_path) or "")}
     except InputError:
         return None  # the syntax gate reports a file that does not parse
-    bad = broken(constraints, point)
+    bad = broken(binding(prog.constraints, best), point)
     return reject(explain(bad[0], point) + " (a shape the target refuses)") if bad else None
 
 

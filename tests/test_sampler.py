@@ -133,6 +133,11 @@ def test_centaur_gives_the_language_model_its_share_and_tells_the_sampler(tmp_pa
          "model", "names a language model"),
         ({"proposer.md": "model: optuna/tpe", "sampler.md": "model: optuna/random"}, "org.md", "roles.proposer",
          "must be a language model"),
+        ({"proposer.md": "model: moves/best"}, "proposer.md", "model", "unknown move picker"),
+        ({"proposer.md": "model: moves/random\nmode: edit"}, "proposer.md", "mode", "knob-mode proposer"),
+        ({"proposer.md": "model: local/gemma3-270m", "director.md": "model: moves/random"}, "director.md", "model",
+         "knob-mode proposer"),
+        ({"proposer.md": "model: moves/random\nfallback: local/gemma3-270m"}, "proposer.md", "fallback", "no fallback"),
     ],
 )
 def test_bad_sampler_roles_name_the_file_and_field(tmp_path, files, where, field, says):
@@ -232,3 +237,24 @@ def test_centaurs_sampler_takes_a_turn_its_language_model_has_nothing_left_for(t
     rows = Ledger(c.campaign_dir("cen-dry") / "ledger.db").experiments()
     assert [r["role"] for r in rows[1:]] == ["sampler"] * 4 and all(r["status"] != "keep" for r in rows[1:])
     assert "proposer" not in [s["role"] for s in client.sent]
+
+
+def test_random_local_search_picks_offered_moves_without_a_model(tmp_path):
+    """roles/local-search: the knob-mode proposer's menu, a uniform pick, no model call; replicate
+    campaigns (other tags) pick differently, and the picks are the ledger's knob moves."""
+    program = make_repo(tmp_path / "repo", fixed_knobs="[SLEEP_S]")
+    client = ScriptedClient()  # any model call fails the test
+    picks = {}
+    for tag in ("ls-r1", "ls-r2"):
+        state = c.start(program, ROLES / "local-search", tag=tag, max_experiments=5, models=client)
+        assert state["stopped"] == "reached max_experiments=5"
+        rows = Ledger(c.campaign_dir(tag) / "ledger.db").experiments()[1:]
+        for r in rows:
+            assert (r["role"], r["model"]) == ("proposer", "moves/random")
+            assert r["hypothesis"].startswith("moves/random picked ") and "no language model" in r["hypothesis"]
+            knob_name, move = r["hypothesis"].split(" picked ")[1].split(" from ")[0].split(" ")
+            assert r["description"].startswith(f"{knob_name} {move}: ")  # applied as a knob move
+        picks[tag] = [r["description"] for r in rows]
+        assert len(set(picks[tag])) == len(picks[tag])  # a move run from the same best is not offered again
+    assert client.sent == []
+    assert picks["ls-r1"] != picks["ls-r2"]

@@ -23,6 +23,9 @@ CUSTOM_PROVIDERS: set[str] = {"local"}
 # Not language models: `optuna/<sampler>` names a classical optimizer a proposer role may be
 # (org/sampler.py), never called through litellm.
 SAMPLERS: tuple[str, ...] = ("tpe", "cmaes", "gp", "random")
+# `moves/random` picks one knob move uniformly from those knob mode offers (org/proposer.py): the
+# same menu a language model chooses from, no model. The ablation of a knob-mode proposer.
+PICKERS: tuple[str, ...] = ("random",)
 
 # Environment variable holding each hosted provider's key (checked by preflight / fallback).
 API_KEY_ENV: dict[str, str] = {
@@ -58,12 +61,17 @@ class ModelName:
     @property
     def is_local(self) -> bool:
         """Runs on this machine (embedded or Ollama): costs nothing, needs no key."""
-        return self.provider in {"local", "ollama", "ollama_chat", "scripted", "optuna"}
+        return self.provider in {"local", "ollama", "ollama_chat", "scripted", "optuna", "moves"}
 
     @property
     def is_sampler(self) -> bool:
         """A classical optimizer (Optuna), not a language model."""
         return self.provider == "optuna"
+
+    @property
+    def is_picker(self) -> bool:
+        """A knob-mode proposer without a model: it picks from the offered moves (`moves/random`)."""
+        return self.provider == "moves"
 
     @property
     def is_base(self) -> bool:
@@ -87,7 +95,11 @@ def parse_model(value: str) -> ModelName:
         if model not in SAMPLERS:
             raise ValueError(f"unknown sampler {value!r} (samplers: {', '.join(f'optuna/{s}' for s in SAMPLERS)})")
         return ModelName(provider, model)
+    if provider == "moves":
+        if model not in PICKERS:
+            raise ValueError(f"unknown move picker {value!r} (pickers: {', '.join(f'moves/{s}' for s in PICKERS)})")
+        return ModelName(provider, model)
     if provider not in LITELLM_PROVIDERS and provider not in CUSTOM_PROVIDERS:
-        known = ", ".join(sorted(LITELLM_PROVIDERS | CUSTOM_PROVIDERS | {"optuna"}))
+        known = ", ".join(sorted(LITELLM_PROVIDERS | CUSTOM_PROVIDERS | {"optuna", "moves"}))
         raise ValueError(f"unknown provider {provider!r} in {value!r} (known: {known})")
     return ModelName(provider, model)

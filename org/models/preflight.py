@@ -68,6 +68,8 @@ def ollama_problem(name: ModelName, host: str | None = None) -> str | None:
 def structured_support(name: ModelName) -> str:
     if name.is_sampler:
         return "sampler (no language model)"
+    if name.is_picker:
+        return "move picker (no language model)"
     if name.provider == "local":
         return "grammar (llama.cpp)"
     if name.is_ollama:
@@ -91,6 +93,8 @@ def check_model(kind: str, path: Path, field: str, model: str) -> ModelCheck:
         missing = [m for m in need if importlib.util.find_spec(m) is None]
         problem = f"{' and '.join(missing)} not installed (pip install -e .)" if missing else None
         detail = "Optuna sampler, offline"
+    elif name.is_picker:
+        detail = "a uniform pick among knob mode's offered moves, offline"
     elif name.provider == "local":
         from org.models.local import LOCAL_MODELS
 
