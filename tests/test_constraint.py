@@ -185,3 +185,6 @@ def test_the_quickstart_space_has_no_shape_the_target_refuses():
         assert not broken(program.constraints, point | {"TOTAL_BATCH_TOKENS": total})
     assert broken(program.constraints, point | {"TOTAL_BATCH_TOKENS": 1000})
     assert broken(program.constraints, point | {"TOTAL_BATCH_TOKENS": 128})
+    # the comparison's other smoke crashes: DEPTH -1 from 1, a model of no layers
+    shallow = {k.name: k for k in program.search_space(source.replace("DEPTH = 4  #", "DEPTH = 1  #"))}
+    assert "-1" not in shallow["DEPTH"].moves and "+1" in shallow["DEPTH"].moves
