@@ -152,3 +152,21 @@ def explain(c: Constraint, values: Mapping[str, Any]) -> str:
     """`'A % B == 0' fails at A=1024, B=16`: what a rejection or an error says."""
     at = ", ".join(f"{n}={values[n]!r}" for n in sorted(c.names) if n in values)
     return f"knob_constraints {c.text!r} fails at {at}"
+
+
+def check_start(program: Any) -> None:
+    """A program's constraints read only knobs of its knob file, and the file as committed (with
+    the program's starting `knobs`) meets every one: the baseline is a point of the space.
+    InputError naming the program and `knob_constraints` otherwise."""
+    from org.errors import InputError
+
+    if not program.spec.knob_constraints:
+        return
+    knobs = program.point((program.repo / program.knob_path).read_text(encoding="utf-8"))
+    for c in program.constraints:
+        if unknown := sorted(c.names - knobs.keys()):
+            raise InputError(program.path, "knob_constraints", f"{c.text!r} reads {', '.join(unknown)}, not a knob "
+                             f"of {program.knob_path} (knobs: {', '.join(knobs)})")  # fmt: skip
+    start = knobs | program.spec.knobs
+    if bad := broken(program.constraints, start):
+        raise InputError(program.path, "knob_constraints", f"the starting knobs break it: {explain(bad[0], start)}")

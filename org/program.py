@@ -365,6 +365,10 @@ class Program:
         """Hard limit for one run: startup, compile and evaluation on top of the budget."""
         return self.spec.run_timeout_s or 2 * self.spec.time_budget_s + 120
 
+    def point(self, source: str) -> dict[str, KnobValue]:
+        """The knob file's (`source`) knob values by name: where a constraint is evaluated."""
+        return {k.name: k.value for k in self.knobs_of(source)}
+
     def knobs_of(self, source: str) -> list[Knob]:
         """The knobs of the knob file's text `source`, in this program's knob style."""
         from org.proposal import parse_knobs
@@ -456,6 +460,8 @@ def load_program(path: str | Path) -> Program:
     named += [("protected", p) for p in program.protected_paths]
     if spec.knob_file:
         named.append(("knob_file", program.knob_path))
+    from org.constraint import check_start
+
     for field, rel in named:
         if not (repo / rel).is_file():
             raise InputError(path, field, f"{rel} does not exist in {repo}")
@@ -466,30 +472,13 @@ def load_program(path: str | Path) -> Program:
             raise InputError(path, "data_files", f"{rel} does not exist in {repo} (data_files name files the "
                              "repo has but git ignores; prepare them there first)")  # fmt: skip
     _check_seed(program)
-    _check_constraints(program)
+    check_start(program)  # org/constraint.py: the baseline is a point of the space
     for phase in ("run", "evaluate", "test"):
         program.sandbox_reads(phase)  # InputError naming the field
     overlap = set(program.editable_paths) & set(program.protected_paths)
     if overlap:
         raise InputError(path, "protected", f"{sorted(overlap)} are also listed as editable")
     return program
-
-
-def _check_constraints(program: Program) -> None:
-    """Every name a constraint reads is a knob of the knob file, and the file as committed (with
-    the program's starting `knobs`) meets every constraint: the baseline is a point of the space."""
-    from org.constraint import broken, explain
-
-    if not program.spec.knob_constraints:
-        return
-    knobs = {k.name: k.value for k in program.knobs_of((program.repo / program.knob_path).read_text(encoding="utf-8"))}
-    for c in program.constraints:
-        if unknown := sorted(c.names - knobs.keys()):
-            raise InputError(program.path, "knob_constraints", f"{c.text!r} reads {', '.join(unknown)}, not a knob "
-                             f"of {program.knob_path} (knobs: {', '.join(knobs)})")  # fmt: skip
-    start = knobs | program.spec.knobs
-    if bad := broken(program.constraints, start):
-        raise InputError(program.path, "knob_constraints", f"the starting knobs break it: {explain(bad[0], start)}")
 
 
 def _check_seed(program: Program) -> None:

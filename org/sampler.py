@@ -217,19 +217,17 @@ class SamplerProposer:
 
         trial = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                       if t.user_attrs.get("exp") == n and t.user_attrs.get("attempt") == attempt), None)  # fmt: skip
+        best = {k.name: k for k in self.program.knobs_of(best_source)}
         if trial is None:
             for stale in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if stale.user_attrs.get("exp") == n:  # an earlier attempt refused before it ran
                     self.study.tell(stale.number, state=TrialState.FAIL)
-            best = {k.name: k for k in self.program.knobs_of(best_source)}
             point = {name: k.value for name, k in best.items()}
             holding = binding(self.constraints, point)
-            feasible = lambda values: not broken(holding, point | values)
-            number, params = self._ask_new(n, attempt, feasible)
+            number, params = self._ask_new(n, attempt, lambda values: not broken(holding, point | values))
         else:
             number, params = trial.number, trial.params
         values = {d.knob.name: d.value(params[d.param]) for d in self.dims}
-        best = {k.name: k for k in self.program.knobs_of(best_source)}
         changes = [f"{name} {best[name].expr} -> {knob_literal(best[name], v, digits=4)}"
                    for name, v in values.items() if name in best and v != best[name].value]  # fmt: skip
         finished = sum(t.state == TrialState.COMPLETE and not (t.user_attrs.get("infeasible") or t.user_attrs.get("repeat"))
@@ -275,9 +273,7 @@ class SamplerProposer:
         failed = {self._values(t.params) for t in trials if t.state == TrialState.FAIL} - set(seen)
         penalty = self._penalty([t.value for t in trials if t.state == TrialState.COMPLETE])
         for _ in range(tries):
-            live = self.study.ask(self.distributions)
-            live.set_user_attr("exp", n)
-            live.set_user_attr("attempt", attempt)
+            live = self._ask(n, attempt)
             key = self._values(live.params)
             if not feasible(dict(zip((d.knob.name for d in self.dims), key, strict=True))):
                 live.set_user_attr("infeasible", True)
@@ -289,10 +285,14 @@ class SamplerProposer:
             self.study.tell(live.number, seen.get(key), state=TrialState.FAIL if key in failed else None)
         # the space is spent (every point measured, failed or infeasible): one more trial, as
         # asked, for the gates to refuse (the duplicate gate, or the knobs gate)
+        live = self._ask(n, attempt)
+        return live.number, live.params
+
+    def _ask(self, n: int, attempt: int) -> Any:
         live = self.study.ask(self.distributions)
         live.set_user_attr("exp", n)
         live.set_user_attr("attempt", attempt)
-        return live.number, live.params
+        return live
 
     def _penalty(self, measured: list[float]) -> float | None:
         """What an infeasible point is told: worse than every result measured, by their spread (a

@@ -148,8 +148,8 @@ def knobs_gate(v: VetInput) -> GateResult | None:
     if prog.knob_path not in v.workspace.changed_files(v.best_commit):
         return None
     try:
-        point = {k.name: k.value for k in prog.knobs_of(v.workspace.read(prog.knob_path))}
-        best = {k.name: k.value for k in prog.knobs_of(v.workspace.show(v.best_commit, prog.knob_path) or "")}
+        point = prog.point(v.workspace.read(prog.knob_path))
+        best = prog.point(v.workspace.show(v.best_commit, prog.knob_path) or "")
     except InputError:
         return None  # the syntax gate reports a file that does not parse
     bad = broken(binding(prog.constraints, best), point)
