@@ -247,7 +247,7 @@ def run_sandboxed(
     res, text = run_child([*rl_prefix, *prefix, *argv_for(command)], cwd, run_env(env), limits.timeout_s,
                           log_path, pid_file, limits.log_cap, watch=watchdog.watch, preexec_fn=preexec,
                           pass_fds=pass_fds)  # fmt: skip
-    if res.cpu_seconds is not None:  # the kernel's count stops at a PID namespace: take the larger
+    if res.cpu_seconds is not None:  # an orphan no one reaps is not in the kernel's count: the larger
         res.cpu_seconds = max(res.cpu_seconds, watchdog.cpu_seconds)
     violations: list[str] = []
     if watchdog.tripped:
