@@ -3,8 +3,9 @@
 A real campaign (git worktree, ledger, memory, the vet gates, sandboxed runs) on the tiny test
 target, whose run sleeps for `--run-s` as training would, driven by a proposer whose scripted
 answers take `--propose-s` each (a model's latency; the answers pick a random offered knob move).
-For each configuration `depth:slots:executor` (program `pipeline_depth`, org/ahead.py, and
-`executor`, org/slots.py) one campaign of `--experiments` experiments; per campaign, over the
+For each configuration `depth:slots:executor[:fan_out]` (program `pipeline_depth`, org/ahead.py,
+`executor`, org/slots.py, and `fan_out`, org/rounds.py: rounds of that many experiments from one
+parent, side by side) one campaign of `--experiments` experiments; per campaign, over the
 experiment phase (from the baseline's verdict to the last):
 
     duty cycle = seconds slot 0 ran the target / wall seconds    (target: >= 0.95, one slot, depth 1)
@@ -19,6 +20,7 @@ experiments it recorded.
     python -m evals.bench_scale                          # 20 s proposer, 60 s runs (~35 min)
     python -m evals.bench_scale --run-s 6 --propose-s 2   # the same ratios, ~4 min
     python -m evals.bench_scale --configs 1:1:local 1:2:local --replicates 3
+    python -m evals.bench_scale --configs 1:1:local 3:2:local:2 3:2:ray:2 --replicates 2
 
 Prints one line per configuration, then `---` and `key: value` lines.
 """
@@ -57,7 +59,7 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     from tests.scripted import ScriptedClient
     from tests.tiny import make_repo
 
-    depth, slots, kind = config.split(":")
+    depth, slots, kind, fan_out = (config.split(":") + ["1"])[:4]
     name = f"{config.replace(':', '-')}-s{seed}"
     org = tmp / f"org-{name}"
     org.mkdir()
@@ -67,7 +69,7 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     # the run is its own smoke test (a separate one would sleep too); SLEEP_S is not research
     program = make_repo(tmp / f"repo-{name}", sleep=run_s, pipeline_depth=depth,
                         smoke_inline_s="5", fixed_knobs="[SLEEP_S]", run_timeout_s=str(run_s * 3 + 60),
-                        executor=f"{{kind: {kind}, slots: {slots}}}")  # fmt: skip
+                        executor=f"{{kind: {kind}, slots: {slots}}}", fan_out=fan_out)  # fmt: skip
     # the same answers in every configuration: the same experiments, kept or not alike
     client = ScriptedClient(default={"proposer": answer(random.Random(seed))}, delay_s={"proposer": propose_s})
     tag = f"scale-{name}"
@@ -82,10 +84,12 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     ran = sum(e["seconds"] for e in slot0 if not (e["replicate"] == 0 and e["exp"] in used))
     done = len(records) - 1  # the baseline's record starts the clock
     runs = sum(len(ledger.runs(n)) for n in range(1, done + 1))
+    keeps = sum(r["status"] == "keep" for r in ledger.experiments()[1:])
     ledger.close()
+    unused = sum(e["event"] == "ahead_run_unused" for e in events)  # runs made ahead and thrown away
     wall = records[-1] - records[0]
     return {"wall_s": wall, "run_s": ran, "runs": runs, "experiments": done, "duty": ran / wall,
-            "per_hour": done * 3600 / wall}  # fmt: skip
+            "per_hour": done * 3600 / wall, "keeps": keeps, "unused": unused}  # fmt: skip
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -101,7 +105,7 @@ def main() -> None:
     ap.add_argument("--run-s", type=float, default=60.0, help="seconds each run trains (sleeps)")
     ap.add_argument("--propose-s", type=float, default=20.0, help="seconds each proposer answer takes")
     ap.add_argument("--configs", nargs="+", default=["0:1:local", "1:1:local", "1:2:local", "1:2:ray"],
-                    help="depth:slots:executor per campaign")
+                    help="depth:slots:executor[:fan_out] per campaign")
     ap.add_argument("--replicates", type=int, default=1, help="campaigns per configuration (proposer seeds 0..R-1)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -113,7 +117,8 @@ def main() -> None:
             r = campaign(tmp, config, args.experiments, args.run_s, args.propose_s, seed)
             results[config].append(r)
             print(f"{config} seed {seed}: {r['experiments']} experiments, wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s "
-                  f"over {r['runs']} runs, duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h", flush=True)
+                  f"over {r['runs']} runs, duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h, {r['keeps']} kept, "
+                  f"{r['unused']} runs made ahead not used", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     first = args.configs[0]
     print("---")

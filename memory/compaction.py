@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from memory.notes import Effect, LessonDraft, Note
+from memory.notes import HELPED, Effect, LessonDraft, Note
 
 if TYPE_CHECKING:
     from memory.notebook import Notebook
@@ -92,11 +92,12 @@ def _effect(deltas: list[float], statuses: list[str], noise: float) -> Effect:
     if not deltas:
         return "hurts" if statuses and all(s == "crash" for s in statuses) else "unclear"
     m = mean(deltas)
-    if "keep" in statuses and m < 0:
+    helped = any(s in HELPED for s in statuses)
+    if helped and m < 0:
         return "helps"
-    if "keep" not in statuses and m > noise:
+    if not helped and m > noise:
         return "hurts"
-    if abs(m) <= noise and "keep" not in statuses:
+    if abs(m) <= noise and not helped:
         return "no_effect"
     return "unclear"
 
@@ -136,7 +137,7 @@ def fallback_drafts(store: Notebook, target: str, notes: list[Note], noise: floa
             deltas = [m.metric_delta for m in behind if m.metric_delta is not None]
             effect = _effect(deltas, statuses, noise)
             counts = ", ".join(
-                f"{statuses.count(s)} {s}" for s in ("keep", "discard", "inconclusive", "crash") if s in statuses
+                f"{statuses.count(s)} {s}" for s in ("keep", "beaten", "discard", "inconclusive", "crash") if s in statuses
             )
             md = f"mean Δval_bpb {mean(deltas):+.4f} over {len(deltas)}" if deltas else "no metric"
             text = f"Knob move {key}: tried {len(behind)}x ({counts}); {md}; verdict: {effect.replace('_', ' ')}."

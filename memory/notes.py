@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NoteKind = Literal["experiment", "insight", "direction", "lesson", "rejection"]
 NOTE_KINDS: tuple[str, ...] = ("experiment", "insight", "direction", "lesson", "rejection")
-Status = Literal["keep", "discard", "inconclusive", "crash"]  # inconclusive: a discard inside the noise
+# inconclusive: a discard inside the noise; beaten: it passed the keep rule, but another change
+# from the same parent did more, and that one was kept (it helped; it is not in the best)
+Status = Literal["keep", "discard", "inconclusive", "crash", "beaten"]
+HELPED: tuple[str, ...] = ("keep", "beaten")  # statuses that are evidence a change helps
 # What a lesson claims about its knob move; the refutation rule reads it (see compaction.py).
 Effect = Literal["helps", "hurts", "no_effect", "unclear"]
 

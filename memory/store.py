@@ -19,7 +19,7 @@ from memory.database import open_database
 from memory.embedding import DEFAULT_EMBEDDING
 from memory.errors import StoreError
 from memory.migrations import schema
-from memory.notes import LessonDraft, Note, NoteIn, Status, experiment_text, now_iso
+from memory.notes import HELPED, LessonDraft, Note, NoteIn, Status, experiment_text, now_iso
 
 SYNC_PROBE = 256  # newest ids checked at open
 
@@ -259,10 +259,14 @@ class NoteStore:
 
     def _auto_refute(self, exp: Note) -> list[Note]:
         """The refutation rule, both ways: a current lesson claiming knob move X hurts (or does
-        nothing) is refuted by a later *keep* of the same move on the same target, and one claiming
-        X helps by a later *discard* of it. A crash says nothing about the move's effect. Nothing
+        nothing) is refuted by a later *keep* of the same move on the same target (or a *beaten*
+        one: it helped, another change helped more), and one claiming X helps by a later *discard*. A crash says nothing about the move's effect. Nothing
         subtler: deltas near noise are the statistics module's call, not memory's."""
-        contradicts = {"keep": ("hurts", "no_effect"), "discard": ("helps",)}.get(exp.status or "")
+        contradicts: tuple[str, ...] = ()
+        if exp.status in HELPED:
+            contradicts = ("hurts", "no_effect")
+        elif exp.status == "discard":
+            contradicts = ("helps",)
         if not contradicts or not exp.knob_move:
             return []
         marks = ",".join("?" * len(contradicts))

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from org import rounds
 from org.errors import InputError
 from org.proposer import Asking, candidates, commit_proposal
 from org.sandbox import SandboxResult
@@ -106,10 +107,17 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
     """Prepare proposals until `pipeline_depth` are ready or `running` is done. The state update:
     `ahead` (what is ready, oldest first), `ahead_attempt` (the last attempt number it used), the
     proposer's `feedback` and `ahead_fails` (its failures here in a row: the stop rule counts them)."""
-    ready: list[Prepared] = list(state.get("ahead") or [])
     attempt, feedback, failures = next_attempt(state), [], 0
     in_row = state.get("ahead_fails", 0)  # the proposer's failures ahead since its last good proposal
     ws = workspace(lab)
+    ready: list[Prepared] = []
+    for item in state.get("ahead") or []:  # made on an older best: made again on this one, now
+        made = item if item["parent"] == state["best_commit"] else _rebased(lab, ws, item, {**state, "ahead": ready})
+        if isinstance(made, str):
+            feedback.append(made)
+            failures, in_row = failures + 1, in_row + 1
+        elif made is not None:
+            ready.append(made)
     speculate(lab, state, ready)
     while (room(lab, {**state, "ahead": ready}) and not running.done() and failures <= depth_of(lab)
            and in_row < lab.stop.max_failures_in_row):  # fmt: skip
@@ -143,12 +151,39 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
     return {"ahead": ready, "ahead_attempt": attempt - 1, "feedback": feedback, "ahead_fails": in_row}
 
 
+def behind(state: CampaignState) -> bool:
+    """Is a proposal ready on an older best (a keep since), to be rebased while the next run trains?"""
+    return any(r["parent"] != state["best_commit"] for r in state.get("ahead") or [])
+
+
+def _rebased(lab: Lab, ws: Workspace, item: Prepared, state: CampaignState) -> Prepared | str | None:
+    """A proposal ready on an older best, applied again on the best (a knob move moves from the new
+    value) and vetted again; None when it no longer applies (dropped, and recorded: not the model's
+    failure); or the feedback line of a vet that refused it now."""
+    p, n, attempt = item["proposal"], item["n"], item["attempt"]
+    try:
+        p = commit_proposal(lab, ws, p, n, state["best_commit"])
+    except (InputError, ValueError, KeyError) as e:
+        reason = f"made on {item['parent'][:7]}, it no longer applies on the new best: {e}"
+        lab.ledger.record_failure(f"{attempt}:rebase", n, "rebase", reason, p.get("hypothesis", ""),
+                                  p.get("role", ""), p.get("model", ""))  # fmt: skip
+        lab.log.info("ahead_dropped", exp=n, description=p.get("description", ""), reason=reason)
+        return None
+    lab.log.info("ahead_rebased", exp=n, description=p["description"], parent=item["parent"][:7], ahead=True)
+    return _screened(lab, ws, p, n, attempt, state)
+
+
 def _vetted(lab: Lab, ws: Workspace, p: Any, n: int, attempt: int, state: CampaignState) -> Prepared | str:
     """`p` committed and vetted in the pipeline's worktree; or the feedback line of its failure."""
     try:
         p = commit_proposal(lab, ws, p, n, state["best_commit"])
     except (InputError, ValueError, KeyError) as e:
         return _fail(lab, attempt, n, "apply", str(e), p)
+    return _screened(lab, ws, p, n, attempt, state)
+
+
+def _screened(lab: Lab, ws: Workspace, p: Any, n: int, attempt: int, state: CampaignState) -> Prepared | str:
+    """`p`, committed on the best in the pipeline's worktree, vetted by every gate."""
     verdict = screen(lab, ws, p, n, attempt, state["best_commit"], state["best_metric"], in_flight(lab, state))
     for g in verdict.records:
         lab.ledger.record_gate(n, attempt, g.gate, g.ok, g.reason, g.seconds)
@@ -173,11 +208,12 @@ def _fail(lab: Lab, attempt: int, n: int, stage: str, reason: str, p: Any) -> st
 def speculate(lab: Lab, state: CampaignState, ready: list[Prepared]) -> None:
     """Start the first run of each proposal ready on the current best on a free slot: when its
     experiment comes (the best unchanged), the run is its first (`adopt`). After a keep it is
-    rebased, and its run here is not used."""
-    best = state["best_commit"]
-    for item in ready:
+    rebased, and its run here is not used. Never past a fan-out round that has a keep pending: the
+    best moves when it ends, so a run of the next round made here would be thrown away."""
+    best, last = state["best_commit"], rounds.last(lab, state)
+    for i, item in enumerate(ready):
         free = lab.free_slots()
-        if not free:
+        if not free or (last is not None and state["n"] + 1 + i > last):
             return
         if item["parent"] != best or item["commit"] in lab.speculative:
             continue
@@ -191,15 +227,20 @@ def speculate(lab: Lab, state: CampaignState, ready: list[Prepared]) -> None:
         lab.log.info("ahead_run", exp=item["n"], slot=slot.index, commit=item["commit"][:7])
 
 
-def adopt(lab: Lab, state: CampaignState) -> SandboxResult | None:
-    """The first run of the experiment in flight if a free slot already ran it (at this very
-    commit, seeded as a first run is, with no drift check since): its log and saved model moved to
-    where the experiment's first run keeps them."""
-    commit, n = state["commit"], state["n"]
-    running = lab.speculative.get(commit)
+def adoptable(lab: Lab, state: CampaignState) -> Running | None:
+    """The first run of the experiment in flight, if a free slot already started it (at this very
+    commit, seeded as a first run is, with no drift check since)."""
+    running = lab.speculative.get(state["commit"])
     if running is None or running.epoch != state.get("rebaselined", 0):
         return None
-    del lab.speculative[commit]
+    return running
+
+
+def adopt(lab: Lab, state: CampaignState, running: Running) -> SandboxResult:
+    """That run's result, once it is done: its log and saved model moved to where the experiment's
+    first run keeps them."""
+    n = state["n"]
+    del lab.speculative[state["commit"]]
     res = lab.finish(running)
     log, saved = lab.run_log(n, 0), lab.checkpoint(n, 0)
     if running.log.exists():

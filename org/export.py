@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from org.errors import InputError
+from org.ledger import MEASURED
 
 METRICS = ("metric", "sd", "delta", "confidence", "test_metric", "test_delta", "runs", "seconds", "memory_gb",
            "cost_usd")  # fmt: skip
@@ -63,7 +64,7 @@ def export_mlflow(tag: str, tracking_uri: str | None = None) -> tuple[str, int]:
                                 start_time=int(row["created_at"] * 1000))  # fmt: skip
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k.name, str(k.value)[:6000]) for k in knobs],
                          tags=[RunTag("nightlab.inconclusive", str(bool(row.get("inconclusive"))))])  # fmt: skip
-        client.set_terminated(run.info.run_id, "FINISHED" if row["status"] in ("keep", "discard") else "FAILED",
+        client.set_terminated(run.info.run_id, "FINISHED" if row["status"] in MEASURED else "FAILED",
                               end_time=int(row["created_at"] * 1000))  # fmt: skip
         added += 1
     return uri, added

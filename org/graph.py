@@ -20,8 +20,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from org import manifest
-from org.ahead import adopt, fingerprint, in_flight, replicates, room, speculate, stale
+from org import manifest, rounds
+from org.ahead import adopt, adoptable, behind, fingerprint, in_flight, replicates, room, speculate, stale
 from org.ahead import prepare as prepare_ahead
 from org.drift import check_drift
 from org.errors import InputError
@@ -33,7 +33,7 @@ from org.proposer import Asking, candidates, commit_proposal
 from org.runner import run_command
 from org.screening import screen
 from org.smoke import smoke_reason
-from org.state import CampaignState, Proposal, next_attempt, on_plateau, rebaseline_due
+from org.state import CampaignState, Candidate, Proposal, next_attempt, on_plateau, rebaseline_due
 from org.untrusted import fence
 from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
 
@@ -55,7 +55,8 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     reason = lab.stop_reason(n_done, max(merged["fails_in_row"], merged.get("ahead_fails", 0)))
     if reason:
         lab.log.info("stop", reason=reason)
-        return Command(goto=END, update={**update, "stopped": reason})
+        closed = rounds.close(lab, merged)  # a round cut short is decided on what it ran
+        return Command(goto=END, update={**rounds.merged(update, closed), "stopped": reason})
     # The drift check only when another experiment follows: nothing is judged after the last.
     if rebaseline_due(merged, lab.program):
         return Command(goto="rebaseline", update=update)
@@ -176,6 +177,8 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     asking = Asking(state["n"], state["attempt"], state["best_commit"], state["best_metric"], state["baseline_metric"],
                     state["directive"], tuple(state["feedback"]))  # fmt: skip
     proposals, failures, exhausted = candidates(lab, asking)
+    if exhausted and state.get("pending"):  # spent from the round's parent: the round ends here
+        return Command(goto="propose", update=rounds.close(lab, state))
     if exhausted:  # nothing in flight, and no move from the best is new: the search is over
         lab.log.info("stop", reason=failures[0])
         return Command(goto=END, update={"stopped": f"search space spent: {failures[0]}"})
@@ -251,21 +254,24 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         return Command(goto="judge", update={"outcome": o})
     stale(lab, state)
     ahead_update: dict[str, Any] = {}
-    res = adopt(lab, state) if n > 0 and r == 0 else None
-    side = replicates(lab, state, r) if res is None else []
+    adopted = adoptable(lab, state) if n > 0 and r == 0 else None
+    side = replicates(lab, state, r) if adopted is None else []
     # memory's embedding model loads while the baseline trains (a Ray task would move the run)
     warm = n == 0 and r == 0 and prog.spec.executor.kind == "local"
 
     def meanwhile(running: Any) -> None:  # the pipeline: the next proposals, made and vetted as this trains
-        if room(lab, state):
+        if room(lab, state) or behind(state):
             ahead_update.update(prepare_ahead(lab, state, running))
         if n > 0:  # no first run ahead before the baseline's runs set its caps
             speculate(lab, state, ahead_update.get("ahead", state.get("ahead") or []))
         if warm:  # (a proposal made here has loaded it already)
             lab.memory.warm()
 
-    if res is None:
-        parallel = room(lab, state) or side or len(lab.slots) > 1 or warm
+    parallel = room(lab, state) or behind(state) or side or len(lab.slots) > 1 or warm
+    if adopted is not None:  # a free slot started it: the pipeline goes on while it finishes
+        meanwhile(adopted.future)
+        res = adopt(lab, state, adopted)
+    else:
         res = lab.run_target(state["commit"], n, r, dict(seeding.env), meanwhile=meanwhile if parallel else None)
     inline = prog.spec.smoke_inline_s
     if inline is not None and n > 0 and r == 0 and not res.violations:
@@ -362,10 +368,11 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     lab = runtime.context
     n, o, p, commit = state["n"], state["outcome"], state["proposal"], state["commit"]
     ws = lab.workspace
+    pending = rounds.pends(lab, n, o["status"])  # a fan-out round's keep: decided when the round ends
     parent = state["best_commit"] if n > 0 else (lab.base_commit if commit != lab.base_commit else "")
     row = dict(  # noqa: C408  (the ledger's column names, as keywords)
         n=n, commit=commit, parent=parent, metric=o["metric"], memory_gb=o["memory_gb"],
-        status=o["status"], description=p["description"], hypothesis=p["hypothesis"],
+        status="pending" if pending else o["status"], description=p["description"], hypothesis=p["hypothesis"],
         role=p["role"], model=p["model"], cost_usd=lab.ledger.cycle_cost(n),
         seconds=sum(r["seconds"] or 0.0 for r in lab.ledger.runs(n)) or o["seconds"],
         knob_move=p["knob_move"] or "", log=o["log"],
@@ -376,14 +383,15 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
         test_delta=lab.ledger.test_delta(state["best_commit"], o.get("test_metric")) if n else None,
     )  # fmt: skip
     lab.ledger.record_experiment(row)
-    kept = o["status"] == "keep"
+    kept = o["status"] == "keep" and not pending
     if not kept:
         ws.reset(state["best_commit"])
-    if lab.program.spec.test:  # saved models: only the best's are ever tested again
-        lab.prune_checkpoints(n if kept else lab.ledger.kept_experiment(state["best_commit"]) or 0)
+    if lab.program.spec.test:  # saved models: only the best's (and a round's pending ones') are tested again
+        lab.prune_checkpoints([n if kept else lab.ledger.kept_experiment(state["best_commit"]) or 0,
+                               *rounds.keep_too(state), *([n] if pending else [])])  # fmt: skip
     lab.write_tsv()
     lab.recall.remember(row, ws.diff(parent, commit) if p["edits"] else None)
-    lab.log.info("record", exp=n, status=o["status"], metric=o["metric"], commit=commit[:7],
+    lab.log.info("record", exp=n, status=row["status"], metric=o["metric"], commit=commit[:7],
                  description=p["description"])  # fmt: skip
     update: dict[str, Any] = {
         "n": n + 1, "proposal": None, "commit": None, "outcome": None, "fails_in_row": 0, "replicate": 0,
@@ -392,6 +400,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     }  # fmt: skip
     if kept:
         update.update(best_commit=commit, best_metric=o["metric"])
+    if pending:
+        update["pending"] = [*(state.get("pending") or []), Candidate(n=n, commit=commit, metric=o["metric"])]
     if n == 0:
         update.update(baseline_metric=o["metric"], since_keep=0)
     if o["status"] == "crash":
@@ -403,6 +413,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
                               f"{fence('; '.join(o['violations']), 'why', VIOLATION_CHARS, keep='head')}"]
     elif o["status"] == "discard" and o.get("reason"):
         update["feedback"] = [f"discarded: {p['description']}: {o['reason']}"]
+    if rounds.over(lab, state, n):  # the round's verdict: its best pending experiment is kept
+        update = rounds.merged(update, rounds.close(lab, {**state, **update}))
     lab.progress(phase="record", n=n, status=o["status"], best=update.get("best_metric", state["best_metric"]),
                  keep_rate=keep_rate(lab.ledger.experiments()), spend=lab.ledger.total_cost(),
                  overhead=dict(lab.overhead))  # fmt: skip

@@ -189,11 +189,12 @@ class Lab:
         spec = self.program.spec
         return None if res.rejected else metric_from(res, spec.metric, spec.parse.regex)
 
-    def prune_checkpoints(self, keep: int) -> None:
-        """Delete saved models of every experiment but `keep` (the best): only a keep is tested, and
-        a gpu model is ~200 MB a run."""
+    def prune_checkpoints(self, keep: list[int]) -> None:
+        """Delete saved models of every experiment but those in `keep` (the best, and a fan-out
+        round's pending ones): only a keep is tested, and a gpu model is ~200 MB a run."""
+        prefixes = tuple(f"{n:04d}." for n in keep)
         for path in (self.dir / "runs").glob("*.pt*"):  # *.pt.tmp: a save a kill cut short
-            if path.suffix == ".tmp" or not path.name.startswith(f"{keep:04d}."):
+            if path.suffix == ".tmp" or not path.name.startswith(prefixes):
                 path.unlink(missing_ok=True)
 
     def write_tsv(self) -> None:

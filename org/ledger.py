@@ -18,7 +18,10 @@ import sqlite_utils
 
 from memory.database import Migration, Schema, open_database
 
-STATUSES = ("keep", "discard", "crash", "rejected")  # rejected: the sandbox found a violation
+# rejected: the sandbox found a violation; pending: passed the keep rule, its fan-out round not
+# over; beaten: passed it, but another of its round did more (org/rounds.py)
+STATUSES = ("keep", "discard", "crash", "rejected", "pending", "beaten")
+MEASURED = ("keep", "discard", "pending", "beaten")  # statuses whose metric is a sound measurement
 TSV_COLUMNS = ("commit", "METRIC", "memory_gb", "status", "description",
                "hypothesis", "role", "model", "cost_usd", "seconds",
                "runs", "sd", "delta", "confidence", "test_METRIC", "test_delta")  # fmt: skip
@@ -133,6 +136,12 @@ class Ledger:
     def experiments(self) -> list[dict[str, Any]]:
         return list(self.db["experiments"].rows_where(order_by="n"))
 
+    def set_status(self, n: int, status: str) -> None:
+        """A fan-out round's verdict on one of its pending experiments (org/rounds.py)."""
+        assert status in STATUSES, status
+        with self.db.conn:
+            self.db["experiments"].update(n, {"status": status})
+
     def mark_noted(self, n: int) -> None:
         with self.db.conn:
             self.db["experiments"].update(n, {"noted": 1})
@@ -206,7 +215,7 @@ class Ledger:
         noise estimate (crashed and rejected experiments excluded)."""
         rows = self.db.execute(
             "select r.exp, r.metric from runs r join experiments e on e.n = r.exp "
-            "where r.metric is not null and r.stale = 0 and e.status in ('keep', 'discard') "
+            f"where r.metric is not null and r.stale = 0 and e.status in {MEASURED!r} "
             "order by r.exp, r.replicate"
         ).fetchall()
         groups: dict[int, list[float]] = {}

@@ -239,6 +239,11 @@ class ProgramSpec(BaseModel):
     # Slots (org/slots.py): with more than one, replicates run side by side and free slots run
     # the first runs of the proposals the pipeline has ready (at least slots - 1 are prepared).
     executor: ExecutorSpec = ExecutorSpec()
+    # Fan-out (org/rounds.py): experiments come in rounds of this many, each judged against the
+    # best the round began on; of those that pass the keep rule, the best mean is kept at the
+    # round's end and the others are recorded `beaten` (noted in memory as changes that helped,
+    # so they may be tried again on the new best). With as many slots, a round runs side by side.
+    fan_out: int = Field(default=1, ge=1, le=8)
     bounds: dict[str, tuple[float, float]] = {}  # key -> [lo, hi]; outside => the run is rejected
     # Held-out test: a command that scores the models a keep's runs saved on data the runs never
     # saw, printing `test_metric` in a final --- block. Each run is told where to save its model

@@ -68,8 +68,9 @@ class Recall:
 
     def _blocks(self, note: Any) -> bool:
         """A noted experiment blocks a repeat, except a keep from another campaign (one campaign's
-        keep may be redone in another)."""
-        if note.status == "inconclusive":  # inside the noise: may be tried again
+        keep may be redone in another), one inside the noise, and one beaten in its fan-out round
+        (it helped, but is not in the best: on the new best it is a new experiment)."""
+        if note.status in ("inconclusive", "beaten"):  # inside the noise; or helped, but not in the best
             return False
         return not (note.status == "keep" and note.campaign != self.tag)
 
@@ -127,8 +128,8 @@ class Recall:
         """One experiment note per experiment (not the baseline), at most once. Its delta is against
         the parent (the best it set out to beat), and a discard inside the noise is noted as
         inconclusive: not evidence that the change hurts, so it does not block a later retry."""
-        if row["n"] == 0 or self.ledger.experiment(row["n"]).get("noted"):
-            return
+        if row["n"] == 0 or row["status"] == "pending" or self.ledger.experiment(row["n"]).get("noted"):
+            return  # (a pending one is noted when its fan-out round ends, org/rounds.py)
         status = {"rejected": "crash"}.get(row["status"], row["status"])  # memory knows no sandbox
         if status == "discard" and row.get("inconclusive"):
             status = "inconclusive"

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from org.ledger import Ledger
+from org.ledger import MEASURED, Ledger
 
 PLOT = "progress.png"
 
@@ -230,9 +230,10 @@ def plot(d: dict[str, Any], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     rows = d["experiments_table"]
-    ok = [r for r in rows if r["metric"] is not None and r["status"] in ("keep", "discard")]
-    for status, color, label in (("discard", "#999999", "discarded"), ("keep", "#1b9e3e", "kept")):
-        pts = [r for r in ok if r["status"] == status]
+    ok = [r for r in rows if r["metric"] is not None and r["status"] in MEASURED]
+    for status, color, label in (("discard", "#999999", "discarded"), ("beaten", "#7fb88d", "beaten in its round"),
+                                 ("keep", "#1b9e3e", "kept")):  # fmt: skip
+        pts = [r for r in ok if r["status"] == status or (status == "discard" and r["status"] == "pending")]
         if pts:
             ax.errorbar([r["n"] for r in pts], [r["metric"] for r in pts], yerr=[r["sd"] or 0 for r in pts],
                         fmt="o", color=color, label=label, ms=6 if status == "keep" else 4, capsize=2)  # fmt: skip

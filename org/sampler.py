@@ -32,6 +32,7 @@ from typing import Any
 
 from org.constraint import binding, broken
 from org.errors import InputError
+from org.ledger import MEASURED
 from org.models.names import SAMPLERS
 from org.proposal import Knob, KnobValue, knob_literal
 
@@ -39,7 +40,7 @@ from org.proposal import Knob, KnobValue, knob_literal
 # 10-experiment campaign pure random search.
 STARTUP_TRIALS = 4
 STUDY_FILE = "optuna.journal"
-RAN = ("keep", "discard")  # statuses whose experiment has a metric to tell
+RAN = MEASURED  # statuses whose experiment has a metric to tell
 
 
 @dataclass(frozen=True)

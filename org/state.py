@@ -44,13 +44,22 @@ class Prepared(TypedDict):
     fingerprint: NotRequired[str]  # what its vet depended on (org/ahead.py: `fingerprint`)
 
 
+class Candidate(TypedDict):
+    """An experiment of a fan-out round that passed the keep rule: pending until the round ends
+    (org/rounds.py)."""
+
+    n: int
+    commit: str
+    metric: float
+
+
 class Outcome(TypedDict):
     returncode: int | None
     timed_out: bool
     seconds: float
     metric: float | None
     memory_gb: float
-    status: str  # keep | discard | crash | rejected (set by judge)
+    status: str  # keep | discard | crash | rejected (set by judge); pending | beaten (org/rounds.py)
     log: str  # path of the run log
     tail: str  # last lines of output, for the proposer's feedback on a crash
     violations: list[str]  # sandbox findings; any => status "rejected"
@@ -86,6 +95,8 @@ class CampaignState(TypedDict, total=False):
     prepared: Annotated[Prepared | None, replace]  # the one in use: its vet is done unless rebased
     ahead_attempt: Annotated[int, replace]  # the last proposal attempt the pipeline used (-1: none)
     ahead_fails: Annotated[int, replace]  # the pipeline's proposals in a row that failed (stop rule)
+    round_start: Annotated[int, replace]  # the first experiment of the fan-out round (org/rounds.py)
+    pending: Annotated[list[Candidate], replace]  # its experiments that passed the keep rule
     stopped: Annotated[str | None, replace]  # why the campaign ended
 
 
@@ -93,7 +104,8 @@ def initial_state() -> CampaignState:
     return CampaignState(
         n=0, attempt=0, best_commit="", best_metric=None, baseline_metric=None, since_keep=0,
         since_direct=0, fails_in_row=0, directive="", feedback=[], proposal=None, queue=[], commit=None,
-        replicate=0, rebaselined=0, outcome=None, ahead=[], prepared=None, ahead_attempt=-1, ahead_fails=0, stopped=None,
+        replicate=0, rebaselined=0, outcome=None, ahead=[], prepared=None, ahead_attempt=-1, ahead_fails=0,
+        round_start=1, pending=[], stopped=None,
     )  # fmt: skip
 
 

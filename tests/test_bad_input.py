@@ -53,6 +53,8 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
     ({"parse": "{kind: regex}"}, "parse", "regex"),
     ({"sandbox": "{hides: [/usr/lib/python3.11/idlelib]}"}, "sandbox.hides", "directory name"),
     ({"sandbox": "{hides: ['..']}"}, "sandbox.hides", "directory name"),
+    ({"fan_out": "0"}, "fan_out", "greater than or equal to 1"),
+    ({"fan_out": "two"}, "fan_out", "valid integer"),
 ])
 def test_bad_program_fields(tmp_path, front, field, words):
     program = make_repo(tmp_path / "r")

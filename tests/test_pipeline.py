@@ -184,11 +184,12 @@ def test_too_many_slots_for_the_cores_or_gpus_exits_2_naming_the_field(tmp_path)
         raise AssertionError("planned more CPU slots than cores")
 
 
-def test_a_rebased_proposal_that_repeats_one_ready_on_the_new_best_is_refused(tmp_path):
+def test_a_keep_rebases_what_is_ready_while_the_next_run_trains_and_its_moves_stay_in_flight(tmp_path):
     """Depth 2: B1 (DEPTH +1) and B2 (DEPTH -1) are made on the baseline while exp 1 (LR x2) runs;
-    exp 1 is kept, B1 is rebased and runs as exp 2, and meanwhile C (DEPTH -1) is made on the new
-    best. B2, rebased, is then the same files as C: refused as a repeat of what is in flight,
-    and C runs as made."""
+    exp 1 is kept, B1 is rebased in line and runs as exp 2, and while it trains B2 is rebased onto
+    the new best and vetted again there: it runs as made when its turn comes. Its move is in
+    flight from then on, so C (DEPTH -1 again) is not offered: the scripted proposer that insists
+    on it gives no valid answer, and the next answer is made instead."""
     # no smoke gate (the tiny target's smoke run would sleep as long as its run): both are made in time
     program = make_repo(tmp_path / "repo", sleep=3.0, pipeline_depth="2", smoke_timeout_s="null")
     moves = [knob("LR", "x2"), knob("DEPTH", "+1"), knob("DEPTH", "-1"), knob("DEPTH", "-1"), knob("USE_GATE", "toggle")]
@@ -196,9 +197,16 @@ def test_a_rebased_proposal_that_repeats_one_ready_on_the_new_best_is_refused(tm
     c.start(program, ROLES / "tiered", tag="rebase-twice", max_experiments=4, models=client)
     ledger = Ledger(c.campaign_dir("rebase-twice") / "ledger.db")
     failures = ledger.failures()
-    assert [f["stage"] for f in failures] == ["vet:duplicate"], failures
-    assert "in flight (not judged yet)" in failures[0]["reason"]
+    assert [f["stage"] for f in failures] == ["propose"], failures
+    assert "does not fit KnobProposal" in failures[0]["reason"]
     rows = ledger.experiments()
-    assert [r["description"] for r in rows[1:4]] == ["LR x2: 0.01 -> 0.02", "DEPTH +1: 4 -> 5", "DEPTH -1: 4 -> 3"]
+    assert [r["description"] for r in rows[1:]] == ["LR x2: 0.01 -> 0.02", "DEPTH +1: 4 -> 5", "DEPTH -1: 4 -> 3",
+                                                    "USE_GATE toggle: False -> True"]  # fmt: skip
+    assert all(r["parent"] == rows[1]["commit"] for r in rows[2:])
     assert len({r["commit"] for r in rows}) == len(rows)  # no files ran twice
-    assert [e["exp"] for e in _events("rebase-twice") if e["event"] == "vet" and e.get("reason") == "vetted ahead"] == [3, 4]
+    events = _events("rebase-twice")
+    rebased = [(e["exp"], e.get("ahead", False)) for e in events if e["event"] == "ahead_rebased"]
+    assert rebased == [(2, False), (3, True)]  # B1 in line, B2 while exp 2 trained
+    done = {e["exp"]: e["timestamp"] for e in events if e["event"] == "run_done"}
+    assert next(e["timestamp"] for e in events if e["event"] == "ahead_rebased" and e["exp"] == 3) < done[2]
+    assert [e["exp"] for e in events if e["event"] == "vet" and e.get("reason") == "vetted ahead"] == [3, 4]

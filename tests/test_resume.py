@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from memory import NoteStore
 from org import campaign as c
 from org.ledger import Ledger
+from org.settings import home_dir
 from tests.tiny import make_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +144,29 @@ def test_killed_between_saved_writes_and_checkpoint(tmp_path, point):
     assert proc.returncode == 137, err.decode()
     _finish(tag)
     _check(tag)
+
+
+@pytest.mark.parametrize("point", ["propose:2", "propose:3", "propose:4"])
+def test_killed_as_a_fan_out_round_closes(tmp_path, point):
+    """Rounds of 2: a kill right after an experiment's record (a round's first, or its last, which
+    closes it: statuses set, memory told, the branch moved) and before the checkpoint. The resumed
+    campaign closes the round the same way; nothing stays pending, nothing is noted twice."""
+    program = make_repo(tmp_path / "repo", fan_out="2")
+    tag = "k-round"
+    proc = _spawn("start", str(program), str(ROOT / "roles" / "tiered"), tag, str(MAX),
+                  env={"NIGHTLAB_TEST_DIE_BEFORE": point})  # fmt: skip
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 137, err.decode()
+    _finish(tag)
+    rows = _check(tag)
+    assert "pending" not in {r["status"] for r in rows}
+    noted = sorted(n.evidence[-1] for n in NoteStore(home_dir()).notes(kind="experiment") if n.campaign == tag)
+    assert noted == sorted(f"exp:{tag}:{i}" for i in range(1, MAX + 1))
+    rounds = [e for e in _events(tag) if e["event"] == "round"]
+    assert {e["first"] for e in rounds} == {1, 3, 5}
+    for e in rounds:  # the kept one of each round is the best of it
+        mine = [r for r in rows if e["first"] <= r["n"] <= e["last"] and r["metric"] is not None]
+        assert e["kept"] is None or min(mine, key=lambda r: r["metric"])["n"] == e["kept"]
 
 
 def test_kill_at_random_times(tmp_path):
