@@ -8,7 +8,8 @@ For each configuration `depth:slots:executor[:fan_out]` (program `pipeline_depth
 parent, side by side) one campaign of `--experiments` experiments; per campaign, over the
 experiment phase (from the baseline's verdict to the last):
 
-    duty cycle = seconds slot 0 ran the target / wall seconds    (target: >= 0.95, one slot, depth 1)
+    duty cycle = seconds of the runs that made verdicts / (slots x wall seconds)
+                                                                 (target: >= 0.95, one slot, depth 1)
     experiments per hour                                         (target: 2 slots >= 1.8x one)
 
 `--replicates R` runs R campaigns per configuration, replicate i with the proposer's seed i in
@@ -79,16 +80,16 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     events = [json.loads(line) for line in (c.campaign_dir(tag) / "events.jsonl").read_text().splitlines()]
     records = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events if e["event"] == "record"]
     ledger = Ledger(c.campaign_dir(tag) / "ledger.db")
-    slot0 = [e for e in events if e["event"] == "run_done" and e["exp"] > 0]
-    used = {e["exp"] for e in events if e["event"] == "ahead_run_used"}  # first runs another slot made
-    ran = sum(e["seconds"] for e in slot0 if not (e["replicate"] == 0 and e["exp"] in used))
+    # every run an experiment's verdict used, on whichever slot (a first run made ahead and thrown
+    # away is not one); with one slot, the seconds it ran the target
+    ran = sum(e["seconds"] for e in events if e["event"] == "run_done" and e["exp"] > 0)
     done = len(records) - 1  # the baseline's record starts the clock
     runs = sum(len(ledger.runs(n)) for n in range(1, done + 1))
     keeps = sum(r["status"] == "keep" for r in ledger.experiments()[1:])
     ledger.close()
     unused = sum(e["event"] == "ahead_run_unused" for e in events)  # runs made ahead and thrown away
     wall = records[-1] - records[0]
-    return {"wall_s": wall, "run_s": ran, "runs": runs, "experiments": done, "duty": ran / wall,
+    return {"wall_s": wall, "run_s": ran, "runs": runs, "experiments": done, "duty": ran / (int(slots) * wall),
             "per_hour": done * 3600 / wall, "keeps": keeps, "unused": unused}  # fmt: skip
 
 

@@ -208,8 +208,7 @@ def _fail(lab: Lab, attempt: int, n: int, stage: str, reason: str, p: Any) -> st
 def speculate(lab: Lab, state: CampaignState, ready: list[Prepared]) -> None:
     """Start the first run of each proposal ready on the current best on a free slot: when its
     experiment comes (the best unchanged), the run is its first (`adopt`). After a keep it is
-    rebased, and its run here is not used. Never past a fan-out round that has a keep pending: the
-    best moves when it ends, so a run of the next round made here would be thrown away."""
+    rebased, and its run here is not used. Never past the end of a fan-out round (org/rounds.py)."""
     best, last = state["best_commit"], rounds.last(lab, state)
     for i, item in enumerate(ready):
         free = lab.free_slots()

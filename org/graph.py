@@ -255,9 +255,9 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
     stale(lab, state)
     ahead_update: dict[str, Any] = {}
     adopted = adoptable(lab, state) if n > 0 and r == 0 else None
-    side = replicates(lab, state, r) if adopted is None else []
     # memory's embedding model loads while the baseline trains (a Ray task would move the run)
     warm = n == 0 and r == 0 and prog.spec.executor.kind == "local"
+    parallel = room(lab, state) or behind(state) or len(lab.slots) > 1 or warm
 
     def meanwhile(running: Any) -> None:  # the pipeline: the next proposals, made and vetted as this trains
         if room(lab, state) or behind(state):
@@ -267,12 +267,16 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
         if warm:  # (a proposal made here has loaded it already)
             lab.memory.warm()
 
-    parallel = room(lab, state) or behind(state) or side or len(lab.slots) > 1 or warm
+    side: list[Any] = []
     if adopted is not None:  # a free slot started it: the pipeline goes on while it finishes
         meanwhile(adopted.future)
         res = adopt(lab, state, adopted)
     else:
-        res = lab.run_target(state["commit"], n, r, dict(seeding.env), meanwhile=meanwhile if parallel else None)
+        running = lab.start_target(state["commit"], n, r, dict(seeding.env), inline=not parallel)
+        side = replicates(lab, state, r)  # on the slots still free
+        if parallel:
+            meanwhile(running.future)
+        res = lab.end_target(running, state["commit"])
     inline = prog.spec.smoke_inline_s
     if inline is not None and n > 0 and r == 0 and not res.violations:
         # the run was its own smoke test: failing in the window a smoke run covers is a vet

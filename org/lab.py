@@ -14,7 +14,7 @@ import functools
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from org.roles import Org
 from org.runner import metric_from
 from org.sandbox import SandboxResult
 from org.slots import Running, Slot, executor_for, pinned, plan
+from org.verdict import seed_run
 from org.workspace import Workspace
 
 
@@ -103,7 +104,7 @@ class Lab:
 
     @property
     def slots(self) -> list[Slot]:
-        """The program's slots (slot 0 runs in the campaign's worktree), planned on first use."""
+        """The program's slots, planned on first use (org/slots.py)."""
         if self._slots is None:
             self._slots = plan(self.program, self.dir, self.workspace)
         return self._slots
@@ -144,25 +145,44 @@ class Lab:
         return res
 
     def free_slots(self) -> list[Slot]:
-        """Slots other than the campaign's own with nothing running."""
-        return [s for s in self.slots[1:] if s.index not in self.busy or self.busy[s.index].future.done()]
+        """Slots with nothing running. With one slot, none: it runs only the experiment in flight,
+        in the campaign's worktree. With more, every slot has a worktree of its own, and any of
+        them takes the experiment in flight, a replicate, or a first run made ahead."""
+        if len(self.slots) == 1:
+            return []
+        return [s for s in self.slots if s.index not in self.busy or self.busy[s.index].future.done()]
 
-    def run_target(self, commit: str, n: int, replicate: int, env: dict[str, str],
-                   meanwhile: Callable[[Future], None] | None = None) -> SandboxResult:  # fmt: skip
-        """Measure the target once on slot 0, in the campaign's worktree as it stands (at `commit`,
-        seeded for `replicate`), logging to its run log; then reset the worktree to `commit` (the
-        seed edit and whatever the run left are not the change). The model it saved is kept at
-        `checkpoint(n, replicate)` for the held-out test. With `meanwhile`, the run goes to the
-        executor and `meanwhile(future)` works on this thread (the pipeline and the other slots:
-        the ledger, memory and model calls stay here) until the run is done."""
-        slot = self.slots[0]
-        running = self.launch(slot, commit, n, env, self.run_log(n, replicate), self.checkpoint(n, replicate),
-                              inline=meanwhile is None)  # fmt: skip
-        if meanwhile is not None:
-            meanwhile(running.future)
+    def start_target(self, commit: str, n: int, replicate: int, env: dict[str, str], inline: bool = False) -> Running:
+        """Start run `replicate` of experiment `n`: with one slot in the campaign's worktree as it
+        stands (at `commit`, seeded for `replicate`); with more on the first free slot, its worktree
+        reset to `commit` and seeded alike (when every slot is busy with first runs made ahead, the
+        first to end frees one). The model it saves is kept at `checkpoint(n, replicate)`."""
+        if len(self.slots) == 1:
+            slot = self.slots[0]
+        else:
+            while not (free := self.free_slots()):
+                wait([r.future for r in self.busy.values()], return_when=FIRST_COMPLETED)
+            slot = free[0]
+            slot.workspace.reset(commit)
+            seed_run(self.program, slot.workspace, replicate)
+        return self.launch(slot, commit, n, env, self.run_log(n, replicate), self.checkpoint(n, replicate), inline)
+
+    def end_target(self, running: Running, commit: str) -> SandboxResult:
+        """Its result, once done; the campaign's worktree reset to `commit` (the seed edit and
+        whatever the run left are not the change)."""
         res = self.finish(running)
         self.workspace.reset(commit)
         return res
+
+    def run_target(self, commit: str, n: int, replicate: int, env: dict[str, str],
+                   meanwhile: Callable[[Future], None] | None = None) -> SandboxResult:  # fmt: skip
+        """Measure the target once (`start_target`), logging to its run log. With `meanwhile`, the
+        run goes to the executor and `meanwhile(future)` works on this thread (the pipeline and the
+        other slots: the ledger, memory and model calls stay here) until the run is done."""
+        running = self.start_target(commit, n, replicate, env, inline=meanwhile is None)
+        if meanwhile is not None:
+            meanwhile(running.future)
+        return self.end_target(running, commit)
 
     def close_runs(self) -> None:
         """Wait for runs still going on other slots (first runs made ahead), then stop the executor."""

@@ -36,8 +36,11 @@ def over(lab: Lab, state: CampaignState | dict[str, Any], n: int) -> bool:
 
 
 def last(lab: Lab, state: CampaignState | dict[str, Any]) -> int | None:
-    """The round's last experiment while a keep is pending in it (the best moves after it); else None."""
-    if not state.get("pending"):
+    """The round's last experiment (None without fan-out). The pipeline starts no first run past
+    it: the next round's parent is not known until the round closes, and a keep in it moves the
+    best (a run made on the old one would be thrown away). Its first experiment runs when the
+    round opens, and the others on the other slots beside it."""
+    if lab.program.spec.fan_out == 1:
         return None
     return state.get("round_start", 1) + lab.program.spec.fan_out - 1
 

@@ -1,7 +1,7 @@
 """Slots: how many runs a campaign has going at once, where, and on what (a program's `executor`).
 
-Every slot has a worktree of its own (slot 0 is the campaign's; the others `slots/<i>` in the
-campaign directory) and a device none other shares: a GPU each (CUDA_VISIBLE_DEVICES) when the
+Every slot has a worktree of its own (one slot runs in the campaign's; with more, each has
+`slots/<i>` in the campaign directory, and any free one takes the next run) and a device none other shares: a GPU each (CUDA_VISIBLE_DEVICES) when the
 machine has GPUs, else a disjoint set of CPU cores each (a run's processes inherit the cores of
 the thread that starts them). A GPU is never shared, so a wall-clock budget stays comparable.
 
@@ -11,9 +11,10 @@ the thread that starts them). A GPU is never shared, so a wall-clock budget stay
             directory must be on a filesystem every node sees. A task whose worker or node dies is
             retried by Ray (max_retries); the ledger records a run only when its result is back.
 
-What the slots run is decided by the graph (org/graph.py): an experiment's first run on slot 0,
-its replicates side by side, and on free slots the first runs of proposals the pipeline has ready
-on the same best (org/ahead.py), kept aside until the experiment they are for is reached.
+What the slots run is decided by the graph (org/graph.py): an experiment's first run on a free
+slot, its replicates side by side, and on the other free slots the first runs of proposals the
+pipeline has ready on the same best (org/ahead.py), kept aside until the experiment they are for
+is reached (a fan-out round's, org/rounds.py, all at once).
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def plan(program: Any, campaign_dir: Path, main: Workspace) -> list[Slot]:
         raise InputError(program.path, "executor.slots", f"{count} CPU slots on {len(cores)} cores: each needs one")
     slots = []
     for i in range(count):
-        ws = main if i == 0 else worktree(program, campaign_dir / SLOTS_DIR / str(i), main)
-        pid = None if ray else campaign_dir / ("run.pid" if i == 0 else f"run.{i}.pid")
+        ws = main if count == 1 else worktree(program, campaign_dir / SLOTS_DIR / str(i), main)
+        pid = None if ray else campaign_dir / ("run.pid" if count == 1 else f"run.{i}.pid")
         if gpus:
             slots.append(Slot(i, ws, pid, env={} if ray else {"CUDA_VISIBLE_DEVICES": gpus[i]}, gpus=1))
         else:

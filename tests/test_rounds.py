@@ -87,3 +87,29 @@ def test_a_round_the_campaign_stops_in_is_decided_on_what_it_ran(tmp_path):
     assert rows[3]["parent"] == rows[2]["commit"]
     assert state["pending"] == [] and state["best_commit"] == rows[3]["commit"]
     assert [(e["kept"], e["beaten"]) for e in _events("cut") if e["event"] == "round"] == [(2, []), (3, [])]
+
+
+NOISY = {"env": "{TINY_NOISE: '0.004'}", "noise": "{seed_env: TINY_SEED, baseline_runs: 3, max_replicates: 3}"}
+
+
+def test_on_a_noisy_target_each_is_confirmed_and_two_slots_give_the_verdicts_one_slot_gives(tmp_path, monkeypatch):
+    """Seed noise (sd 0.004): every experiment of a round is confirmed by replicates before it can
+    be pending, and the round's verdicts do not depend on how many slots ran it: the same moves on
+    one slot give the same statuses and the same metrics, run for run."""
+    moves = [knob("LR", "x2"), knob("USE_GATE", "toggle"), knob("DEPTH", "+1"), knob("LR", "x2")]
+
+    def campaign(name: str, **front: str) -> list[dict]:
+        monkeypatch.setenv("NIGHTLAB_HOME", str(tmp_path / f"home-{name}"))
+        program = make_repo(tmp_path / name, sleep=1.0, fan_out="2", **NOISY, **front)
+        client = ScriptedClient(script={"proposer": list(moves)}, default={"director": DIRECTIVE, "reviewer": APPROVE})
+        c.start(program, ROLES / "tiered", tag=name, max_experiments=4, models=client)
+        ledger = Ledger(c.campaign_dir(name) / "ledger.db")
+        return [{**r, "runs": [x["metric"] for x in ledger.runs(r["n"])]} for r in ledger.experiments()]
+
+    two = campaign("two", executor="{slots: 2}")
+    assert [(r["status"], r["description"].split(":")[0]) for r in two[1:]] == [
+        ("beaten", "LR x2"), ("keep", "USE_GATE toggle"), ("discard", "DEPTH +1"), ("keep", "LR x2")]  # fmt: skip
+    assert all(len(r["runs"]) >= 2 and r["confidence"] is not None for r in two if r["status"] in ("keep", "beaten")
+               and r["n"] > 0)  # fmt: skip
+    one = campaign("one")
+    assert [(r["status"], r["runs"]) for r in one] == [(r["status"], r["runs"]) for r in two]
