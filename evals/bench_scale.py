@@ -85,12 +85,14 @@ def campaign(tmp: Path, config: str, experiments: int, run_s: float, propose_s: 
     ran = sum(e["seconds"] for e in events if e["event"] == "run_done" and e["exp"] > 0)
     done = len(records) - 1  # the baseline's record starts the clock
     runs = sum(len(ledger.runs(n)) for n in range(1, done + 1))
-    keeps = sum(r["status"] == "keep" for r in ledger.experiments()[1:])
+    rows = ledger.experiments()
+    keeps = sum(r["status"] == "keep" for r in rows[1:])
+    best = min(r["metric"] for r in rows if r["status"] == "keep") - rows[0]["metric"]  # the search's progress
     ledger.close()
     unused = sum(e["event"] == "ahead_run_unused" for e in events)  # runs made ahead and thrown away
     wall = records[-1] - records[0]
     return {"wall_s": wall, "run_s": ran, "runs": runs, "experiments": done, "duty": ran / (int(slots) * wall),
-            "per_hour": done * 3600 / wall, "keeps": keeps, "unused": unused}  # fmt: skip
+            "per_hour": done * 3600 / wall, "keeps": keeps, "unused": unused, "best_delta": best}  # fmt: skip
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -118,7 +120,7 @@ def main() -> None:
             r = campaign(tmp, config, args.experiments, args.run_s, args.propose_s, seed)
             results[config].append(r)
             print(f"{config} seed {seed}: {r['experiments']} experiments, wall {r['wall_s']:.1f} s, ran {r['run_s']:.1f} s "
-                  f"over {r['runs']} runs, duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h, {r['keeps']} kept, "
+                  f"over {r['runs']} runs, duty cycle {r['duty']:.3f}, {r['per_hour']:.1f} experiments/h, {r['keeps']} kept (best {r['best_delta']:+.4f}), "
                   f"{r['unused']} runs made ahead not used", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     first = args.configs[0]
@@ -133,6 +135,7 @@ def main() -> None:
         key = config.replace(":", "_")
         print(f"duty_cycle_{key}: {_spread([r['duty'] for r in rs], 3)}")
         print(f"experiments_per_hour_{key}: {_spread([r['per_hour'] for r in rs], 1)}")
+        print(f"best_delta_{key}: {_spread([r['best_delta'] for r in rs], 4)}")
         if config != first:
             ratios = [r["per_hour"] / f["per_hour"] for r, f in zip(rs, results[first], strict=True)]
             print(f"ratio_{key}_vs_{first.replace(':', '_')}: {_spread(ratios, 2)} "

@@ -107,7 +107,7 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
     """Prepare proposals until `pipeline_depth` are ready or `running` is done. The state update:
     `ahead` (what is ready, oldest first), `ahead_attempt` (the last attempt number it used), the
     proposer's `feedback` and `ahead_fails` (its failures here in a row: the stop rule counts them)."""
-    attempt, feedback, failures = next_attempt(state), [], 0
+    attempt, feedback, failures, asked = next_attempt(state), [], 0, False
     in_row = state.get("ahead_fails", 0)  # the proposer's failures ahead since its last good proposal
     ws = workspace(lab)
     ready: list[Prepared] = []
@@ -129,6 +129,7 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
                         pending=frozenset(range(state["n"], n)),
                         flying=frozenset(flying({**state, "ahead": ready})))  # fmt: skip
         proposals, why, exhausted = candidates(lab, asking)
+        asked = True
         if exhausted:  # nothing new from this best until a verdict: not the proposer's failure
             lab.log.info("ahead_exhausted", exp=n, reason=why[0])
             break
@@ -148,7 +149,10 @@ def prepare(lab: Lab, state: CampaignState, running: Future) -> dict[str, Any]:
             speculate(lab, state, ready)
             lab.log.info("ahead", exp=n, description=made["proposal"]["description"], ready=len(ready))
             break
-    return {"ahead": ready, "ahead_attempt": attempt - 1, "feedback": feedback, "ahead_fails": in_row}
+    update = {"ahead": ready, "ahead_attempt": attempt - 1, "ahead_fails": in_row}
+    if feedback or asked:  # (an empty list clears what the proposer was just shown; none asked: kept)
+        update["feedback"] = feedback
+    return update
 
 
 def behind(state: CampaignState) -> bool:

@@ -78,11 +78,38 @@ def unavailable() -> str | None:
 
 
 def _namespaces() -> list[str]:
-    # --as-pid-1: the command is its PID namespace's init, a child of bwrap's own process, so its
-    # CPU time (and that of every child it reaps) reaches the rusage nightlab waits for. Under
-    # bwrap's init the count stopped at the namespace: that init is never reaped by its parent.
+    # --as-pid-1 with INIT as the command: nightlab's own init is the namespace's PID 1 (see INIT)
     return ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--as-pid-1", "--cap-drop", "ALL"]  # fmt: skip
+
+
+# The PID namespace's init, run by the interpreter that runs nightlab (`python -I -S -c INIT cmd
+# args...`): it starts the command and reaps every process until the command exits, then exits
+# with its status (128 + the signal that killed it, as bwrap reports). It is a child of bwrap's
+# own process, which reaps it, so the CPU time of the command and of everything reaped under it
+# reaches the rusage nightlab waits for (under bwrap's init the count stopped at the namespace:
+# that init is never reaped by its parent). It, not the command, holds the death signal bwrap
+# sets (`--die-with-parent`): a command that clears its own still dies with the namespace when
+# this init does, and a process inside cannot kill or signal its namespace's init. Signals
+# Python ignores are set back to their defaults for the command (a file over RLIMIT_FSIZE must
+# kill it with SIGXFSZ, as the sandbox expects).
+INIT = """\
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    for s in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(s, signal.SIG_DFL)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    except OSError as e:
+        print(f"nightlab init: cannot run {sys.argv[1]}: {e}", file=sys.stderr)
+        os._exit(127)
+while True:
+    done, status = os.waitpid(-1, 0)
+    if done == pid:
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+"""
 
 
 def _interpreter_paths() -> list[Path]:
@@ -105,7 +132,7 @@ def hidden_dirs(names: tuple[str, ...], root: Path) -> tuple[Path, ...]:
 
 
 def argv(view: View) -> list[str]:
-    """The bwrap command line that runs a command in `view` (the command follows)."""
+    """The bwrap command line that runs a command in `view` (the command follows), under INIT."""
     exe = shutil.which("bwrap")
     if exe is None:
         raise RuntimeError(f"bubblewrap is not installed: {INSTALL_HINT}")
@@ -138,5 +165,5 @@ def argv(view: View) -> list[str]:
             a += ["--size", "4096", "--tmpfs", str(d), "--remount-ro", str(d)]
     a += ["--setenv", "HOME", f"{SCRATCH}/home", "--setenv", "TMPDIR", SCRATCH,
           "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--unsetenv", "PYTHONPYCACHEPREFIX", "--dir", f"{SCRATCH}/home",
-          "--chdir", str(view.cwd.resolve()), "--"]  # fmt: skip
+          "--chdir", str(view.cwd.resolve()), "--", sys.executable, "-I", "-S", "-c", INIT]  # fmt: skip
     return a

@@ -54,6 +54,7 @@ class CampaignRecord(BaseModel):
     direction: str
     editable: list[str]
     protected_hashes: dict[str, str]
+    fan_out: int = 1  # rounds of this many (org/rounds.py): a round in progress depends on it
     max_experiments: int | None = None  # --max-experiments override of the program's stop limit
     unsandboxed: bool = False  # --unsandboxed: runs without bubblewrap, by the user's choice
     memory_home: str | None = None  # a memory of its own (a comparison's arm); None: $NIGHTLAB_HOME's
@@ -300,7 +301,7 @@ def _start_locked(program: Program, org: Org, tag: str, directory: Path, max_exp
     record = CampaignRecord(
         tag=tag, program=str(program.path), org=str(org.path.resolve()), repo=str(program.repo),
         base_commit=ws.head(), created_at=time.time(), metric=program.spec.metric,
-        direction=program.spec.direction, editable=program.editable_paths,
+        direction=program.spec.direction, editable=program.editable_paths, fan_out=program.spec.fan_out,
         protected_hashes={p: ws.blob_hash(p) for p in program.protected_paths},
         max_experiments=max_experiments, unsandboxed=unsandboxed,
         memory_home=str(memory_home) if memory_home else None, until=until,
@@ -342,7 +343,8 @@ def resume(tag: str, max_experiments: int | None = None, models: Any = None, mem
     program, org = validate_inputs(record.program, record.org)
     for field, now, then in [("metric", program.spec.metric, record.metric),
                              ("direction", program.spec.direction, record.direction),
-                             ("editable", program.editable_paths, record.editable)]:  # fmt: skip
+                             ("editable", program.editable_paths, record.editable),
+                             ("fan_out", program.spec.fan_out, record.fan_out)]:  # fmt: skip
         if now != then:
             raise InputError(program.path, field, f"changed since the campaign started "
                              f"({then!r} -> {now!r}); start a new campaign instead")  # fmt: skip

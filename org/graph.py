@@ -32,12 +32,13 @@ from org.prompts import Directive, Lessons, fmt_metric, history_table, keep_rate
 from org.proposer import Asking, candidates, commit_proposal
 from org.runner import run_command
 from org.screening import screen
+from org.slots import pinned
 from org.smoke import smoke_reason
 from org.state import CampaignState, Candidate, Proposal, next_attempt, on_plateau, rebaseline_due
 from org.untrusted import fence
 from org.verdict import judge_runs, judge_test, noise_estimate, seed_run
 
-Next = Literal["rebaseline", "compact", "direct", "propose", "__end__"]
+Next = Literal["rebaseline", "compact", "direct", "propose", "close_round", "__end__"]
 VIOLATION_CHARS = 400  # of a rejection's reasons in the proposer's feedback (the ledger keeps them whole)
 
 
@@ -55,8 +56,9 @@ def _loop(state: CampaignState, lab: Lab, update: dict[str, Any], after_record: 
     reason = lab.stop_reason(n_done, max(merged["fails_in_row"], merged.get("ahead_fails", 0)))
     if reason:
         lab.log.info("stop", reason=reason)
-        closed = rounds.close(lab, merged)  # a round cut short is decided on what it ran
-        return Command(goto=END, update={**rounds.merged(update, closed), "stopped": reason})
+        if merged.get("pending"):  # a round cut short is decided on what it ran, in a node of its own
+            return Command(goto="close_round", update={**update, "stopped": reason})
+        return Command(goto=END, update={**update, "stopped": reason})
     # The drift check only when another experiment follows: nothing is judged after the last.
     if rebaseline_due(merged, lab.program):
         return Command(goto="rebaseline", update=update)
@@ -161,7 +163,7 @@ def direct(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["prop
     return Command(goto="propose", update=update)
 
 
-def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "__end__"]]:
+def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["apply", "direct", "propose", "close_round", "__end__"]]:
     """The proposer picks one change (org/proposer.py): a knob move (closed choices), search/replace
     edits, or a sampler's trial; or the pipeline has one ready (org/ahead.py)."""
     lab = runtime.context
@@ -189,7 +191,7 @@ def propose(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["app
     return Command(goto="apply", update={"proposal": proposals[0], "queue": proposals[1:], "prepared": None})
 
 
-def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "apply", "direct", "propose", "__end__"]]:
+def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet", "apply", "direct", "propose", "close_round", "__end__"]]:
     """Turn the proposal into one commit on the campaign branch (from the best commit). A proposal
     the pipeline prepared on this best is its commit already; one prepared on an older best is
     rebased (applied again here, and vetted again), or dropped when it no longer applies."""
@@ -210,7 +212,7 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
     return Command(goto="vet", update={"proposal": p, "commit": ws.head(), "prepared": None})
 
 
-def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "__end__"]]:
+def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["run", "apply", "direct", "propose", "close_round", "__end__"]]:
     """Scope, syntax, static rules, duplicate, smoke run and peer review before any run is spent
     (org/screening.py); already done for a proposal the pipeline prepared on this best."""
     lab = runtime.context
@@ -238,7 +240,7 @@ def vet_node(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["ru
     return Command(goto="run")
 
 
-def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge", "apply", "direct", "propose", "__end__"]]:
+def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge", "apply", "direct", "propose", "close_round", "__end__"]]:
     """Run the target at the experiment commit; metrics only from the final summary block. With
     more slots, replicates run side by side and free slots run the first runs of the proposals
     the pipeline has ready (org/ahead.py); a first run one of them already made is used."""
@@ -293,8 +295,7 @@ def run(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["judge",
             return Command(goto=failed.goto, update={**ahead_update, **failed.update, "feedback": feedback})
     outcome = record_run(lab, state, r, seeding.seed, res)
     for rep, rep_seeding, running in side:  # replicates that ran beside it, in order
-        rep_res = lab.finish(running)
-        running.slot.workspace.reset(state["commit"])
+        rep_res = lab.finish(running)  # (its worktree is reset when the slot next starts a run)
         rep_outcome = record_run(lab, state, rep, rep_seeding.seed, rep_res)
         if outcome["metric"] is not None and not outcome["violations"] and (rep_outcome["metric"] is None
                                                                             or rep_outcome["violations"]):  # fmt: skip
@@ -351,8 +352,11 @@ def test(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["record
     lab.workspace.reset(state["commit"])
     runs = [r for r in lab.ledger.runs(n) if r["metric"] is not None and lab.checkpoint(n, r["replicate"]).is_file()]
     saved = [str(lab.checkpoint(n, r["replicate"])) for r in runs]
-    res = keep_test(prog, lab.workspace.path, [Path(p) for p in saved], lab.dir / "runs" / f"{n:04d}.test.log",
-                    lab.sandboxed, pid_file=lab.run_pid_file, protected=lab.protected_hashes)  # fmt: skip
+    slot = lab.free_slot()  # the test's device and cores are a slot's: never a GPU a timed run is on
+    res = pinned(slot.cpus, lambda: keep_test(prog, lab.workspace.path, [Path(p) for p in saved],
+                                              lab.dir / "runs" / f"{n:04d}.test.log", lab.sandboxed,
+                                              pid_file=lab.run_pid_file, protected=lab.protected_hashes,
+                                              device=slot.env))  # fmt: skip
     lab.workspace.reset(state["commit"])
     lab.overhead.add("run", res.seconds)
     t = judge_test(prog, [r["metric"] for r in runs], res)
@@ -405,7 +409,8 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     if kept:
         update.update(best_commit=commit, best_metric=o["metric"])
     if pending:
-        update["pending"] = [*(state.get("pending") or []), Candidate(n=n, commit=commit, metric=o["metric"])]
+        update["pending"] = [*(state.get("pending") or []),
+                             Candidate(n=n, commit=commit, metric=o["metric"], edits=bool(p["edits"]))]  # fmt: skip
     if n == 0:
         update.update(baseline_metric=o["metric"], since_keep=0)
     if o["status"] == "crash":
@@ -425,6 +430,14 @@ def record(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     return _loop(state, lab, update, after_record=True)
 
 
+def close_round(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["__end__"]]:
+    """The campaign stopped inside a fan-out round with a keep pending: the round's verdict on what
+    it ran (org/rounds.py). A node of its own, so the decision to stop is checkpointed before the
+    verdict's writes: a kill in between closes the same round the same way on resume."""
+    lab = runtime.context
+    return Command(goto=END, update=rounds.close(lab, state))
+
+
 def rebaseline(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     """Every `noise.rebaseline_every` experiments the best runs again with a new seed; drift (a
     result beyond 3 sigma of its record) re-measures it, and the fresh runs judge what follows
@@ -439,7 +452,7 @@ def rebaseline(state: CampaignState, runtime: Runtime[Lab]) -> Command[Next]:
     return _loop(state, lab, update, after_record=False)
 
 
-def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["direct", "propose", "__end__"]]:
+def compact(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["direct", "propose", "close_round", "__end__"]]:
     """Every K experiments the compactor distils the target's notes into lessons."""
     lab = runtime.context
     lab.progress(phase="compact", n=state["n"])
@@ -475,7 +488,8 @@ def timed(name: str, fn: Any) -> Any:
 
 
 NODES = {"setup": setup, "direct": direct, "propose": propose, "apply": apply, "vet": vet_node, "run": run,
-         "judge": judge, "test": test, "record": record, "rebaseline": rebaseline, "compact": compact}  # fmt: skip
+         "judge": judge, "test": test, "record": record, "close_round": close_round, "rebaseline": rebaseline,
+         "compact": compact}  # fmt: skip
 
 
 def build_graph() -> StateGraph:
@@ -494,8 +508,9 @@ its `Command[Literal[...]]` return type, and each dotted edge is one of those ro
 runs once (setup, run, judge, record); then the loop is propose, apply, vet, run, judge, record,
 with compact and direct on their cadence. A model-caused failure (no valid proposal, an edit that
 does not apply, a vet rejection, a run failing inside its inline smoke window) goes to the round's
-next candidate (apply), the director, the proposer, or the end when a stop rule is reached.
-Resuming a finished campaign whose stop limit was raised re-enters at propose.
+next candidate (apply), the director, the proposer, or the end when a stop rule is reached. A
+campaign that stops inside a fan-out round with a keep pending ends through close_round, which
+decides the round on what it ran. Resuming a finished campaign whose stop limit was raised re-enters at propose.
 
 Regenerate with `make graph` (`python -m org.graph > docs/graph.md`); `tests/test_graph.py` fails
 when this file is stale.

@@ -152,17 +152,22 @@ class Lab:
             return []
         return [s for s in self.slots if s.index not in self.busy or self.busy[s.index].future.done()]
 
+    def free_slot(self) -> Slot:
+        """A slot with nothing running: with one slot, it (the graph runs one thing at a time
+        there); with more, the first free one, once one is (first runs made ahead end on their own)."""
+        if len(self.slots) == 1:
+            return self.slots[0]
+        while not (free := self.free_slots()):
+            wait([r.future for r in self.busy.values()], return_when=FIRST_COMPLETED)
+        return free[0]
+
     def start_target(self, commit: str, n: int, replicate: int, env: dict[str, str], inline: bool = False) -> Running:
         """Start run `replicate` of experiment `n`: with one slot in the campaign's worktree as it
         stands (at `commit`, seeded for `replicate`); with more on the first free slot, its worktree
         reset to `commit` and seeded alike (when every slot is busy with first runs made ahead, the
         first to end frees one). The model it saves is kept at `checkpoint(n, replicate)`."""
-        if len(self.slots) == 1:
-            slot = self.slots[0]
-        else:
-            while not (free := self.free_slots()):
-                wait([r.future for r in self.busy.values()], return_when=FIRST_COMPLETED)
-            slot = free[0]
+        slot = self.free_slot()
+        if len(self.slots) > 1:
             slot.workspace.reset(commit)
             seed_run(self.program, slot.workspace, replicate)
         return self.launch(slot, commit, n, env, self.run_log(n, replicate), self.checkpoint(n, replicate), inline)

@@ -141,7 +141,7 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
             fh.write(note)
         return replace(trained, returncode=1, summary=summary, tail=trained.tail + note)
     eval_log = trained.log_path.with_name(trained.log_path.stem + ".eval.log")
-    with model_servers(program, cwd, [saved], False, trained.log_path, sandboxed) as servers:
+    with model_servers(program, cwd, [saved], False, trained.log_path, sandboxed, device_env(env)) as servers:
         ev = run_sandboxed(spec.evaluate, cwd, child_env(program, {**env, "NIGHTLAB_CHECKPOINTS": str(saved), **servers.env}),
                            RunLimits(timeout_s=timeout_s), eval_log, pid_file=pid_file, protected=protected,
                            view=view(program, "evaluate", cwd, extra_reads=(saved,)) if sandboxed else None,
@@ -167,13 +167,15 @@ def _evaluate(program: Program, cwd: Path, env: dict[str, str], trained: Sandbox
 
 
 def keep_test(program: Program, cwd: Path, saved: list[Path], log: Path, sandboxed: bool,
-              pid_file: Path | None = None, protected: dict[str, str] | None = None) -> SandboxResult:  # fmt: skip
+              pid_file: Path | None = None, protected: dict[str, str] | None = None,
+              device: dict[str, str] | None = None) -> SandboxResult:  # fmt: skip
     """A keep's held-out test: the program's test command scores the saved models, in a sandbox
     that reads them and the test split; each model runs in a server of its own, and a fresh copy
     of it, started once that one is gone, answers the scorer's checks. The servers' violations
-    are the test's."""
-    with model_servers(program, cwd, saved, True, log.with_suffix(".serve.log"), sandboxed) as servers:
-        env = child_env(program, {"NIGHTLAB_CHECKPOINTS": os.pathsep.join(map(str, saved)), **servers.env})
+    are the test's. `device`: the slot's GPU (CUDA_VISIBLE_DEVICES), for the scorer and servers."""
+    device = device_env(device or {})
+    with model_servers(program, cwd, saved, True, log.with_suffix(".serve.log"), sandboxed, device) as servers:
+        env = child_env(program, {**device, "NIGHTLAB_CHECKPOINTS": os.pathsep.join(map(str, saved)), **servers.env})
         res = run_sandboxed(program.spec.test, cwd, env, RunLimits(timeout_s=program.run_timeout_s), log,
                             pid_file=pid_file, protected=protected, pass_fds=servers.pass_fds,
                             view=view(program, "test", cwd, extra_reads=tuple(saved)) if sandboxed else None)  # fmt: skip
@@ -188,8 +190,8 @@ SERVED_MODEL = "/nightlab/model.pt"  # where every server sees its model: the sa
 class _Servers:
     """Model servers for one scoring: started, stopped, their logs appended to the run's."""
 
-    def __init__(self, program: Program, cwd: Path, log: Path, sandboxed: bool):
-        self.program, self.cwd, self.log, self.sandboxed = program, cwd, log, sandboxed
+    def __init__(self, program: Program, cwd: Path, log: Path, sandboxed: bool, device: dict[str, str]):
+        self.program, self.cwd, self.log, self.sandboxed, self.device = program, cwd, log, sandboxed, device
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.watch: dict[str, tuple[Watchdog, Callable[[], None]]] = {}
         self.lock = threading.Lock()
@@ -209,9 +211,10 @@ class _Servers:
         if self.sandboxed:
             prefix = bwrap.argv(bwrap.View(cwd=self.cwd, mounts=((model, SERVED_MODEL),), hides=tuple(spec.sandbox.hides),
                                            tmp_bytes=spec.sandbox.tmp_mb * 2**20))  # fmt: skip
-            env = {"NIGHTLAB_CHECKPOINT": SERVED_MODEL, "NIGHTLAB_MODEL_FD": "0"}
+            env = {**self.device, "NIGHTLAB_CHECKPOINT": SERVED_MODEL, "NIGHTLAB_MODEL_FD": "0"}
         else:
-            prefix, env = list(network_isolation()[0]), {"NIGHTLAB_CHECKPOINT": str(model), "NIGHTLAB_MODEL_FD": "0"}
+            prefix = list(network_isolation()[0])
+            env = {**self.device, "NIGHTLAB_CHECKPOINT": str(model), "NIGHTLAB_MODEL_FD": "0"}
         limits, _ = rlimit_prefix({"data": int(0.8 * physical_memory()), "fsize": 2**30, "core": 0})
         with out.open("wb") as fh:
             proc = subprocess.Popen(with_deathsig([*limits, *prefix, *argv_for(spec.model_server)]), cwd=self.cwd,
@@ -285,8 +288,14 @@ def _tail(path: Path) -> str:
 
 
 @contextmanager
+def device_env(env: dict[str, str]) -> dict[str, str]:
+    """What of a run's environment says which device it has (a slot's GPU): its model servers get
+    that and nothing else of it, so they run where the run does."""
+    return {k: v for k, v in env.items() if k == "CUDA_VISIBLE_DEVICES"}
+
+
 def model_servers(program: Program, cwd: Path, saved: list[Path], verify: bool, log: Path,
-                  sandboxed: bool) -> Iterator[_Servers]:  # fmt: skip
+                  sandboxed: bool, device: dict[str, str] | None = None) -> Iterator[_Servers]:  # fmt: skip
     """Start the program's model server for each saved model, each in a sandbox of its own that
     reads only the worktree and its model, and yield them: `pass_fds` to hand the scorer and its
     `env` ($NIGHTLAB_MODEL_FDS, and with `verify` $NIGHTLAB_CONTROL_FD, where it asks for each
@@ -294,7 +303,7 @@ def model_servers(program: Program, cwd: Path, saved: list[Path], verify: bool, 
     models itself (nothing to pass). The servers' output is appended to `log` before the
     scorer's; every server is killed when the scorer is done, and then `cpu_seconds` and
     `violations` say what they used and did."""
-    servers = _Servers(program, cwd, log, sandboxed)
+    servers = _Servers(program, cwd, log, sandboxed, device or {})
     if not program.spec.model_server:
         yield servers
         return

@@ -55,6 +55,8 @@ class Recall:
         repeats an earlier experiment."""
         if same := self.same_as_run(commit or self.workspace.head()):
             return same
+        if same := self.same_as_pending(proposal, diff):
+            return same
         knob = absolute_move(proposal["description"]) if proposal["knob_move"] else None
         text = experiment_text(proposal["description"], proposal["hypothesis"])
         return self.duplicate(knob, None if knob else diff, text)
@@ -73,6 +75,25 @@ class Recall:
         if note.status in ("inconclusive", "beaten"):  # inside the noise; or helped, but not in the best
             return False
         return not (note.status == "keep" and note.campaign != self.tag)
+
+    def same_as_pending(self, proposal: Proposal, diff: str) -> str | None:
+        """Rejection reason if the change is one a fan-out round has pending (org/rounds.py): the
+        same knob move, or the same diff blind to whitespace and comments. Memory notes a pending
+        experiment only when its round closes, and a second draw of a change from the same parent
+        would give the round's max-of-draws rule one more chance at a lucky run."""
+        from memory.duplicate import diff_hash
+
+        move = absolute_move(proposal["description"]) if proposal["knob_move"] else None
+        mine = diff_hash(diff) if diff and not move else None
+        for row in self.ledger.experiments():
+            if row["status"] != "pending":
+                continue
+            if move and row["knob_move"] and normalize_knob_move(absolute_move(row["description"])) == \
+                    normalize_knob_move(move):  # fmt: skip
+                return f"repeats experiment #{row['n']} ({row['description']}), pending in this round"
+            if mine and not row["knob_move"] and diff_hash(self.workspace.diff(row["parent"], row["commit"])) == mine:
+                return f"repeats experiment #{row['n']} ({row['description']}), pending in this round"
+        return None
 
     def files_key(self, commit: str) -> tuple[str, ...]:
         """sha256 of each editable file at `commit`: two commits with the same key run the same code."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from org.prompts import fmt_metric
-from org.state import Candidate, CampaignState
+from org.state import CampaignState, Candidate
 
 if TYPE_CHECKING:
     from org.lab import Lab
@@ -31,8 +31,9 @@ def pends(lab: Lab, n: int, status: str) -> bool:
 
 
 def over(lab: Lab, state: CampaignState | dict[str, Any], n: int) -> bool:
-    """Was experiment `n` the last of its round?"""
-    return n > 0 and n - state.get("round_start", 1) + 1 >= lab.program.spec.fan_out
+    """Was experiment `n` the last of its fan-out round?"""
+    fan_out = lab.program.spec.fan_out
+    return fan_out > 1 and n > 0 and n - state.get("round_start", 1) + 1 >= fan_out
 
 
 def last(lab: Lab, state: CampaignState | dict[str, Any]) -> int | None:
@@ -72,7 +73,7 @@ def close(lab: Lab, state: CampaignState | dict[str, Any]) -> dict[str, Any]:
     lab.workspace.reset(winner["commit"])
     for c in pending:  # memory's notes, with the round's verdicts
         row = lab.ledger.experiment(c["n"])
-        lab.recall.remember(row, None if row["knob_move"] else lab.workspace.diff(row["parent"], row["commit"]))
+        lab.recall.remember(row, lab.workspace.diff(row["parent"], row["commit"]) if c.get("edits") else None)
     if program.spec.test:
         lab.prune_checkpoints([winner["n"]])
     lab.write_tsv()

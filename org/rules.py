@@ -37,7 +37,8 @@ ESCAPE_CALLS = {"eval", "exec", "compile", "__import__", "globals", "vars", "loc
                 "sys.addaudithook", "sys.modules", "sys.exit", "sys.stdout", "sys.stderr",
                 "sys.__stdout__", "sys.__stderr__"}  # fmt: skip
 ESCAPE_ATTRS = {"__globals__", "__builtins__", "__code__", "__subclasses__", "__dict__",
-                "__getattribute__", "__class__", "__bases__", "__mro__", "f_globals", "f_locals"}  # fmt: skip
+                "__getattribute__", "__class__", "__bases__", "__mro__", "f_globals", "f_locals",
+                "ctypes", "ctypeslib", "_ctypes", "cffi"}  # a foreign-function library re-exported (np.ctypeslib.ctypes)
 FILE_MODULES = {"shutil", "tempfile", "pathlib", "glob", "io", "mmap", "fcntl", "platformdirs",
                 "fileinput", "zipfile", "tarfile", "sqlite3", "os.path"}  # fmt: skip
 FILE_CALLS = {"open", "io.open", "os.open", "os.remove", "os.unlink", "os.rename", "os.replace",

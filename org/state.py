@@ -51,6 +51,7 @@ class Candidate(TypedDict):
     n: int
     commit: str
     metric: float
+    edits: NotRequired[bool]  # an edit-mode change: memory keeps its diff
 
 
 class Outcome(TypedDict):
@@ -115,10 +116,12 @@ def next_attempt(state: CampaignState | dict[str, Any]) -> int:
 
 
 def rebaseline_due(state: CampaignState | dict[str, Any], program: Any) -> bool:
-    """Is the best due a drift check before the next experiment (every `noise.rebaseline_every`)?"""
+    """Is the best due a drift check before the next experiment (`noise.rebaseline_every` since the last)?
+    Not while a fan-out round has a keep pending: its candidates are compared with one another on
+    the runs of the parent they were judged against (it is due again once the round closes)."""
     noise, n_done = program.spec.noise, state["n"] - 1
-    return bool(noise.rebaseline_every and noise.replicated and n_done > 0
-                and n_done % noise.rebaseline_every == 0 and state.get("rebaselined", 0) != n_done)  # fmt: skip
+    return bool(noise.rebaseline_every and noise.replicated and n_done > 0 and not state.get("pending")
+                and n_done - state.get("rebaselined", 0) >= noise.rebaseline_every)  # fmt: skip
 
 
 def on_plateau(state: CampaignState | dict[str, Any], plateau_after: int) -> bool:

@@ -149,6 +149,76 @@ def test_the_scratch_tmpfs_is_a_real_disk_cap(world):
     assert "refused: No space left on device" in res.tail
 
 
+SURVIVOR = r'''
+import ctypes, os, signal, sys, time
+token, how = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None)
+PR_SET_PDEATHSIG = 1
+
+
+def linger():
+    libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)  # no death signal of its own
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    os.execvp(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", token])
+
+
+if how == "itself":  # the command clears its death signal and outlives its timeout
+    linger()
+if how == "daemon":  # a grandchild in a session of its own, never waited for
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            linger()
+        os._exit(0)
+    time.sleep(120)
+if how == "kill-init":  # the namespace's init out of the way first, then linger
+    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):
+        try:
+            os.kill(1, sig)
+        except OSError:
+            pass
+    linger()
+'''
+
+
+def _alive_with(token: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and token.encode() in (entry / "cmdline").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("how", ["itself", "daemon", "kill-init"])
+def test_a_run_that_clears_its_death_signal_dies_with_its_sandbox(tmp_path, how):
+    """The harness kills a run by killing bwrap; what is inside dies with the namespace's init,
+    whose death signal is nightlab's (bwrap.INIT), not the command's to clear."""
+    import os
+    import signal
+    import time
+
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "survive.py").write_text(SURVIVOR)
+    token = f"nightlab-survivor-{os.getpid()}-{how}"
+    view = bwrap.View(cwd=work, tmp_bytes=16 * 2**20)
+    res = run_sandboxed(f"python survive.py {token} {how}", work, {}, RunLimits(3), tmp_path / "s.log", view=view)
+    assert res.timed_out
+    deadline = time.monotonic() + 5
+    while _alive_with(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _alive_with(token)
+    for pid in left:  # never leave one behind, whatever the verdict
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], (tmp_path / "s.log").read_text()[-2000:]
+
+
 def test_the_view_binds_parents_before_children(tmp_path):
     """A data directory under the worktree (or an output directory under a read-only one) must
     land inside it, writable where asked: bind order is by depth."""

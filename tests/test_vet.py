@@ -43,6 +43,9 @@ def test_rules_allow_knob_and_architecture_changes():
     ("from trainer.prepare import EVAL_SEPARATE", "from trainer.prepare import _heldout_dir, EVAL_SEPARATE", "test-split"),
     ("SEED = 42", "SEED = 7", "seed-only"),
     ("# transformer blocks", "# blocks", "noop"),
+    # a foreign-function library reached through another module (clears the death signal, ...)
+    ("    model.eval()\n", "    np.ctypeslib.ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n    model.eval()\n", "escape"),
+    ("    model.eval()\n", "    lib = torch._C._dynamo if 0 else np.ctypeslib\n    model.eval()\n", "escape"),
 ])  # fmt: skip
 def test_rules_block(old, new, rule):
     found = rules(old, new)
