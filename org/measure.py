@@ -287,13 +287,13 @@ def _tail(path: Path) -> str:
         return fh.read().decode("utf-8", errors="replace")
 
 
-@contextmanager
 def device_env(env: dict[str, str]) -> dict[str, str]:
     """What of a run's environment says which device it has (a slot's GPU): its model servers get
     that and nothing else of it, so they run where the run does."""
     return {k: v for k, v in env.items() if k == "CUDA_VISIBLE_DEVICES"}
 
 
+@contextmanager
 def model_servers(program: Program, cwd: Path, saved: list[Path], verify: bool, log: Path,
                   sandboxed: bool, device: dict[str, str] | None = None) -> Iterator[_Servers]:  # fmt: skip
     """Start the program's model server for each saved model, each in a sandbox of its own that

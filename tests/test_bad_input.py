@@ -168,3 +168,13 @@ def test_status_and_log(existing, capsys):
     assert "val_bpb\tmemory_gb\tstatus" in capsys.readouterr().out
     main(["log", "old", "--events", "-n", "3"])
     assert '"campaign": "old"' in capsys.readouterr().out
+
+
+def test_a_changed_fan_out_on_resume_exits_2_and_leaves_records(tmp_path, existing, capsys):
+    """A round in progress depends on its size: resume refuses a program whose fan_out changed."""
+    program, before = existing
+    program.write_text(program.read_text().replace("---\nTune", "fan_out: 2\n---\nTune", 1))
+    code, err = _cli(["resume", "old", "--max-experiments", "3"], capsys)
+    assert code == 2, err
+    assert f"{program}: fan_out" in err and "changed since the campaign started (1 -> 2)" in err
+    assert _digest("old") == before

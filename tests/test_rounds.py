@@ -113,3 +113,28 @@ def test_on_a_noisy_target_each_is_confirmed_and_two_slots_give_the_verdicts_one
                and r["n"] > 0)  # fmt: skip
     one = campaign("one")
     assert [(r["status"], r["runs"]) for r in one] == [(r["status"], r["runs"]) for r in two]
+
+
+def _edit(search: str, replace: str, why: str = "should help") -> dict:
+    return {"hypothesis": why, "edits": [{"path": "train.py", "search": search, "replace": replace}]}
+
+
+def test_a_pending_change_redrawn_from_the_same_parent_is_refused(tmp_path):
+    """Edit mode, rounds of 2: exp 1 (LR 0.02) passes and is pending. The same change again with
+    other whitespace and a comment (other files, so not the same run; memory notes it only when the
+    round closes) would be a second draw for the round's max: the duplicate gate refuses it, and
+    the proposer's next change runs as exp 2."""
+    program = make_repo(tmp_path / "repo", fan_out="2")
+    client = ScriptedClient(script={"proposer": [
+        _edit("LR = 0.01  # learning rate", "LR = 0.02  # learning rate"),
+        _edit("LR = 0.01  # learning rate", "LR  =  0.02    # learning rate (doubled, again)"),
+        _edit("DEPTH = 4  # blocks", "DEPTH = 5  # blocks", "one more block adds capacity"),
+    ]})  # fmt: skip
+    c.start(program, ROLES / "solo", tag="redraw", max_experiments=2, models=client)
+    ledger = Ledger(c.campaign_dir("redraw") / "ledger.db")
+    rows = ledger.experiments()
+    assert [r["status"] for r in rows[1:]] == ["keep", "discard"]
+    assert rows[2]["hypothesis"] == "one more block adds capacity"
+    (failure,) = ledger.failures()
+    assert failure["stage"] == "vet:duplicate" and "repeats experiment #1" in failure["reason"]
+    assert "pending in this round" in failure["reason"]
