@@ -168,13 +168,19 @@ def _rebased(lab: Lab, ws: Workspace, item: Prepared, state: CampaignState) -> P
     try:
         p = commit_proposal(lab, ws, p, n, state["best_commit"])
     except (InputError, ValueError, KeyError) as e:
-        reason = f"made on {item['parent'][:7]}, it no longer applies on the new best: {e}"
-        lab.ledger.record_failure(f"{attempt}:rebase", n, "rebase", reason, p.get("hypothesis", ""),
-                                  p.get("role", ""), p.get("model", ""))  # fmt: skip
-        lab.log.info("ahead_dropped", exp=n, description=p.get("description", ""), reason=reason)
+        dropped(lab, n, attempt, p, item["parent"], e)
         return None
     lab.log.info("ahead_rebased", exp=n, description=p["description"], parent=item["parent"][:7], ahead=True)
     return _screened(lab, ws, p, n, attempt, state)
+
+
+def dropped(lab: Lab, n: int, attempt: int, p: Any, parent: str, error: Exception) -> None:
+    """A proposal made on an older best that no longer applies on the best: recorded (stage
+    `rebase`), not held against the proposer."""
+    reason = f"made on {parent[:7]}, it no longer applies on the new best: {error}"
+    lab.ledger.record_failure(f"{attempt}:rebase", n, "rebase", reason, p.get("hypothesis", ""), p.get("role", ""),
+                              p.get("model", ""))  # fmt: skip
+    lab.log.info("ahead_dropped", exp=n, description=p.get("description", ""), reason=reason)
 
 
 def _vetted(lab: Lab, ws: Workspace, p: Any, n: int, attempt: int, state: CampaignState) -> Prepared | str:

@@ -21,7 +21,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from org import manifest, rounds
-from org.ahead import adopt, adoptable, behind, fingerprint, in_flight, replicates, room, speculate, stale
+from org.ahead import adopt, adoptable, behind, dropped, fingerprint, in_flight, replicates, room, speculate, stale
 from org.ahead import prepare as prepare_ahead
 from org.drift import check_drift
 from org.errors import InputError
@@ -87,13 +87,10 @@ def _failed(state: CampaignState, lab: Lab, stage: str, reason: str,
     return _loop(state, lab, update, after_record=False)
 
 
-def _dropped(state: CampaignState, lab: Lab, reason: str) -> Command:
-    """A proposal the pipeline prepared no longer applies after a keep: recorded (stage `rebase`),
-    not held against the proposer; the next one ready, or a new proposal."""
-    p = state["proposal"] or {}
-    lab.ledger.record_failure(f"{state['attempt']}:rebase", state["n"], "rebase", reason, p.get("hypothesis", ""),
-                              p.get("role", ""), p.get("model", ""))  # fmt: skip
-    lab.log.info("ahead_dropped", exp=state["n"], description=p.get("description", ""), reason=reason)
+def _dropped(state: CampaignState, lab: Lab, parent: str, error: Exception) -> Command:
+    """A proposal the pipeline prepared no longer applies after a keep (org/ahead.py: `dropped`);
+    the next one ready, or a new proposal."""
+    dropped(lab, state["n"], state["attempt"], state["proposal"] or {}, parent, error)
     lab.workspace.reset(state["best_commit"])
     update = {"attempt": next_attempt(state), "proposal": None, "commit": None, "prepared": None}
     return _loop(state, lab, update, after_record=False)
@@ -205,7 +202,7 @@ def apply(state: CampaignState, runtime: Runtime[Lab]) -> Command[Literal["vet",
         p = commit_proposal(lab, ws, p, state["n"], state["best_commit"])
     except (InputError, ValueError, KeyError) as e:  # the model's edit did not apply
         if prepared:  # made for an older best: not the model's fault that it no longer fits
-            return _dropped(state, lab, f"made on {prepared['parent'][:7]}, it no longer applies on the new best: {e}")
+            return _dropped(state, lab, prepared["parent"], e)
         return _failed(state, lab, "apply", str(e), p)
     if prepared:
         lab.log.info("ahead_rebased", exp=state["n"], description=p["description"], parent=prepared["parent"][:7])
