@@ -88,10 +88,11 @@ class Recall:
         for row in self.ledger.experiments():
             if row["status"] != "pending":
                 continue
-            if move and row["knob_move"] and normalize_knob_move(absolute_move(row["description"])) == \
-                    normalize_knob_move(move):  # fmt: skip
-                return f"repeats experiment #{row['n']} ({row['description']}), pending in this round"
-            if mine and not row["knob_move"] and diff_hash(self.workspace.diff(row["parent"], row["commit"])) == mine:
+            if row["knob_move"]:
+                same = bool(move) and normalize_knob_move(absolute_move(row["description"])) == normalize_knob_move(move)
+            else:
+                same = bool(mine) and diff_hash(self.workspace.diff(row["parent"], row["commit"])) == mine
+            if same:
                 return f"repeats experiment #{row['n']} ({row['description']}), pending in this round"
         return None
 
